@@ -1,0 +1,1 @@
+"""Typed messages exchanged by the actors; see the modules for each protocol."""
