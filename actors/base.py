@@ -1,0 +1,228 @@
+"""What every actor shares: peer handles, injected time, timers, and supervision hooks."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+
+import pykka
+
+from actors.errors import FatalError, TransientError
+from messages.common import Ping, Pong
+from messages.supervision import ChildFailed
+
+log = logging.getLogger(__name__)
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def time_ns(self) -> int: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time_ns(self) -> int:
+        return time.time_ns()
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Scheduler(Protocol):
+    def tell_later(self, delay: float, ref: pykka.ActorRef[Any], message: Any) -> TimerHandle:
+        """Tell ``message`` to ``ref`` after ``delay`` seconds; dead refs are ignored."""
+        ...
+
+
+def _tell_quietly(ref: pykka.ActorRef[Any], message: Any) -> None:
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        log.debug("timer fired for a stopped actor: %s", type(message).__name__)
+
+
+@dataclass(eq=False)
+class _Timer:
+    due: float
+    ref: pykka.ActorRef[Any]
+    message: Any
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ThreadScheduler:
+    """One daemon thread serving every timer of the process from a heap."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock = clock or SystemClock()
+        self._heap: list[tuple[float, int, _Timer]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="Scheduler", daemon=True)
+        self._thread.start()
+
+    def tell_later(self, delay: float, ref: pykka.ActorRef[Any], message: Any) -> TimerHandle:
+        timer = _Timer(self._clock.monotonic() + max(0.0, delay), ref, message)
+        with self._cond:
+            heapq.heappush(self._heap, (timer.due, next(self._seq), timer))
+            self._cond.notify()
+        return timer
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout=2)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped:
+                    if self._heap:
+                        wait = self._heap[0][0] - self._clock.monotonic()
+                        if wait <= 0:
+                            break
+                        self._cond.wait(wait)
+                    else:
+                        self._cond.wait()
+                if self._stopped:
+                    return
+                _, _, timer = heapq.heappop(self._heap)
+            if not timer.cancelled:
+                _tell_quietly(timer.ref, timer.message)
+
+
+class Peers:
+    """Role -> current actor ref. Owned by the supervisor, which swaps refs on restart.
+
+    A message to a dead or missing peer is a logged dead letter, never an exception, so one
+    crashed actor cannot cascade into its neighbours.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._refs: dict[str, pykka.ActorRef[Any]] = {}
+
+    def set(self, role: str, ref: pykka.ActorRef[Any]) -> None:
+        with self._lock:
+            self._refs[role] = ref
+
+    def remove(self, role: str, ref: pykka.ActorRef[Any] | None = None) -> None:
+        with self._lock:
+            if ref is None or self._refs.get(role) is ref:
+                self._refs.pop(role, None)
+
+    def get(self, role: str) -> pykka.ActorRef[Any] | None:
+        with self._lock:
+            return self._refs.get(role)
+
+    def tell(self, role: str, message: Any) -> bool:
+        """Tell ``message`` to ``role``; False (and a dead-letter log line) if nobody got it."""
+        ref = self.get(role)
+        if ref is not None:
+            try:
+                ref.tell(message)
+                return True
+            except pykka.ActorDeadError:
+                pass
+        log.warning("dead letter: %s for %s (not running)", type(message).__name__, role)
+        return False
+
+    def ask(self, role: str, message: Any, *, timeout: float) -> Any:
+        """``ask`` down the dependency graph; a missing or dead peer is a TransientError."""
+        ref = self.get(role)
+        if ref is None:
+            raise TransientError(f"{role} is not running")
+        try:
+            return ref.ask(message, timeout=timeout)
+        except pykka.ActorDeadError as exc:
+            raise TransientError(f"{role} stopped: {exc}") from exc
+        except pykka.Timeout as exc:
+            raise TransientError(f"{role} did not answer within {timeout:g}s") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ActorContext:
+    """Everything the supervisor injects into a child."""
+
+    child_id: str
+    generation: int
+    peers: Peers
+    scheduler: Scheduler
+    clock: Clock
+    supervisor: pykka.ActorRef[Any] | None = None
+
+
+class SupervisedActor(pykka.ThreadingActor):
+    """Base of every agent actor.
+
+    ``handle`` is the actor's ``on_receive``; ``Ping`` is answered here so the supervisor can
+    confirm a start. Resources are released in ``_release`` from both ``on_stop`` and
+    ``on_failure`` (pykka calls only one of them), and a crash is reported as ``ChildFailed``.
+    """
+
+    def __init__(self, ctx: ActorContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Ping):
+            return Pong(actor=self.ctx.child_id, generation=self.ctx.generation)
+        return self.handle(message)
+
+    def handle(self, message: Any) -> Any:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Close what the actor owns. Must be idempotent and never raise."""
+
+    def on_stop(self) -> None:
+        self._release()
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            self._release()
+        finally:
+            if self.ctx.supervisor is not None:
+                _tell_quietly(
+                    self.ctx.supervisor,
+                    ChildFailed(
+                        child_id=self.ctx.child_id,
+                        generation=self.ctx.generation,
+                        error=f"{type(exception_value).__name__}: {exception_value}",
+                        fatal=isinstance(exception_value, FatalError),
+                    ),
+                )
+
+    def tell_self_later(self, delay: float, message: Any) -> TimerHandle:
+        return self.ctx.scheduler.tell_later(delay, self.actor_ref, message)
+
+
+def join_thread(thread: threading.Thread | None, timeout: float, what: str) -> None:
+    if thread is None or thread is threading.current_thread():
+        return
+    thread.join(timeout)
+    if thread.is_alive():
+        log.warning("%s did not stop within %.1fs", what, timeout)
+
+
+ReleaseHook = Callable[[], None]

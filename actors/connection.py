@@ -1,0 +1,619 @@
+"""Connection: owns the WebSocket to DockMon (PROTOCOL §1, §2, §9).
+
+The actor never blocks. A :class:`WebSocketLink` owns two helper threads per connection: the
+reader (``ConnectionActor-reader``) dials, sends ``register`` as the first frame and tells every
+frame it reads to the actor; the writer (``ConnectionActor-writer``) sends queued frames, so a
+backend that stops reading cannot stall the actor. Keepalive, dead-link detection and backoff run
+on the injected scheduler and clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import random
+import ssl
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import pykka
+import websocket
+
+from actors.base import ActorContext, Clock, SupervisedActor, TimerHandle, join_thread
+from messages.connection import (
+    AttemptTimedOut,
+    Dial,
+    FrameReceived,
+    LinkOpened,
+    PongReceived,
+    ReaderStopped,
+    Tick,
+)
+from messages.docker import (
+    CommandFailed,
+    CommandSucceeded,
+    ContainerEventObserved,
+    ContainerOpFailed,
+    ContainerOpSucceeded,
+    DescribeHost,
+    GetContainerLogs,
+    HostDescribed,
+    InspectContainer,
+    KillContainer,
+    ListContainers,
+    RemoveContainer,
+    RenameContainer,
+    Reply,
+    RestartContainer,
+    StartContainer,
+    StopContainer,
+)
+from messages.tokens import GetToken, SaveToken, TokenInfo
+from messages.wire import (
+    AgentIdentity,
+    AuthRejected,
+    AuthSucceeded,
+    IgnoredFrame,
+    RejectedRequest,
+    decode_frame,
+    encode_container_event,
+    encode_register,
+    encode_reply,
+)
+
+log = logging.getLogger(__name__)
+
+#: which peer runs each inbound command type (the one routing table)
+ROUTES: dict[type, str] = {
+    kind: "docker_gateway"
+    for kind in (
+        ListContainers,
+        StartContainer,
+        StopContainer,
+        RestartContainer,
+        RemoveContainer,
+        KillContainer,
+        RenameContainer,
+        GetContainerLogs,
+        InspectContainer,
+    )
+}
+
+
+class Backoff:
+    """Exponential backoff with full jitter: delay n is uniform in [0, min(max, init * 2**n)]."""
+
+    def __init__(self, initial: float, maximum: float, rng: random.Random | None = None) -> None:
+        self.initial, self.maximum = initial, maximum
+        self._rng = rng or random.Random()
+        self.failures = 0
+
+    def cap(self) -> float:
+        return min(self.maximum, self.initial * 2 ** min(self.failures, 32))
+
+    def next_delay(self) -> float:
+        delay = self._rng.uniform(0, self.cap())
+        self.failures += 1
+        return delay
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def control_url_for_log(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkSettings:
+    url: str
+    insecure_skip_verify: bool = False
+    ca_cert: str | None = None
+    https_proxy: str | None = None
+    http_proxy: str | None = None
+    no_proxy: str | None = None
+    dial_timeout: float = 45.0
+    auth_timeout: float = 10.0
+    describe_timeout: float = 15.0
+    ping_interval: float = 30.0
+    dead_after: float = 40.0
+    write_deadline: float = 10.0
+    outbox_limit: int = 10_000
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        if self.ca_cert:
+            ctx.load_verify_locations(cafile=self.ca_cert)
+        if self.insecure_skip_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    def connect_options(self) -> dict[str, Any]:
+        parts = urlsplit(self.url)
+        options: dict[str, Any] = {"timeout": self.dial_timeout, "suppress_origin": True}
+        proxy = self.https_proxy if parts.scheme == "wss" else self.http_proxy
+        no_proxy = [h.strip() for h in (self.no_proxy or "").split(",") if h.strip()]
+        if proxy:
+            p = urlsplit(proxy)
+            options.update(
+                http_proxy_host=p.hostname,
+                http_proxy_port=p.port or (443 if p.scheme == "https" else 80),
+                proxy_type="http",
+                http_no_proxy=no_proxy or None,
+            )
+            if p.username:
+                options["http_proxy_auth"] = (p.username, p.password or "")
+        else:
+            # An explicit empty no_proxy list would still let websocket-client read the process
+            # environment; route everything direct by naming the target host.
+            options["http_no_proxy"] = [parts.hostname or "*"]
+        return options
+
+
+_PING = object()
+_STOP = object()
+
+
+class WebSocketLink:
+    """One connection attempt: a reader thread and a writer thread around one WebSocket."""
+
+    def __init__(
+        self,
+        settings: LinkSettings,
+        generation: int,
+        register_frame: str,
+        notify: pykka.ActorRef[Any],
+        clock: Clock,
+    ) -> None:
+        self.generation = generation
+        self._settings = settings
+        self._register = register_frame
+        self._notify = notify
+        self._clock = clock
+        self._ws: websocket.WebSocket | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._outgoing: queue.Queue[object] = queue.Queue()
+        self._busy_since: float | None = None
+        self._reader = threading.Thread(
+            target=self._read, name="ConnectionActor-reader", daemon=True
+        )
+        self._writer = threading.Thread(
+            target=self._write, name="ConnectionActor-writer", daemon=True
+        )
+
+    def start(self) -> None:
+        self._reader.start()
+
+    def send(self, text: str) -> None:
+        self._outgoing.put(text)
+
+    def ping(self) -> None:
+        self._outgoing.put(_PING)
+
+    def send_stuck_for(self, now: float) -> float:
+        busy = self._busy_since
+        return 0.0 if busy is None else now - busy
+
+    def close(self, timeout: float = 2.0) -> list[str]:
+        """Abort the socket, join both threads, return frames that were never handed to it."""
+        with self._lock:
+            self._closed = True
+            ws = self._ws
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                ws.abort()
+            with contextlib.suppress(Exception):
+                ws.close(timeout=0)
+        self._outgoing.put(_STOP)
+        join_thread(self._reader, timeout, "ConnectionActor-reader")
+        if self._writer.is_alive():
+            join_thread(self._writer, timeout, "ConnectionActor-writer")
+        unsent: list[str] = []
+        while True:
+            try:
+                item = self._outgoing.get_nowait()
+            except queue.Empty:
+                return unsent
+            if isinstance(item, str):
+                unsent.append(item)
+
+    def _tell(self, message: Any) -> bool:
+        try:
+            self._notify.tell(message)
+            return True
+        except pykka.ActorDeadError:
+            self.close_from_thread()
+            return False
+
+    def close_from_thread(self) -> None:
+        with self._lock:
+            self._closed = True
+            ws = self._ws
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                ws.abort()
+
+    def _read(self) -> None:
+        reason = "closed"
+        try:
+            ws = websocket.WebSocket(
+                sslopt={"context": self._settings.ssl_context()}, enable_multithread=True
+            )
+            ws.connect(self._settings.url, **self._settings.connect_options())
+            with self._lock:
+                if self._closed:
+                    ws.abort()
+                    return
+                self._ws = ws
+            ws.settimeout(self._settings.write_deadline)
+            ws.send(self._register)  # must be the first frame (PROTOCOL §2.2)
+            ws.settimeout(None)  # silence is judged by the actor's clock, not the socket
+            if not self._tell(LinkOpened(generation=self.generation)):
+                return
+            self._writer.start()
+            while True:
+                opcode, frame = ws.recv_data_frame(True)
+                if opcode == websocket.ABNF.OPCODE_TEXT:
+                    data = frame.data
+                    text = data.decode("utf-8") if isinstance(data, bytes) else data
+                    if not self._tell(FrameReceived(generation=self.generation, data=text)):
+                        return
+                elif opcode == websocket.ABNF.OPCODE_BINARY:
+                    if not self._tell(FrameReceived(generation=self.generation, data=frame.data)):
+                        return
+                elif opcode in (websocket.ABNF.OPCODE_PONG, websocket.ABNF.OPCODE_PING):
+                    if not self._tell(PongReceived(generation=self.generation)):
+                        return
+                elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                    code, text = _close_reason(frame.data)
+                    reason = f"closed by server: {code} {text}".rstrip()
+                    return
+        except websocket.WebSocketBadStatusException as exc:
+            reason = f"handshake rejected: HTTP {exc.status_code}"
+        except (OSError, websocket.WebSocketException, ValueError) as exc:
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        finally:
+            with self._lock:
+                closed = self._closed
+            if closed:
+                reason = "closed by agent"
+            self._outgoing.put(_STOP)
+            with contextlib.suppress(pykka.ActorDeadError):
+                self._notify.tell(ReaderStopped(generation=self.generation, reason=reason))
+
+    def _write(self) -> None:
+        ws = self._ws
+        assert ws is not None
+        while True:
+            item = self._outgoing.get()
+            if item is _STOP:
+                return
+            self._busy_since = self._clock.monotonic()
+            try:
+                if item is _PING:
+                    ws.ping()
+                else:
+                    assert isinstance(item, str)
+                    ws.send(item)
+            except (OSError, websocket.WebSocketException) as exc:
+                if isinstance(item, str):  # keep it for the outbox; order is preserved
+                    self._requeue_front(item)
+                log.info("send failed: %s", exc)
+                self.close_from_thread()
+                return
+            finally:
+                self._busy_since = None
+
+    def _requeue_front(self, item: str) -> None:
+        rest: list[object] = [item]
+        while True:
+            try:
+                rest.append(self._outgoing.get_nowait())
+            except queue.Empty:
+                break
+        for x in rest:
+            self._outgoing.put(x)
+
+
+def _close_reason(data: bytes | str) -> tuple[int | str, str]:
+    raw = data.encode() if isinstance(data, str) else data
+    if len(raw) >= 2:
+        return int.from_bytes(raw[:2], "big"), raw[2:].decode("utf-8", "replace")
+    return "", ""
+
+
+LinkFactory = Callable[[LinkSettings, int, str, pykka.ActorRef[Any], Clock], WebSocketLink]
+
+
+@dataclass
+class _Stats:
+    connects: int = 0
+    outbox_dropped: int = 0
+    last_error: str = ""
+
+
+class ConnectionActor(SupervisedActor):
+    """States: waiting (backoff) -> describing -> dialing -> authenticating -> connected."""
+
+    def __init__(
+        self,
+        ctx: ActorContext,
+        *,
+        settings: LinkSettings,
+        identity: AgentIdentity,
+        reconnect_initial: float,
+        reconnect_max: float,
+        link_factory: LinkFactory = WebSocketLink,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(ctx)
+        self._settings = settings
+        self._identity = identity
+        self._link_factory = link_factory
+        self._backoff = Backoff(reconnect_initial, reconnect_max, rng)
+        self._state = "waiting"
+        self._attempt = 0
+        self._link: WebSocketLink | None = None
+        self._token: TokenInfo | None = None
+        self._outbox: deque[str] = deque()
+        self._attempt_timer: TimerHandle | None = None
+        self._tick_timer: TimerHandle | None = None
+        self._last_heard = 0.0
+        self._last_ping = 0.0
+        self.stats = _Stats()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self._token = self.ctx.peers.ask("token_store", GetToken(), timeout=5)
+        log.info("connecting to %s", control_url_for_log(self._settings.url))
+        self.actor_ref.tell(Dial())
+
+    def _release(self) -> None:
+        self._drop_link("agent stopping")
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    # --- dispatch ---------------------------------------------------------------------------------
+
+    def handle(self, message: Any) -> Any:
+        match message:
+            case Dial():
+                self._dial()
+            case HostDescribed():
+                self._host_described(message)
+            case LinkOpened(generation=gen) if gen == self._attempt:
+                self._link_opened()
+            case FrameReceived(generation=gen, data=data) if gen == self._attempt:
+                self._last_heard = self.ctx.clock.monotonic()
+                self._frame(data)
+            case PongReceived(generation=gen) if gen == self._attempt:
+                self._last_heard = self.ctx.clock.monotonic()
+            case ReaderStopped(generation=gen, reason=reason) if gen == self._attempt:
+                self._link_lost(reason)
+            case Tick(generation=gen) if gen == self._attempt:
+                self._tick()
+            case AttemptTimedOut(generation=gen, phase=phase) if gen == self._attempt:
+                if self._state == phase:
+                    self._attempt_failed(f"timed out while {phase}")
+            case ContainerEventObserved():
+                self._send(encode_container_event(message, self.ctx.clock.time_ns()))
+            case (
+                LinkOpened()
+                | FrameReceived()
+                | PongReceived()
+                | ReaderStopped()
+                | Tick()
+                | AttemptTimedOut()
+            ):
+                pass  # from an older attempt
+            case (
+                CommandSucceeded() | CommandFailed() | ContainerOpSucceeded() | ContainerOpFailed()
+            ):
+                self._send(encode_reply(message, self.ctx.clock.time_ns()))
+            case _:
+                log.warning("Connection ignored %s", type(message).__name__)
+        return None
+
+    # --- connection attempts ---------------------------------------------------------------
+
+    def _dial(self) -> None:
+        if self._state != "waiting":
+            return
+        self._attempt += 1
+        self._state = "describing"
+        self._arm_attempt_timer(self._settings.describe_timeout, "describing")
+        if not self.ctx.peers.tell("docker_gateway", DescribeHost(attempt=self._attempt)):
+            self._attempt_failed("docker gateway is not running")
+
+    def _host_described(self, msg: HostDescribed) -> None:
+        if msg.attempt != self._attempt or self._state != "describing":
+            return
+        if msg.info is None:
+            self._attempt_failed(
+                f"cannot register without Docker's engine id: {msg.error or 'unknown error'}"
+            )
+            return
+        assert self._token is not None
+        frame = encode_register(self._token.token, msg.info, self._identity)
+        self._state = "dialing"
+        self._arm_attempt_timer(self._settings.dial_timeout + 5, "dialing")
+        self._link = self._link_factory(
+            self._settings, self._attempt, frame, self.actor_ref, self.ctx.clock
+        )
+        self._link.start()
+
+    def _link_opened(self) -> None:
+        self._state = "authenticating"
+        self._last_heard = self.ctx.clock.monotonic()
+        self._arm_attempt_timer(self._settings.auth_timeout, "authenticating")
+
+    def _frame(self, data: str | bytes) -> None:
+        decoded = decode_frame(data)
+        if self._state == "authenticating":
+            match decoded:
+                case AuthSucceeded():
+                    self._authenticated(decoded)
+                case AuthRejected(error=error):
+                    self._auth_rejected(error)
+                case _:
+                    self._attempt_failed("expected auth_success or auth_error as first reply")
+            return
+        match decoded:
+            case IgnoredFrame(reason=reason):
+                log.warning("ignored a frame from DockMon: %s", reason)
+            case RejectedRequest(reply=reply):
+                log.warning("rejected a request from DockMon: %s", reply.error)  # type: ignore[union-attr]
+                self._send(encode_reply(reply, self.ctx.clock.time_ns()))
+            case AuthSucceeded() | AuthRejected():
+                log.warning("ignored an unexpected %s", type(decoded).__name__)
+            case _:
+                self._route(decoded)
+
+    def _route(self, command: Any) -> None:
+        role = ROUTES[type(command)]
+        if not self.ctx.peers.tell(role, command):
+            error = f"{role} is restarting; try again"
+            reply: Reply = (
+                CommandFailed(request_id=command.request_id, error=error)
+                if isinstance(command, ListContainers)
+                else ContainerOpFailed(request_id=command.request_id, error=error)
+            )
+            self._send(encode_reply(reply, self.ctx.clock.time_ns()))
+
+    def _authenticated(self, msg: AuthSucceeded) -> None:
+        self._cancel_attempt_timer()
+        self._state = "connected"
+        self._backoff.reset()
+        self.stats.connects += 1
+        if msg.permanent_token and (
+            self._token is None or self._token.token != msg.permanent_token
+        ):
+            self.ctx.peers.tell("token_store", SaveToken(token=msg.permanent_token))
+            self._token = TokenInfo(
+                token=msg.permanent_token, kind="permanent", source="auth_success"
+            )
+        elif msg.permanent_token and self._token is not None and self._token.kind != "permanent":
+            self.ctx.peers.tell("token_store", SaveToken(token=msg.permanent_token))
+        log.info(
+            "registered with DockMon (agent %s, host %s)%s",
+            msg.agent_id,
+            msg.host_id,
+            f"; delivering {len(self._outbox)} queued messages" if self._outbox else "",
+        )
+        now = self.ctx.clock.monotonic()
+        self._last_heard = self._last_ping = now
+        assert self._link is not None
+        while self._outbox:
+            self._link.send(self._outbox.popleft())
+        self._schedule_tick()
+
+    def _auth_rejected(self, error: str) -> None:
+        hint = ""
+        if (
+            self._token is not None
+            and self._token.kind == "permanent"
+            and ("Invalid registration token" in error or "does not match engine_id" in error)
+        ):
+            hint = (
+                f" — the permanent token from {self._token.source} is no longer accepted (was the "
+                "host deleted in DockMon, or Docker reinstalled?). To register again, delete the "
+                "token file and set a new REGISTRATION_TOKEN"
+            )
+        elif "expired" in error or "maximum uses" in error:
+            hint = " — generate a new registration token in DockMon and set REGISTRATION_TOKEN"
+        self._attempt_failed(f"DockMon rejected the registration: {error}{hint}", level="error")
+
+    def _attempt_failed(self, reason: str, *, level: str = "warning") -> None:
+        self._drop_link(reason)
+        delay = self._backoff.next_delay()
+        self.stats.last_error = reason
+        getattr(log, level)("connection attempt failed: %s; retrying in %.1fs", reason, delay)
+        self._state = "waiting"
+        self.tell_self_later(delay, Dial())
+
+    def _link_lost(self, reason: str) -> None:
+        if self._state != "connected":
+            self._attempt_failed(reason)
+            return
+        log.warning("connection to DockMon lost: %s; reconnecting", reason)
+        self._drop_link(reason)
+        self._state = "waiting"
+        self.actor_ref.tell(Dial())  # first retry after a drop is immediate (PROTOCOL §9)
+
+    def _drop_link(self, reason: str) -> None:
+        self._cancel_attempt_timer()
+        if self._tick_timer is not None:
+            self._tick_timer.cancel()
+            self._tick_timer = None
+        link, self._link = self._link, None
+        if link is None:
+            return
+        unsent = link.close()
+        if unsent and self._state == "connected":
+            for text in reversed(unsent):
+                self._outbox.appendleft(text)
+            log.info("kept %d unsent messages for the next connection", len(unsent))
+        self._attempt += 1  # anything still in flight from that link is now stale
+        log.debug("link closed: %s", reason)
+
+    # --- keepalive ----------------------------------------------------------------------------
+
+    def _schedule_tick(self) -> None:
+        self._tick_timer = self.tell_self_later(1.0, Tick(generation=self._attempt))
+
+    def _tick(self) -> None:
+        if self._state != "connected" or self._link is None:
+            return
+        now = self.ctx.clock.monotonic()
+        silent = now - self._last_heard
+        stuck = self._link.send_stuck_for(now)
+        if silent >= self._settings.dead_after:
+            self._link_lost(f"no frame or pong for {silent:.0f}s")
+            return
+        if stuck >= self._settings.write_deadline:
+            self._link_lost(f"a send has been blocked for {stuck:.0f}s")
+            return
+        if now - self._last_ping >= self._settings.ping_interval:
+            self._last_ping = now
+            self._link.ping()
+        self._schedule_tick()
+
+    def _arm_attempt_timer(self, delay: float, phase: str) -> None:
+        self._cancel_attempt_timer()
+        self._attempt_timer = self.tell_self_later(
+            delay, AttemptTimedOut(generation=self._attempt, phase=phase)
+        )
+
+    def _cancel_attempt_timer(self) -> None:
+        if self._attempt_timer is not None:
+            self._attempt_timer.cancel()
+            self._attempt_timer = None
+
+    # --- outbound -----------------------------------------------------------------------------
+
+    def _send(self, text: str) -> None:
+        if self._state == "connected" and self._link is not None:
+            self._link.send(text)
+            return
+        if len(self._outbox) >= self._settings.outbox_limit:
+            self._outbox.popleft()
+            self.stats.outbox_dropped += 1
+            if self.stats.outbox_dropped == 1 or self.stats.outbox_dropped % 1000 == 0:
+                log.error(
+                    "outbox full (%d messages) while disconnected: dropped the oldest; "
+                    "%d dropped so far",
+                    self._settings.outbox_limit,
+                    self.stats.outbox_dropped,
+                )
+        self._outbox.append(text)

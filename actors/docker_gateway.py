@@ -1,0 +1,440 @@
+"""DockerGateway: owns the Docker request clients and runs every container command.
+
+Handlers only dispatch: each command runs on a small pool of worker threads, each with its own
+docker-py ``APIClient`` (docker-py promises no thread safety). Commands for the same container
+run one at a time in arrival order; commands for other containers and ``list_containers`` run in
+parallel, so a 10 s ``stop`` holds up nothing else. Workers tell their reply to the Connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import re
+import threading
+from collections import defaultdict, deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+from actors.base import ActorContext, SupervisedActor
+from messages.common import RawJson
+from messages.docker import (
+    ACTION_NAMES,
+    CommandFailed,
+    CommandSucceeded,
+    ContainerEventObserved,
+    ContainerOperation,
+    ContainerOpFailed,
+    ContainerOpSucceeded,
+    DescribeHost,
+    GetContainerLogs,
+    HostDescribed,
+    HostInfo,
+    InspectContainer,
+    KillContainer,
+    ListContainers,
+    OperationDone,
+    RemoveContainer,
+    RenameContainer,
+    Reply,
+    RestartContainer,
+    StartContainer,
+    StopContainer,
+)
+from messages.wire import rfc3339_nano
+
+log = logging.getLogger(__name__)
+
+ZERO_TIME = "0001-01-01T00:00:00Z"
+_PROTECTED = (StopContainer, RestartContainer, RemoveContainer, KillContainer, RenameContainer)
+_VERBS = {
+    "start": "start container",
+    "stop": "stop container",
+    "restart": "restart container",
+    "remove": "remove container",
+    "kill": "kill container",
+    "rename": "rename container",
+    "get_logs": "get container logs",
+    "inspect": "inspect container",
+}
+
+
+def detect_own_container_id(
+    proc_root: str = "/proc", environ: Mapping[str, str] = os.environ
+) -> str | None:
+    """The 12-char id of the container we run in, or None (PROTOCOL §7.1, plus mountinfo).
+
+    cgroup v1 paths name the container; under cgroup v2 they don't, but the bind mounts Docker
+    makes for /etc/hostname and friends do (``/var/lib/docker/containers/<id>/...``).
+    """
+    patterns = {
+        "self/cgroup": (
+            r"/docker/([0-9a-f]{64})",
+            r"docker-([0-9a-f]{64})\.scope",
+            r"/libpod-([0-9a-f]{64})\.scope",
+        ),
+        "self/mountinfo": (
+            r"/docker/containers/([0-9a-f]{64})/",
+            r"/overlay-containers/([0-9a-f]{64})/",
+        ),
+    }
+    for name, regexes in patterns.items():
+        try:
+            text = Path(proc_root, name).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for regex in regexes:
+            if match := re.search(regex, text):
+                return match.group(1)[:12]
+    hostname = environ.get("HOSTNAME", "")
+    if len(hostname) >= 12 and re.fullmatch(r"[0-9a-f]{12}", hostname[:12]):
+        return hostname[:12]
+    return None
+
+
+def describe_docker_error(what: str, exc: BaseException, docker_host: str) -> tuple[str, str]:
+    """Docker's own wording (the backend matches substrings of it), plus an ``error_type``."""
+    if isinstance(exc, docker.errors.APIError):
+        explanation = exc.explanation or str(exc)
+        if isinstance(explanation, bytes):
+            explanation = explanation.decode("utf-8", "replace")
+        return f"failed to {what}: Error response from daemon: {explanation}", "docker_error"
+    text = repr(exc)
+    if "Permission denied" in text or "PermissionError" in text:
+        return (
+            f"failed to {what}: permission denied while trying to connect to the Docker daemon "
+            f"socket at {docker_host} (add the agent's user to the socket's group)",
+            "permission_denied",
+        )
+    if isinstance(exc, requests.exceptions.Timeout):
+        return f"failed to {what}: timed out waiting for the Docker daemon", "docker_error"
+    if isinstance(exc, requests.exceptions.ConnectionError | docker.errors.DockerException):
+        return (
+            f"failed to {what}: Cannot connect to the Docker daemon at {docker_host}. "
+            "Is the docker daemon running?",
+            "docker_error",
+        )
+    return f"failed to {what}: {exc}", "docker_error"
+
+
+def demux_docker_stream(raw: bytes) -> tuple[bytes, bytes]:
+    """Split Docker's multiplexed non-TTY stream into (stdout, stderr)."""
+    out, err = bytearray(), bytearray()
+    i = 0
+    while i + 8 <= len(raw):
+        kind, size = raw[i], int.from_bytes(raw[i + 4 : i + 8], "big")
+        chunk = raw[i + 8 : i + 8 + size]
+        (err if kind == 2 else out).extend(chunk)
+        i += 8 + size
+    return bytes(out), bytes(err)
+
+
+def env_map(env: list[str] | None) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for item in env or []:
+        key, _, value = item.partition("=")
+        result[key] = value
+    return result
+
+
+class _ListCache:
+    """Per-container ``StartedAt``/``Env`` and per-image ``RepoDigests`` for list_containers."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.containers: dict[str, tuple[str, str | None, dict[str, str] | None]] = {}
+        self.images: dict[str, list[str]] = {}
+
+    def on_event(self, event: ContainerEventObserved) -> None:
+        with self.lock:
+            if event.action == "destroy":
+                self.containers.pop(event.container_id, None)
+            elif event.action in ("start", "restart"):
+                entry = self.containers.get(event.container_id)
+                if entry is not None:
+                    self.containers[event.container_id] = (
+                        "running",
+                        rfc3339_nano(event.time_nano),
+                        entry[2],
+                    )
+
+
+class _WorkerPool:
+    """Daemon worker threads: a stuck Docker call can never hold up process exit."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+            for i in range(size)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except Exception:
+                log.exception("unexpected error in a Docker worker")
+
+
+class DockerGatewayActor(SupervisedActor):
+    def __init__(
+        self,
+        ctx: ActorContext,
+        *,
+        docker_host: str,
+        own_container_id: str | None = None,
+        workers: int = 8,
+        request_timeout: float = 60.0,
+        client_factory: Callable[[], docker.APIClient] | None = None,
+    ) -> None:
+        super().__init__(ctx)
+        self._docker_host = docker_host
+        self._own_id = own_container_id
+        self._workers = workers
+        self._client_factory = client_factory or (
+            lambda: docker.APIClient(base_url=docker_host, version="auto", timeout=request_timeout)
+        )
+        self._local = threading.local()
+        self._clients: list[docker.APIClient] = []
+        self._clients_lock = threading.Lock()
+        self._pool: _WorkerPool | None = None
+        self._busy: set[str] = set()
+        self._waiting: defaultdict[str, deque[Callable[[], None]]] = defaultdict(deque)
+        self._cache = _ListCache()
+
+    def on_start(self) -> None:
+        self._pool = _WorkerPool(self._workers, "DockerGateway-worker")
+
+    def _release(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    # --- dispatch --------------------------------------------------------------------------
+
+    def handle(self, message: Any) -> Any:
+        match message:
+            case ListContainers():
+                self._submit(None, lambda: self._reply(self._list_containers(message)))
+            case DescribeHost(attempt=attempt):
+                self._submit(None, lambda: self._describe_host(attempt))
+            case OperationDone(key=key):
+                self._next(key)
+            case ContainerEventObserved():
+                self._cache.on_event(message)
+            case _ if type(message) in ACTION_NAMES:
+                self._submit(message.container_id, lambda: self._reply(self._operate(message)))
+            case _:
+                log.warning("DockerGateway ignored %s", type(message).__name__)
+        return None
+
+    def _submit(self, key: str | None, job: Callable[[], None]) -> None:
+        assert self._pool is not None
+        if key is None:
+            self._pool.submit(job)
+        elif key in self._busy:
+            self._waiting[key].append(job)
+        else:
+            self._busy.add(key)
+            self._pool.submit(self._keyed(key, job))
+
+    def _keyed(self, key: str, job: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                job()
+            finally:
+                with contextlib.suppress(Exception):
+                    self.actor_ref.tell(OperationDone(key=key))
+
+        return run
+
+    def _next(self, key: str) -> None:
+        waiting = self._waiting.get(key)
+        if waiting:
+            job = waiting.popleft()
+            if not waiting:
+                del self._waiting[key]
+            assert self._pool is not None
+            self._pool.submit(self._keyed(key, job))
+        else:
+            self._busy.discard(key)
+
+    def _reply(self, reply: Reply) -> None:
+        self.ctx.peers.tell("connection", reply)
+
+    def _client(self) -> docker.APIClient:
+        client: docker.APIClient | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self._client_factory()
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
+
+    # --- worker-side jobs (run on pool threads) ---------------------------------------------
+
+    def _operate(self, op: ContainerOperation) -> Reply:
+        action = ACTION_NAMES[type(op)]
+        try:
+            api = self._client()
+            if isinstance(op, _PROTECTED) and self._own_id:
+                full_id = api.inspect_container(op.container_id)["Id"]
+                if full_id.startswith(self._own_id):
+                    return ContainerOpFailed(
+                        request_id=op.request_id,
+                        error=f"refusing to {action} the agent's own container "
+                        f"({full_id[:12]}); use self_update to replace the agent",
+                        error_type="permission_denied",
+                    )
+            body = self._run(api, op)
+        except Exception as exc:
+            error, error_type = describe_docker_error(_VERBS[action], exc, self._docker_host)
+            log.info("%s %s failed: %s", action, op.container_id, error)
+            return ContainerOpFailed(request_id=op.request_id, error=error, error_type=error_type)
+        log.info("%s %s: ok", action, op.container_id)
+        return ContainerOpSucceeded(request_id=op.request_id, body=RawJson.of(body))
+
+    def _run(self, api: docker.APIClient, op: ContainerOperation) -> dict[str, Any]:
+        cid = op.container_id
+        match op:
+            case StartContainer():
+                api.start(cid)
+                return {"container_id": cid, "status": "started"}
+            case StopContainer(timeout=timeout):
+                api.stop(cid, timeout=timeout)
+                return {"container_id": cid, "status": "stopped"}
+            case RestartContainer(timeout=timeout):
+                api.restart(cid, timeout=timeout)
+                return {"container_id": cid, "status": "restarted"}
+            case RemoveContainer(force=force):
+                api.remove_container(cid, force=force, v=False)
+                return {"container_id": cid, "removed": True}
+            case KillContainer():
+                api.kill(cid, signal="SIGKILL")
+                return {"container_id": cid, "status": "killed"}
+            case RenameContainer(new_name=new_name):
+                api.rename(cid, new_name)
+                return {"container_id": cid, "status": "renamed"}
+            case GetContainerLogs(tail=tail):
+                return {"logs": self._logs(api, cid, tail)}
+            case InspectContainer():
+                return {"container": api.inspect_container(cid)}
+        raise TypeError(f"unsupported operation {op!r}")
+
+    @staticmethod
+    def _logs(api: docker.APIClient, cid: str, tail: int) -> str:
+        """Timestamps on; non-TTY output is all stdout then all stderr, like the Go agent."""
+        tty = bool(api.inspect_container(cid)["Config"].get("Tty"))
+        params = {"stdout": 1, "stderr": 1, "timestamps": 1, "tail": str(tail)}
+        res = api._get(api._url("/containers/{0}/logs", cid), params=params, stream=True)
+        api._raise_for_status(res)
+        raw = res.content
+        if tty:
+            return raw.decode("utf-8", "replace")
+        out, err = demux_docker_stream(raw)
+        return (out + err).decode("utf-8", "replace")
+
+    def _list_containers(self, msg: ListContainers) -> Reply:
+        try:
+            api = self._client()
+            summaries: list[dict[str, Any]] = api.containers(all=True)
+            live = {s["Id"] for s in summaries}
+            for summary in summaries:
+                self._enrich(api, summary)
+            with self._cache.lock:
+                for stale in set(self._cache.containers) - live:
+                    del self._cache.containers[stale]
+                used_images = {s.get("ImageID") for s in summaries}
+                for stale in set(self._cache.images) - used_images:
+                    del self._cache.images[stale]
+        except Exception as exc:
+            error, error_type = describe_docker_error("list containers", exc, self._docker_host)
+            log.warning("%s", error)
+            return CommandFailed(request_id=msg.request_id, error=error, error_type=error_type)
+        return CommandSucceeded(request_id=msg.request_id, payload=RawJson.of(summaries))
+
+    def _enrich(self, api: docker.APIClient, summary: dict[str, Any]) -> None:
+        cid, state, image_id = summary["Id"], summary.get("State", ""), summary.get("ImageID", "")
+        with self._cache.lock:
+            entry = self._cache.containers.get(cid)
+            digests = self._cache.images.get(image_id)
+        if entry is None or entry[0] != state:
+            try:
+                info = api.inspect_container(cid)
+            except docker.errors.NotFound:
+                info = None  # removed between list and inspect
+            if info is not None:
+                started = info.get("State", {}).get("StartedAt") or ""
+                entry = (
+                    state,
+                    started if started and not started.startswith("0001-01-01") else None,
+                    env_map(info.get("Config", {}).get("Env")),
+                )
+                with self._cache.lock:
+                    self._cache.containers[cid] = entry
+        if digests is None and image_id:
+            try:
+                digests = list(api.inspect_image(image_id).get("RepoDigests") or [])
+            except docker.errors.NotFound:
+                digests = []
+            with self._cache.lock:
+                self._cache.images[image_id] = digests
+        summary["RepoDigests"] = digests or []
+        if entry is not None:
+            if entry[1]:
+                summary["StartedAt"] = entry[1]
+            if entry[2] is not None:
+                summary["Env"] = entry[2]
+
+    def _describe_host(self, attempt: int) -> None:
+        try:
+            api = self._client()
+            info = api.info()
+        except Exception as exc:
+            error, _ = describe_docker_error("get Docker info", exc, self._docker_host)
+            self.ctx.peers.tell(
+                "connection", HostDescribed(attempt=attempt, info=None, error=error)
+            )
+            return
+        facts: dict[str, Any] = {}
+        try:
+            version = api.version()
+            try:
+                started = api.inspect_network("bridge").get("Created", "")
+            except docker.errors.NotFound:
+                started = ""
+            facts = {
+                "os_type": info.get("OSType"),
+                "os_version": info.get("OperatingSystem"),
+                "kernel_version": info.get("KernelVersion"),
+                "docker_version": version.get("Version") or "",
+                "daemon_started_at": started,
+                "total_memory": info.get("MemTotal") or None,
+                "num_cpus": info.get("NCPU") or None,
+            }
+        except Exception as exc:  # system fields are all-or-nothing (PROTOCOL §2.2)
+            log.warning("registering without system facts: %s", exc)
+        host = HostInfo(engine_id=info["ID"], daemon_name=info.get("Name"), **facts)
+        self.ctx.peers.tell("connection", HostDescribed(attempt=attempt, info=host))

@@ -1,0 +1,184 @@
+"""EventStreamer: owns the Docker event subscription (PROTOCOL §5.1).
+
+A reader thread iterates docker-py's event stream and tells each container event to the actor,
+which forwards it to the Connection (``container_event``) and the DockerGateway (cache upkeep).
+When the stream breaks — dockerd restarted, socket gone — the actor resubscribes with
+``since=<last event time>`` and drops the events it already forwarded, so nothing is lost or sent
+twice. The resume point lives in an :class:`EventCursor` that survives actor restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import docker
+import pykka
+
+from actors.base import ActorContext, SupervisedActor, TimerHandle, join_thread
+from messages.docker import (
+    ContainerEventObserved,
+    DockerEventReceived,
+    EventStreamEnded,
+    Resubscribe,
+)
+
+log = logging.getLogger(__name__)
+
+
+class EventCursor:
+    """Where to resume: the newest forwarded event's time and the keys seen at that instant.
+
+    Shared by successive EventStreamer generations (the supervisor's factory holds it), so a
+    restarted streamer resumes instead of starting from "now".
+    """
+
+    def __init__(self, start_ns: int, memory: int = 4096) -> None:
+        self._lock = threading.Lock()
+        self.since_ns = start_ns
+        self._seen: deque[tuple[int, str, str]] = deque(maxlen=memory)
+        self._seen_set: set[tuple[int, str, str]] = set()
+
+    def since_param(self) -> str:
+        with self._lock:
+            seconds, nanos = divmod(self.since_ns, 1_000_000_000)
+        return f"{seconds}.{nanos:09d}"
+
+    def accept(self, event: ContainerEventObserved) -> bool:
+        """True the first time an event is seen; records it as the new resume point."""
+        key = event.key
+        with self._lock:
+            if key in self._seen_set or event.time_nano < self.since_ns - 1_000_000_000:
+                return False
+            if len(self._seen) == self._seen.maxlen:
+                self._seen_set.discard(self._seen[0])
+            self._seen.append(key)
+            self._seen_set.add(key)
+            self.since_ns = max(self.since_ns, event.time_nano)
+            return True
+
+
+def parse_event(raw: Mapping[str, Any]) -> ContainerEventObserved | None:
+    """A Docker ``/events`` object -> typed container event (None for other types)."""
+    if raw.get("Type") != "container":
+        return None
+    actor = raw.get("Actor") or {}
+    attributes = {str(k): str(v) for k, v in (actor.get("Attributes") or {}).items()}
+    time_nano = int(raw.get("timeNano") or int(raw.get("time", 0)) * 1_000_000_000)
+    return ContainerEventObserved(
+        container_id=str(actor.get("ID") or raw.get("id") or ""),
+        container_name=attributes.get("name", ""),
+        image=attributes.get("image", ""),
+        action=str(raw.get("Action") or raw.get("status") or ""),
+        time=int(raw.get("time") or time_nano // 1_000_000_000),
+        time_nano=time_nano,
+        attributes=tuple(sorted(attributes.items())),
+    )
+
+
+class EventStreamerActor(SupervisedActor):
+    def __init__(
+        self,
+        ctx: ActorContext,
+        *,
+        docker_host: str,
+        cursor: EventCursor,
+        client_factory: Callable[[], docker.APIClient] | None = None,
+        retry_delay: tuple[float, float] = (0.2, 5.0),
+    ) -> None:
+        super().__init__(ctx)
+        self._docker_host = docker_host
+        self._cursor = cursor
+        self._client_factory = client_factory or (
+            lambda: docker.APIClient(base_url=docker_host, version="auto", timeout=30)
+        )
+        self._retry_min, self._retry_max = retry_delay
+        self._failures = 0
+        self._generation = 0
+        self._thread: threading.Thread | None = None
+        self._stream_lock = threading.Lock()
+        self._stream: Any = None
+        self._client: docker.APIClient | None = None
+        self._timer: TimerHandle | None = None
+        self.forwarded = 0
+
+    def on_start(self) -> None:
+        self._subscribe()
+
+    def _release(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._close_stream()
+        join_thread(self._thread, 2.0, "EventStreamer-reader")
+
+    def handle(self, message: Any) -> Any:
+        match message:
+            case DockerEventReceived(generation=gen, event=event) if gen == self._generation:
+                self._failures = 0
+                if self._cursor.accept(event):
+                    self.forwarded += 1
+                    self.ctx.peers.tell("connection", event)
+                    self.ctx.peers.tell("docker_gateway", event)
+            case EventStreamEnded(generation=gen, reason=reason) if gen == self._generation:
+                self._stream_ended(reason)
+            case Resubscribe(generation=gen) if gen == self._generation:
+                self._subscribe()
+            case DockerEventReceived() | EventStreamEnded() | Resubscribe():
+                pass  # from an older stream
+            case _:
+                log.warning("EventStreamer ignored %s", type(message).__name__)
+        return None
+
+    def _stream_ended(self, reason: str) -> None:
+        self._close_stream()
+        join_thread(self._thread, 2.0, "EventStreamer-reader")
+        delay = min(self._retry_max, self._retry_min * 2**self._failures)
+        level = logging.WARNING if self._failures == 0 else logging.DEBUG
+        log.log(level, "Docker event stream ended (%s); resubscribing in %.1fs", reason, delay)
+        self._failures += 1
+        self._timer = self.tell_self_later(delay, Resubscribe(generation=self._generation))
+
+    def _subscribe(self) -> None:
+        self._generation += 1
+        since = self._cursor.since_param()
+        self._thread = threading.Thread(
+            target=self._read,
+            args=(self._generation, since),
+            name="EventStreamer-reader",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _close_stream(self) -> None:
+        with self._stream_lock:
+            stream, self._stream = self._stream, None
+            client, self._client = self._client, None
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def _read(self, generation: int, since: str) -> None:
+        reason = "stream ended"
+        try:
+            client = self._client_factory()
+            stream = client.events(since=since, filters={"type": ["container"]}, decode=True)
+            with self._stream_lock:
+                self._stream, self._client = stream, client
+            for raw in stream:
+                event = parse_event(raw)
+                if event is not None:
+                    self.actor_ref.tell(DockerEventReceived(generation=generation, event=event))
+        except pykka.ActorDeadError:
+            self._close_stream()
+            return
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(EventStreamEnded(generation=generation, reason=reason))

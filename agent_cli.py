@@ -1,0 +1,165 @@
+"""``dockmon-agent``: load configuration, check the basics, run the supervised actors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import socket
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+
+import agent_config
+from actors.base import Clock, SystemClock
+from actors.connection import ConnectionActor, LinkSettings
+from actors.docker_gateway import DockerGatewayActor, detect_own_container_id
+from actors.errors import ConfigError, FatalError
+from actors.event_streamer import EventCursor, EventStreamerActor
+from actors.token_store import TokenStoreActor, check_data_dir, resolve_token
+from messages.wire import AgentIdentity
+from supervisor import ChildSpec, Supervisor
+
+log = logging.getLogger("dockmon_agent")
+
+
+def agent_version() -> str:
+    try:
+        return metadata.version("dockmon-agent")
+    except metadata.PackageNotFoundError:
+        return "dev"
+
+
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def agent_arch() -> str:
+    machine = platform.machine().lower()
+    return _ARCH.get(machine, "arm" if machine.startswith("arm") else machine)
+
+
+def capabilities() -> tuple[tuple[str, bool], ...]:
+    """Only what this agent really implements (the backend reads self_update, multi_env_files)."""
+    return (
+        ("container_operations", True),
+        ("container_updates", False),
+        ("event_streaming", True),
+        ("stats_collection", False),
+        ("self_update", False),
+        ("compose_deployments", False),
+        ("shell_access", False),
+        ("multi_env_files", False),
+    )
+
+
+def identity(cfg: agent_config.Config) -> AgentIdentity:
+    return AgentIdentity(
+        version=agent_version(),
+        proto_version=cfg.proto_version,
+        capabilities=capabilities(),
+        agent_name=cfg.agent_name,
+        force_unique_registration=cfg.force_unique_registration,
+        os_hostname=socket.gethostname(),
+        agent_os=sys.platform if sys.platform != "linux2" else "linux",
+        agent_arch=agent_arch(),
+    )
+
+
+def build_specs(
+    cfg: agent_config.Config,
+    *,
+    own_container_id: str | None = None,
+    clock: Clock | None = None,
+    link_settings: LinkSettings | None = None,
+) -> list[ChildSpec]:
+    """The agent's children in start order (STYLE §3)."""
+    cursor = EventCursor((clock or SystemClock()).time_ns())
+    settings = link_settings or LinkSettings(
+        url=cfg.ws_url,
+        insecure_skip_verify=cfg.insecure_skip_verify,
+        ca_cert=cfg.ca_cert,
+        https_proxy=cfg.https_proxy,
+        http_proxy=cfg.http_proxy,
+        no_proxy=cfg.no_proxy,
+    )
+    ident = identity(cfg)
+    return [
+        ChildSpec(
+            "token_store",
+            lambda ctx: TokenStoreActor.start(
+                ctx,
+                data_path=cfg.data_path,
+                permanent_token=cfg.permanent_token,
+                registration_token=cfg.registration_token,
+            ),
+        ),
+        ChildSpec(
+            "docker_gateway",
+            lambda ctx: DockerGatewayActor.start(
+                ctx, docker_host=cfg.docker_host, own_container_id=own_container_id
+            ),
+        ),
+        ChildSpec(
+            "connection",
+            lambda ctx: ConnectionActor.start(
+                ctx,
+                settings=settings,
+                identity=ident,
+                reconnect_initial=cfg.reconnect_initial,
+                reconnect_max=cfg.reconnect_max,
+            ),
+        ),
+        ChildSpec(
+            "event_streamer",
+            lambda ctx: EventStreamerActor.start(ctx, docker_host=cfg.docker_host, cursor=cursor),
+        ),
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="dockmon-agent",
+        description="Connects this Docker host to a DockMon server (outbound WebSocket only).",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration (tokens masked) and exit",
+    )
+    agent_config.add_cli_flags(parser)
+    ns = parser.parse_args(argv)
+    if ns.version:
+        print(f"dockmon-agent {agent_version()}")
+        return 0
+    try:
+        cfg = agent_config.load_config(
+            os.environ, config_path=ns.config, overrides=agent_config.overrides_from_args(ns)
+        )
+    except ConfigError as exc:
+        print(f"dockmon-agent: {exc}", file=sys.stderr)
+        return 2
+    if ns.print_config:
+        print(agent_config.format_config(cfg))
+        return 0
+    agent_config.setup_logging(cfg.log_level, cfg.log_json)
+    try:
+        check_data_dir(cfg.data_path)
+        resolve_token(cfg.data_path, cfg.permanent_token, cfg.registration_token)
+    except FatalError as exc:
+        log.error("cannot start: %s", exc)
+        print(f"dockmon-agent: {exc}", file=sys.stderr)
+        return 2
+    own_id = detect_own_container_id()
+    log.info(
+        "dockmon-agent %s starting (docker %s%s)",
+        agent_version(),
+        cfg.docker_host,
+        f", in container {own_id}" if own_id else "",
+    )
+    return Supervisor(build_specs(cfg, own_container_id=own_id)).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Messages the Connection actor gets from its own link threads and timers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dial:
+    """Start the next connection attempt."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkOpened:
+    generation: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FrameReceived:
+    generation: int
+    data: str | bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PongReceived:
+    generation: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReaderStopped:
+    generation: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tick:
+    """Keepalive clock: ping every 30 s, declare the link dead after 40 s of silence."""
+
+    generation: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptTimedOut:
+    """The current attempt's phase (host facts, dial, auth reply) took too long."""
+
+    generation: int
+    phase: str

@@ -1,0 +1,198 @@
+"""DockerGateway and EventStreamer protocol: container commands, replies, events, host facts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from messages.common import RawJson
+
+# --- container operations (PROTOCOL §4.2), one type per action --------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _ContainerCommand:
+    request_id: str
+    container_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartContainer(_ContainerCommand):
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopContainer(_ContainerCommand):
+    timeout: int = 10
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestartContainer(_ContainerCommand):
+    timeout: int = 10
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoveContainer(_ContainerCommand):
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KillContainer(_ContainerCommand):
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RenameContainer(_ContainerCommand):
+    new_name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GetContainerLogs(_ContainerCommand):
+    tail: int = 100
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InspectContainer(_ContainerCommand):
+    pass
+
+
+ContainerOperation = (
+    StartContainer
+    | StopContainer
+    | RestartContainer
+    | RemoveContainer
+    | KillContainer
+    | RenameContainer
+    | GetContainerLogs
+    | InspectContainer
+)
+
+#: wire action name for each operation type
+ACTION_NAMES: dict[type, str] = {
+    StartContainer: "start",
+    StopContainer: "stop",
+    RestartContainer: "restart",
+    RemoveContainer: "remove",
+    KillContainer: "kill",
+    RenameContainer: "rename",
+    GetContainerLogs: "get_logs",
+    InspectContainer: "inspect",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListContainers:
+    request_id: str
+
+
+# --- replies (told back to the Connection) -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContainerOpSucceeded:
+    """Raw container-op reply; ``body`` is a JSON object whose keys go top-level (§3.3)."""
+
+    request_id: str
+    body: RawJson
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContainerOpFailed:
+    request_id: str
+    error: str
+    error_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandSucceeded:
+    """Generic command reply: ``{"type":"response","id":…,"payload":…}``."""
+
+    request_id: str
+    payload: RawJson
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandFailed:
+    request_id: str
+    error: str
+    error_type: str | None = None
+
+
+Reply = ContainerOpSucceeded | ContainerOpFailed | CommandSucceeded | CommandFailed
+
+# --- host facts for `register` -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DescribeHost:
+    """Asked by the Connection before each registration; answered with :class:`HostDescribed`."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostInfo:
+    engine_id: str
+    daemon_name: str | None = None
+    # The "system fields" below are all present or all None (PROTOCOL §2.2 notes).
+    os_type: str | None = None
+    os_version: str | None = None
+    kernel_version: str | None = None
+    docker_version: str | None = None
+    daemon_started_at: str | None = None
+    total_memory: int | None = None
+    num_cpus: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostDescribed:
+    attempt: int
+    info: HostInfo | None
+    error: str | None = None
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContainerEventObserved:
+    """One Docker container event (PROTOCOL §5.1)."""
+
+    container_id: str
+    container_name: str
+    image: str
+    action: str
+    time: int  # seconds
+    time_nano: int
+    attributes: tuple[tuple[str, str], ...]
+
+    @property
+    def key(self) -> tuple[int, str, str]:
+        return (self.time_nano, self.container_id, self.action)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OperationDone:
+    """DockerGateway-internal: a worker finished the job queued under ``key``."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DockerEventReceived:
+    """EventStreamer-internal: its reader thread read one container event."""
+
+    generation: int
+    event: ContainerEventObserved
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventStreamEnded:
+    """EventStreamer-internal: the reader thread's event stream ended or failed."""
+
+    generation: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resubscribe:
+    generation: int

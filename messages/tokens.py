@@ -1,0 +1,29 @@
+"""TokenStore protocol: who we are to the DockMon backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from messages.common import Secret
+
+TokenKind = Literal["permanent", "registration"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GetToken:
+    """``ask`` only: answered with :class:`TokenInfo`."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenInfo:
+    token: Secret
+    kind: TokenKind
+    source: str  # "PERMANENT_TOKEN", the token file path, or "REGISTRATION_TOKEN"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SaveToken:
+    """Persist the permanent token the backend issued (atomic, mode 0600)."""
+
+    token: Secret

@@ -1,0 +1,382 @@
+"""Strict codec between WebSocket text frames and typed messages (PROTOCOL §2-§5, §11).
+
+Inbound: :func:`decode_frame` turns one frame into a typed command, an auth reply, a ready-made
+failure reply (for requests we can answer but not run), or an :class:`IgnoredFrame`.
+Outbound: ``encode_*`` build frames byte-compatible with the Go agent: flat ``register``,
+``response`` envelope for ``command``, raw ``correlation_id`` replies for ``container_operation``,
+``event`` envelope; ``payload`` always present on successful responses, even when null.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from messages.common import RawJson, Secret
+from messages.docker import (
+    CommandFailed,
+    CommandSucceeded,
+    ContainerEventObserved,
+    ContainerOperation,
+    ContainerOpFailed,
+    ContainerOpSucceeded,
+    GetContainerLogs,
+    HostInfo,
+    InspectContainer,
+    KillContainer,
+    ListContainers,
+    RemoveContainer,
+    RenameContainer,
+    Reply,
+    RestartContainer,
+    StartContainer,
+    StopContainer,
+)
+
+# --- inbound -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthSucceeded:
+    agent_id: str
+    host_id: str
+    permanent_token: Secret | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthRejected:
+    error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RejectedRequest:
+    """A request we can answer but not run (unknown command, bad payload): reply and move on."""
+
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IgnoredFrame:
+    """Logged and dropped, no reply (PROTOCOL §11): malformed JSON, unknown type, ..."""
+
+    reason: str
+
+
+Command = ContainerOperation | ListContainers
+Inbound = AuthSucceeded | AuthRejected | Command | RejectedRequest | IgnoredFrame
+
+#: generic commands this agent implements; everything else is ``unknown command: <name>``
+GENERIC_COMMANDS = frozenset({"list_containers"})
+
+
+class _BadPayload(Exception):
+    pass
+
+
+def _number(payload: Mapping[str, Any], key: str, default: int) -> int:
+    value = payload.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _BadPayload(f"{key} must be a number, got {type(value).__name__}")
+    if value < 0:
+        raise _BadPayload(f"{key} must not be negative")
+    return int(value)
+
+
+def _boolean(payload: Mapping[str, Any], key: str) -> bool:
+    value = payload.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _BadPayload(f"{key} must be a boolean, got {type(value).__name__}")
+    return value
+
+
+def _container_operation(request_id: str, payload: Mapping[str, Any]) -> Command | Reply:
+    action = payload.get("action")
+    if not isinstance(action, str):
+        return ContainerOpFailed(
+            request_id=request_id, error="invalid payload: action must be a string"
+        )
+    container_id = payload.get("container_id")
+    try:
+        if action not in _ACTIONS:
+            return ContainerOpFailed(request_id=request_id, error=f"unknown action: {action}")
+        if not isinstance(container_id, str) or not container_id.strip():
+            raise _BadPayload("container_id is required")
+        common = {"request_id": request_id, "container_id": container_id.strip()}
+        match action:
+            case "start":
+                return StartContainer(**common)
+            case "stop":
+                return StopContainer(**common, timeout=_number(payload, "timeout", 10))
+            case "restart":
+                return RestartContainer(**common, timeout=_number(payload, "timeout", 10))
+            case "remove":
+                return RemoveContainer(**common, force=_boolean(payload, "force"))
+            case "kill":
+                return KillContainer(**common)
+            case "rename":
+                new_name = payload.get("new_name")
+                if not isinstance(new_name, str) or not new_name:
+                    raise _BadPayload("new_name is required for rename action")
+                return RenameContainer(**common, new_name=new_name)
+            case "get_logs":
+                return GetContainerLogs(**common, tail=_number(payload, "tail", 100))
+            case _:
+                return InspectContainer(**common)
+    except _BadPayload as exc:
+        msg = str(exc)
+        if not msg.startswith("new_name is required"):
+            msg = f"invalid payload for {action}: {msg}"
+        return ContainerOpFailed(request_id=request_id, error=msg)
+
+
+_ACTIONS = frozenset(
+    {"start", "stop", "restart", "remove", "kill", "rename", "get_logs", "inspect"}
+)
+
+
+def _request_id(frame: Mapping[str, Any], *, prefer: str) -> str | None:
+    other = "id" if prefer == "correlation_id" else "correlation_id"
+    for key in (prefer, other):
+        value = frame.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def decode_frame(text: str | bytes) -> Inbound:
+    """Decode one frame from the backend. Never raises."""
+    if isinstance(text, bytes):
+        return IgnoredFrame(reason="binary frame")
+    try:
+        frame = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return IgnoredFrame(reason=f"malformed JSON: {exc}")
+    if not isinstance(frame, dict):
+        return IgnoredFrame(reason=f"frame is a JSON {type(frame).__name__}, not an object")
+    kind = frame.get("type")
+    match kind:
+        case "auth_success":
+            return _auth_success(frame)
+        case "auth_error":
+            error = frame.get("error")
+            return AuthRejected(error=error if isinstance(error, str) else repr(error))
+        case "command":
+            return _generic_command(frame)
+        case "container_operation":
+            request_id = _request_id(frame, prefer="correlation_id")
+            if request_id is None:
+                return IgnoredFrame(reason="container_operation without id")
+            payload = frame.get("payload")
+            if not isinstance(payload, dict):
+                return RejectedRequest(
+                    reply=ContainerOpFailed(
+                        request_id=request_id,
+                        error="invalid payload: container_operation payload must be an object",
+                    )
+                )
+            result = _container_operation(request_id, payload)
+            if isinstance(result, ContainerOpFailed):
+                return RejectedRequest(reply=result)
+            return result  # type: ignore[return-value]
+        case str():
+            return IgnoredFrame(reason=f"unsupported message type: {kind}")
+        case _:
+            return IgnoredFrame(reason="frame has no string 'type'")
+
+
+def _auth_success(frame: Mapping[str, Any]) -> Inbound:
+    agent_id, host_id = frame.get("agent_id"), frame.get("host_id")
+    if not isinstance(agent_id, str) or not isinstance(host_id, str) or not agent_id:
+        return AuthRejected(error="malformed auth_success: agent_id and host_id must be strings")
+    token = frame.get("permanent_token")
+    return AuthSucceeded(
+        agent_id=agent_id,
+        host_id=host_id,
+        permanent_token=Secret(token) if isinstance(token, str) and token else None,
+    )
+
+
+def _generic_command(frame: Mapping[str, Any]) -> Inbound:
+    request_id = _request_id(frame, prefer="id")
+    if request_id is None:
+        return IgnoredFrame(reason="command without id")
+    name = frame.get("command")
+    if not isinstance(name, str):
+        return RejectedRequest(
+            reply=CommandFailed(request_id=request_id, error="invalid command: missing name")
+        )
+    if name not in GENERIC_COMMANDS:
+        return RejectedRequest(
+            reply=CommandFailed(request_id=request_id, error=f"unknown command: {name}")
+        )
+    return ListContainers(request_id=request_id)
+
+
+# --- time formatting ------------------------------------------------------------------------------
+
+
+def rfc3339_nano(ns: int | None = None) -> str:
+    """UTC RFC 3339 with nanoseconds, trailing zeros trimmed like Go's ``RFC3339Nano``."""
+    if ns is None:
+        ns = time.time_ns()
+    seconds, frac = divmod(ns, 1_000_000_000)
+    base = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if frac:
+        base += "." + f"{frac:09d}".rstrip("0")
+    return base + "Z"
+
+
+def local_rfc3339(seconds: int) -> str:
+    """Whole-second RFC 3339 in the local time zone (Go ``time.Unix(s,0).Format(RFC3339)``)."""
+    text = datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="seconds")
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+# --- outbound -------------------------------------------------------------------------------------
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def encode_reply(reply: Reply, now_ns: int | None = None) -> str:
+    match reply:
+        case ContainerOpSucceeded(request_id=rid, body=body):
+            head = '{"correlation_id":' + _dumps(rid) + ',"success":true'
+            inner = body.text.strip()
+            if not inner.startswith("{"):
+                raise ValueError("container-op reply body must be a JSON object")
+            rest = inner[1:].strip()
+            return head + ("}" if rest == "}" else "," + rest)
+        case ContainerOpFailed(request_id=rid, error=error, error_type=etype):
+            obj: dict[str, Any] = {"correlation_id": rid, "success": False, "error": error}
+            if etype:
+                obj["error_type"] = etype
+            return _dumps(obj)
+        case CommandSucceeded(request_id=rid, payload=payload):
+            return (
+                '{"type":"response","id":'
+                + _dumps(rid)
+                + ',"payload":'
+                + payload.text
+                + ',"timestamp":'
+                + _dumps(rfc3339_nano(now_ns))
+                + "}"
+            )
+        case CommandFailed(request_id=rid, error=error, error_type=etype):
+            obj = {"type": "response", "id": rid, "error": error}
+            if etype:
+                obj["error_type"] = etype
+            obj["timestamp"] = rfc3339_nano(now_ns)
+            return _dumps(obj)
+    raise TypeError(f"not a reply: {reply!r}")
+
+
+def encode_event(
+    command: str, payload: Mapping[str, Any] | RawJson, now_ns: int | None = None
+) -> str:
+    body = payload.text if isinstance(payload, RawJson) else _dumps(payload)
+    return (
+        '{"type":"event","command":'
+        + _dumps(command)
+        + ',"payload":'
+        + body
+        + ',"timestamp":'
+        + _dumps(rfc3339_nano(now_ns))
+        + "}"
+    )
+
+
+def encode_container_event(event: ContainerEventObserved, now_ns: int | None = None) -> str:
+    return encode_event(
+        "container_event",
+        {
+            "container_id": event.container_id,
+            "container_name": event.container_name,
+            "image": event.image,
+            "action": event.action,
+            "timestamp": local_rfc3339(event.time),
+            "attributes": dict(event.attributes),
+        },
+        now_ns,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentIdentity:
+    """What this agent says about itself in ``register`` (everything but the host facts)."""
+
+    version: str
+    proto_version: str
+    capabilities: tuple[tuple[str, bool], ...]
+    agent_name: str | None
+    force_unique_registration: bool
+    os_hostname: str | None
+    agent_os: str
+    agent_arch: str
+
+
+_UNPRINTABLE = re.compile(r"[<>\x00-\x1f\x7f]")
+
+
+def _clean(value: str | None, limit: int) -> str | None:
+    if value is None:
+        return None
+    cleaned = _UNPRINTABLE.sub("", value).strip()
+    return cleaned[:limit] if cleaned else None
+
+
+def choose_hostname(ident: AgentIdentity, host: HostInfo) -> tuple[str, str]:
+    """``hostname`` and ``hostname_source`` by the Go precedence (PROTOCOL §2.2)."""
+    for value, source in (
+        (ident.agent_name, "agent_name"),
+        (host.daemon_name, "daemon"),
+        (ident.os_hostname, "os"),
+    ):
+        cleaned = _clean(value, 255)
+        if cleaned:
+            return cleaned, source
+    return host.engine_id[:12], "engine_id"
+
+
+def encode_register(token: Secret, host: HostInfo, ident: AgentIdentity) -> str:
+    """The flat ``register`` frame with exactly the keys the backend allows (PROTOCOL §2.2)."""
+    hostname, source = choose_hostname(ident, host)
+    frame: dict[str, Any] = {
+        "type": "register",
+        "token": token.reveal(),
+        "engine_id": host.engine_id,
+        "hostname": hostname,
+        "hostname_source": source,
+        "version": ident.version[:50],
+        "proto_version": ident.proto_version,
+        "force_unique_registration": ident.force_unique_registration,
+        "capabilities": dict(ident.capabilities),
+        "agent_os": ident.agent_os,
+        "agent_arch": ident.agent_arch,
+    }
+    if host.docker_version is not None:  # system fields: all or nothing
+        for key, value, limit in (
+            ("os_type", host.os_type, 50),
+            ("os_version", host.os_version, 500),
+            ("kernel_version", host.kernel_version, 255),
+            ("docker_version", host.docker_version, 50),
+        ):
+            cleaned = _clean(value, limit)
+            if cleaned:
+                frame[key] = cleaned
+        frame["daemon_started_at"] = (host.daemon_started_at or "")[:100]
+        if host.total_memory and 0 < host.total_memory <= 10**15:
+            frame["total_memory"] = host.total_memory
+        if host.num_cpus and 0 < host.num_cpus <= 10_000:
+            frame["num_cpus"] = host.num_cpus
+    return _dumps(frame)
