@@ -1,0 +1,586 @@
+"""Agent configuration: settings table, loading (defaults < YAML < env < flags) and logging.
+
+``SETTINGS`` is the one source of truth: ``load_config`` reads it, ``add_cli_flags`` turns it into
+flags and ``format_config`` prints it. Unlike the Go agent, a bad value is never silently replaced
+by its default: every problem is collected and raised in one ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TextIO, TypeVar
+from urllib.parse import urlsplit
+
+import colorlog
+import yaml
+
+from actors.errors import ConfigError
+from messages.common import Secret
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting. ``kind`` is url|text|path|bool|duration|level; ``default`` is its env text."""
+
+    name: str
+    kind: str
+    default: str | None
+    help: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("DOCKMON_URL", "url", None, "DockMon server address, e.g. https://dockmon.example.com"),
+    Setting("REGISTRATION_TOKEN", "text", None, "one-time token from the DockMon UI", secret=True),
+    Setting(
+        "PERMANENT_TOKEN", "text", None, "agent token; overrides $DATA_PATH/permanent_token", True
+    ),
+    Setting("INSECURE_SKIP_VERIFY", "bool", "false", "skip TLS verification of the DockMon server"),
+    Setting("CA_CERT", "path", None, "PEM bundle of extra CA certificates to trust for wss://"),
+    Setting(
+        "DOCKER_HOST",
+        "url",
+        None,
+        "Docker daemon, unix:// or tcp:// (default: first existing of /var/run/docker.sock, "
+        "/run/docker.sock, /run/podman/podman.sock)",
+    ),
+    Setting("DOCKER_CERT_PATH", "path", None, "Docker client certificates (TLS not supported)"),
+    Setting("DOCKER_TLS_VERIFY", "bool", "false", "TLS to the Docker daemon (not supported)"),
+    Setting("PROTO_VERSION", "text", "1.1", "protocol version sent at registration"),
+    Setting("AGENT_NAME", "text", None, "host name to register under (at most 255 characters)"),
+    Setting(
+        "FORCE_UNIQUE_REGISTRATION",
+        "bool",
+        "false",
+        "register as a new host even if the engine id is known (needs AGENT_NAME)",
+    ),
+    Setting("RECONNECT_INITIAL", "duration", "1s", "first reconnect backoff"),
+    Setting("RECONNECT_MAX", "duration", "60s", "reconnect backoff cap"),
+    Setting("DATA_PATH", "path", "/data", "directory for the permanent token and agent state"),
+    Setting(
+        "AGENT_STACKS_DIR", "path", None, "compose stacks directory (default: $DATA_PATH/stacks)"
+    ),
+    Setting("HOST_STACKS_DIR", "path", None, "host-side path of the stacks directory"),
+    Setting("UPDATE_TIMEOUT", "duration", "120s", "container update timeout (unused, like Go)"),
+    Setting("LOG_LEVEL", "level", "info", "debug, info, warning or error"),
+    Setting("LOG_JSON", "bool", "true", "log JSON lines instead of coloured text"),
+    Setting("HTTPS_PROXY", "url", None, "proxy for https:// and wss:// (or https_proxy)"),
+    Setting("HTTP_PROXY", "url", None, "proxy for http:// and ws:// (or http_proxy)"),
+    Setting("NO_PROXY", "text", None, "hosts that bypass the proxy (or no_proxy)"),
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
+_LOWERCASE_TOO = frozenset({"HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"})
+_DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/podman/podman.sock")
+_URL_HINT = "set DOCKMON_URL to the DockMon server address, e.g. https://dockmon.example.com"
+_DOCKER_TLS = (
+    "TLS to the Docker daemon is not supported by this agent yet; "
+    "unset DOCKER_TLS_VERIFY/DOCKER_CERT_PATH or use a unix socket"
+)
+_TOKEN = re.compile(r"[A-Za-z0-9_:-]{1,255}")
+_USERINFO = re.compile(r"//([^/@:]*):([^/@]*)@")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    dockmon_url: str
+    ws_url: str
+    registration_token: Secret | None
+    permanent_token: Secret | None
+    insecure_skip_verify: bool
+    ca_cert: str | None
+    docker_host: str
+    docker_cert_path: str | None
+    docker_tls_verify: bool
+    proto_version: str
+    agent_name: str | None
+    force_unique_registration: bool
+    reconnect_initial: float
+    reconnect_max: float
+    data_path: str
+    agent_stacks_dir: str
+    host_stacks_dir: str | None
+    update_timeout: float
+    log_level: str
+    log_json: bool
+    https_proxy: str | None
+    http_proxy: str | None
+    no_proxy: str | None
+    sources: tuple[tuple[str, str], ...]
+
+
+# --- value parsers: each returns the typed value or raises ValueError(message without the name)
+
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "\u00b5s": 1e-6,  # micro sign
+    "\u03bcs": 1e-6,  # Greek mu
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_DURATION = re.compile(rf"[+-]?(?:{_DURATION_PART.pattern})+")
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def _parse_bool(text: str) -> bool:
+    """Go ``strconv.ParseBool``."""
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"invalid boolean {text!r} (use true or false)")
+
+
+def _parse_duration(text: str) -> float:
+    """Go ``time.ParseDuration``, in seconds."""
+    if text.lstrip("+-") == "0":
+        return 0.0
+    if not _DURATION.fullmatch(text):
+        raise ValueError(f"invalid duration {text!r} (use Go syntax such as 500ms, 2s, 1m30s)")
+    total = sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+    return -total if text.startswith("-") else total
+
+
+def _parse_level(text: str) -> str:
+    level = "warning" if text.lower() == "warn" else text.lower()
+    if level not in _LEVELS:
+        raise ValueError(f"invalid level {text!r} (use debug, info, warning or error)")
+    return level
+
+
+def _seconds_text(seconds: float) -> str:
+    """Seconds as a Go duration: 1.5 -> '1.5s', 60 -> '60s'."""
+    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
+
+
+def _mask_url(url: str) -> str:
+    return _USERINFO.sub(r"//\1:****@", url)
+
+
+def _url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
+    """Why ``url`` is not a ``scheme://host[:port][/path]`` URL with an allowed scheme, or None."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme not in schemes:
+            return "the scheme must be " + " or ".join(f"{s}://" for s in schemes)
+        if not parts.hostname:
+            return "no host"
+        if parts.port == 0:
+            return "port 0"
+    except ValueError as exc:
+        return str(exc)
+    if parts.query or parts.fragment:
+        return "no query or fragment allowed"
+    return None
+
+
+def _ws_url(url: str) -> str:
+    """PROTOCOL §1.1: http -> ws, https -> wss, strip trailing '/', append /api/agent/ws."""
+    scheme, rest = url.split(":", 1)
+    scheme = {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme.lower())
+    return f"{scheme}:{rest.rstrip('/')}/api/agent/ws"
+
+
+# --- loading
+
+
+def _yaml_text(setting: Setting, value: object) -> str:
+    """A YAML scalar as the text the env var would hold (numbers are seconds for durations)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        if setting.kind == "bool":
+            return "true" if value else "false"
+    elif isinstance(value, int | float):
+        return _seconds_text(value) if setting.kind == "duration" else str(value)
+    shown = "" if setting.secret else f" {value!r}"
+    raise ValueError(f"unsupported YAML {type(value).__name__}{shown}; quote it if it is text")
+
+
+def _read_yaml(path: str, problems: list[str]) -> dict[str, str]:
+    where = f"config file {path!r}"
+    try:
+        with open(path, "rb") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        problems.append(f"{where} does not exist")
+        return {}
+    except OSError as exc:
+        problems.append(f"{where} cannot be read: {exc.strerror}")
+        return {}
+    except yaml.MarkedYAMLError as exc:
+        line = f" at line {exc.problem_mark.line + 1}" if exc.problem_mark else ""
+        problems.append(f"{where}: YAML syntax error{line}: {exc.problem}")
+        return {}
+    except yaml.YAMLError as exc:
+        problems.append(f"{where}: invalid YAML: {exc}")
+        return {}
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        problems.append(f"{where}: the top level must be a mapping of settings, not a {kind}")
+        return {}
+    values: dict[str, str] = {}
+    for key, value in data.items():
+        setting = _BY_NAME.get(str(key).upper())
+        if setting is None:
+            close = difflib.get_close_matches(str(key).upper(), _BY_NAME, n=1)
+            guess = close[0].lower() if close and str(key).islower() else "".join(close)
+            hint = f" (did you mean {guess!r}?)" if guess else ""
+            problems.append(f"{where}: unknown setting {key!r}{hint}")
+        elif setting.name in values:
+            problems.append(f"{where}: {setting.name} is given twice")
+        elif value is not None:
+            try:
+                values[setting.name] = _yaml_text(setting, value)
+            except ValueError as exc:
+                problems.append(f"{where}: {setting.name}: {exc}")
+    return values
+
+
+def load_config(
+    environ: Mapping[str, str],
+    *,
+    config_path: str | None = None,
+    overrides: Mapping[str, str] | None = None,
+    path_exists: Callable[[str], bool] = os.path.exists,
+) -> Config:
+    """Build the config from defaults < YAML < environ < overrides; empty values count as unset.
+
+    Raises ``ConfigError`` listing every problem found.
+    """
+    problems: list[str] = []
+    given: dict[str, tuple[str, str]] = {}  # name -> (text, source)
+    path = config_path or environ.get("DOCKMON_CONFIG")
+    if path:
+        given.update((name, (v, "yaml")) for name, v in _read_yaml(path, problems).items())
+    for s in SETTINGS:
+        value = environ.get(s.name) or (
+            environ.get(s.name.lower()) if s.name in _LOWERCASE_TOO else ""
+        )
+        if value:
+            given[s.name] = (value, "env")
+    for name, value in (overrides or {}).items():
+        if name not in _BY_NAME:
+            problems.append(f"unknown setting {name!r}")
+        elif value:
+            given[name] = (value, "flag")
+
+    failed: set[str] = set()
+
+    def text(name: str) -> str | None:
+        return given[name][0] if name in given else _BY_NAME[name].default
+
+    def parsed(name: str, parse: Callable[[str], _T]) -> _T:
+        default = _BY_NAME[name].default
+        assert default is not None, name
+        try:
+            return parse(text(name) or default)
+        except ValueError as exc:
+            problems.append(f"{name}: {exc}")
+            failed.add(name)
+            return parse(default)
+
+    url = text("DOCKMON_URL")
+    if url is None:
+        problems.append(f"DOCKMON_URL is not set; {_URL_HINT}")
+    elif reason := _url_problem(url, ("http", "https", "ws", "wss")):
+        problems.append(f"DOCKMON_URL: invalid URL {_mask_url(url)!r} ({reason}); {_URL_HINT}")
+
+    tokens: dict[str, Secret | None] = {}
+    for name in ("REGISTRATION_TOKEN", "PERMANENT_TOKEN"):
+        token = text(name)
+        if token:
+            register_secret(token)
+            if not _TOKEN.fullmatch(token):
+                problems.append(
+                    f"{name}: invalid token of {len(token)} characters; the server accepts only "
+                    "letters, digits, '_', ':' and '-', at most 255 (check for quotes or spaces)"
+                )
+        tokens[name] = Secret(token) if token else None
+
+    ca_cert = text("CA_CERT")
+    if ca_cert:
+        try:
+            with open(ca_cert, encoding="utf-8", errors="replace") as f:
+                pem = f.read()
+        except OSError as exc:
+            problems.append(f"CA_CERT: cannot read {ca_cert!r}: {exc.strerror}")
+        else:
+            if "-----BEGIN CERTIFICATE-----" not in pem:
+                problems.append(f"CA_CERT: {ca_cert!r} contains no PEM certificate")
+
+    docker_host = text("DOCKER_HOST") or next(
+        (f"unix://{p}" for p in _DOCKER_SOCKETS if path_exists(p)), f"unix://{_DOCKER_SOCKETS[0]}"
+    )
+    docker_cert_path = text("DOCKER_CERT_PATH")
+    docker_tls_verify = parsed("DOCKER_TLS_VERIFY", _parse_bool)
+    if docker_host.startswith("unix://"):
+        if not docker_host.removeprefix("unix://").startswith("/"):
+            problems.append(f"DOCKER_HOST: {docker_host!r} needs an absolute socket path")
+    else:
+        if reason := _url_problem(docker_host, ("unix", "tcp")):
+            problems.append(f"DOCKER_HOST: unsupported value {_mask_url(docker_host)!r} ({reason})")
+        if docker_tls_verify or docker_cert_path:
+            problems.append(_DOCKER_TLS)
+
+    proto_version = parsed("PROTO_VERSION", str)
+    if len(proto_version) > 20:
+        problems.append(f"PROTO_VERSION: {proto_version!r} is longer than 20 characters")
+
+    agent_name = (text("AGENT_NAME") or "").strip() or None
+    if agent_name and len(agent_name) > 255:
+        problems.append(f"AGENT_NAME: {len(agent_name)} characters, at most 255 allowed")
+    force_unique = parsed("FORCE_UNIQUE_REGISTRATION", _parse_bool)
+    if force_unique and not agent_name:
+        problems.append("FORCE_UNIQUE_REGISTRATION=true requires AGENT_NAME to be set")
+
+    reconnect_initial = parsed("RECONNECT_INITIAL", _parse_duration)
+    reconnect_max = parsed("RECONNECT_MAX", _parse_duration)
+    if reconnect_initial <= 0:
+        problems.append(
+            f"RECONNECT_INITIAL: must be greater than 0, got {text('RECONNECT_INITIAL')}"
+        )
+    elif reconnect_max < reconnect_initial and not failed & {"RECONNECT_INITIAL", "RECONNECT_MAX"}:
+        problems.append(
+            f"RECONNECT_MAX ({text('RECONNECT_MAX')}) must be at least "
+            f"RECONNECT_INITIAL ({text('RECONNECT_INITIAL')})"
+        )
+
+    data_path = parsed("DATA_PATH", str)
+    if not os.path.isabs(data_path):
+        problems.append(f"DATA_PATH: {data_path!r} must be an absolute path")
+
+    proxies: dict[str, str | None] = {}
+    for name in ("HTTPS_PROXY", "HTTP_PROXY"):
+        proxy = proxies[name] = text(name)
+        if proxy:
+            if userinfo := _USERINFO.search(proxy):
+                register_secret(userinfo[2])
+            if reason := _url_problem(proxy, ("http", "https")):
+                problems.append(f"{name}: invalid proxy URL {_mask_url(proxy)!r} ({reason})")
+
+    log_level = parsed("LOG_LEVEL", _parse_level)
+    log_json = parsed("LOG_JSON", _parse_bool)
+    insecure_skip_verify = parsed("INSECURE_SKIP_VERIFY", _parse_bool)
+    update_timeout = parsed("UPDATE_TIMEOUT", _parse_duration)
+    if problems:
+        raise ConfigError(problems)
+    assert url is not None
+    return Config(
+        dockmon_url=url,
+        ws_url=_ws_url(url),
+        registration_token=tokens["REGISTRATION_TOKEN"],
+        permanent_token=tokens["PERMANENT_TOKEN"],
+        insecure_skip_verify=insecure_skip_verify,
+        ca_cert=ca_cert,
+        docker_host=docker_host,
+        docker_cert_path=docker_cert_path,
+        docker_tls_verify=docker_tls_verify,
+        proto_version=proto_version,
+        agent_name=agent_name,
+        force_unique_registration=force_unique,
+        reconnect_initial=reconnect_initial,
+        reconnect_max=reconnect_max,
+        data_path=data_path,
+        agent_stacks_dir=text("AGENT_STACKS_DIR") or os.path.join(data_path, "stacks"),
+        host_stacks_dir=text("HOST_STACKS_DIR"),
+        update_timeout=update_timeout,
+        log_level=log_level,
+        log_json=log_json,
+        https_proxy=proxies["HTTPS_PROXY"],
+        http_proxy=proxies["HTTP_PROXY"],
+        no_proxy=text("NO_PROXY"),
+        sources=tuple(
+            (s.name, given[s.name][1] if s.name in given else "default") for s in SETTINGS
+        ),
+    )
+
+
+# --- command line and --print-config
+
+
+def add_cli_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config PATH`` and one flag per setting (``--log-level`` sets dest ``LOG_LEVEL``)."""
+    parser.add_argument("--config", metavar="PATH", help="YAML settings file [env DOCKMON_CONFIG]")
+    for s in SETTINGS:
+        default = f", default {s.default}" if s.default else ""
+        parser.add_argument(
+            f"--{s.name.lower().replace('_', '-')}",
+            dest=s.name,
+            default=None,
+            metavar=s.kind.upper(),
+            help=f"{s.help} [env {s.name}{default}]",
+        )
+
+
+def overrides_from_args(ns: argparse.Namespace) -> dict[str, str]:
+    """The setting flags actually given on the command line, keyed by setting name."""
+    return {s.name: v for s in SETTINGS if (v := getattr(ns, s.name, None)) is not None}
+
+
+def _show(setting: Setting, value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Secret):
+        return value.masked()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return _seconds_text(value)
+    return _mask_url(str(value)) if setting.kind == "url" else str(value)
+
+
+def format_config(cfg: Config) -> str:
+    """``NAME=value  # source`` per setting; secrets and URL passwords masked, unset empty."""
+    sources = dict(cfg.sources)
+    return "\n".join(
+        f"{s.name}={_show(s, getattr(cfg, s.name.lower()))}  # {sources[s.name]}" for s in SETTINGS
+    )
+
+
+# --- logging
+
+_HUMAN_FORMAT = (
+    "%(asctime)s %(log_color)s%(levelname)-8s%(reset)s [%(threadName)s] %(name)s: %(message)s"
+)
+_SECRET_KEY = r"[\w-]*(?:token|password)"
+_PLAIN = logging.Formatter()
+
+
+class _Redactor(logging.Filter):
+    """Handler filter masking registered secrets and JSON ``"…token"``/``"…password"`` values.
+
+    It rewrites the record (message, traceback, stack, ``fields``) before any formatter runs.
+    """
+
+    _KEY = re.compile(_SECRET_KEY, re.IGNORECASE)
+    _JSON_PAIR = re.compile(rf'("{_SECRET_KEY}"\s*:\s*")(?:[^"\\]|\\.)*"', re.IGNORECASE)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._secrets: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+
+    def register(self, value: str) -> None:
+        with self._lock:
+            self._secrets.add(value)
+            longest_first = sorted(self._secrets, key=len, reverse=True)
+            self._pattern = re.compile("|".join(map(re.escape, longest_first)))
+
+    def redact(self, text: str) -> str:
+        text = self._JSON_PAIR.sub(r'\1****"', text)
+        pattern = self._pattern
+        return pattern.sub("****", text) if pattern else text
+
+    def _scrub(self, value: object) -> object:
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, Mapping):
+            return {
+                k: "****" if self._KEY.fullmatch(str(k)) else self._scrub(v)
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [self._scrub(v) for v in value]
+        return value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # bad %-args: log them instead of raising in the caller
+            message = f"unformattable log message {record.msg!r} % {record.args!r}"
+        record.msg, record.args = self.redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _PLAIN.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, Mapping):
+            record.fields = self._scrub(fields)
+        return True
+
+
+_REDACTOR = _Redactor()
+
+
+def register_secret(value: str) -> None:
+    """Make every log handler set up by ``setup_logging`` print ``value`` as ``****``."""
+    if value:
+        _REDACTOR.register(value)
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, thread, message, [exc], [stack], fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        entry: dict[str, object] = {
+            "time": f"{stamp}.{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "thread": record.threadName,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, Mapping):
+            for key, value in fields.items():
+                entry.setdefault(str(key), value)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def setup_logging(level: str, json_format: bool, stream: TextIO | None = None) -> None:
+    """Point the root logger at one redacting handler on ``stream`` (default stderr).
+
+    ``level`` is debug|info|warn|warning|error. pykka, websocket and urllib3 log at WARNING (or
+    ``level`` if higher), except at debug, where pykka logs INFO and the others DEBUG.
+    """
+    name = _parse_level(level)
+    stream = sys.stderr if stream is None else stream
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(_REDACTOR)
+    handler.setFormatter(
+        _JsonFormatter() if json_format else colorlog.ColoredFormatter(_HUMAN_FORMAT, stream=stream)
+    )
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(_LEVELS[name])
+    debug = name == "debug"
+    quiet = max(logging.WARNING, _LEVELS[name])
+    logging.getLogger("pykka").setLevel(logging.INFO if debug else quiet)
+    for noisy in ("websocket", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else quiet)
