@@ -77,46 +77,52 @@ class FakeScheduler:
                 timer.ref.tell(timer.message)
 
 
-class Probe(pykka.ThreadingActor):
-    """Records every message; answers asks with ``responder(message)``."""
-
-    def __init__(self, responder: Callable[[Any], Any] | None = None) -> None:
-        super().__init__()
-        self.responder = responder
+class _Inbox:
+    def __init__(self) -> None:
         self.received: list[Any] = []
         self.cond = threading.Condition()
 
+
+class Probe(pykka.ThreadingActor):
+    """Records every message; answers asks with ``responder(message)``."""
+
+    def __init__(self, inbox: _Inbox, responder: Callable[[Any], Any] | None = None) -> None:
+        super().__init__()
+        self.inbox = inbox
+        self.responder = responder
+
     def on_receive(self, message: Any) -> Any:
-        with self.cond:
-            self.received.append(message)
-            self.cond.notify_all()
+        with self.inbox.cond:
+            self.inbox.received.append(message)
+            self.inbox.cond.notify_all()
         return self.responder(message) if self.responder else None
 
 
 class ProbeHandle:
     def __init__(self, responder: Callable[[Any], Any] | None = None) -> None:
-        self.ref = Probe.start(responder)
-        self._actor: Probe = self.ref._actor  # type: ignore[attr-defined]
+        self._inbox = _Inbox()
+        self.ref = Probe.start(self._inbox, responder)
 
     @property
     def received(self) -> list[Any]:
-        with self._actor.cond:
-            return list(self._actor.received)
+        with self._inbox.cond:
+            return list(self._inbox.received)
 
     def expect(
         self, kind: type[T], timeout: float = 3.0, where: Callable[[T], bool] | None = None
     ) -> T:
         """Wait for (and consume) the first matching message."""
+        inbox = self._inbox
 
         def find() -> T | None:
-            for i, m in enumerate(self._actor.received):
+            for i, m in enumerate(inbox.received):
                 if isinstance(m, kind) and (where is None or where(m)):
-                    del self._actor.received[i]
+                    del inbox.received[i]
                     return m
             return None
 
-        with self._actor.cond:
-            found = self._actor.cond.wait_for(find, timeout)
+        with inbox.cond:
+            found = inbox.cond.wait_for(find, timeout)
         if found is None:
             seen = [type(m).__name__ for m in self.received]
             raise AssertionError(f"no {kind.__name__} within {timeout}s; got {seen}")

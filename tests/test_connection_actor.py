@@ -1,0 +1,276 @@
+"""Connection actor with a FakeLink and a manual clock: registration, backoff, keepalive, outbox."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+import pytest
+
+from actors.base import Peers
+from actors.connection import Backoff, ConnectionActor, LinkSettings
+from messages.common import Ping, RawJson, Secret
+from messages.connection import Dial, FrameReceived, LinkOpened, PongReceived, ReaderStopped
+from messages.docker import (
+    CommandSucceeded,
+    ContainerEventObserved,
+    DescribeHost,
+    HostDescribed,
+    HostInfo,
+    StartContainer,
+)
+from messages.tokens import GetToken, SaveToken, TokenInfo
+from messages.wire import AgentIdentity
+from tests.fakes import FakeClock, FakeLink, FakeScheduler, ProbeHandle, make_ctx
+
+IDENT = AgentIdentity(
+    version="0.1.0",
+    proto_version="1.1",
+    capabilities=(("container_operations", True),),
+    agent_name=None,
+    force_unique_registration=False,
+    os_hostname="h",
+    agent_os="linux",
+    agent_arch="amd64",
+)
+HOST = HostInfo(engine_id="ENGINE:ID", daemon_name="d", docker_version="20.10")
+AUTH_OK = '{"type":"auth_success","agent_id":"A1","host_id":"H1","permanent_token":"A1"}'
+
+
+@dataclass
+class Rig:
+    ref: pykka.ActorRef[Any]
+    clock: FakeClock
+    scheduler: FakeScheduler
+    gateway: ProbeHandle
+    tokens: ProbeHandle
+    peers: Peers
+
+    @property
+    def state(self) -> str:
+        return str(self.ref.proxy().state.get(timeout=3))
+
+    @property
+    def dropped(self) -> int:
+        return int(self.ref.proxy().stats.get(timeout=3).outbox_dropped)
+
+    def barrier(self) -> None:
+        self.ref.ask(Ping(), timeout=3)
+
+    def link(self) -> FakeLink:
+        self.barrier()
+        return FakeLink.instances[-1]
+
+    def describe(self) -> FakeLink:
+        ask = self.gateway.expect(DescribeHost)
+        self.ref.tell(HostDescribed(attempt=ask.attempt, info=HOST))
+        return self.link()
+
+    def connect(self) -> FakeLink:
+        link = self.describe()
+        self.ref.tell(LinkOpened(generation=link.generation))
+        self.ref.tell(FrameReceived(generation=link.generation, data=AUTH_OK))
+        self.barrier()
+        assert self.state == "connected"
+        return link
+
+    def advance(self, seconds: float, step: float = 1.0) -> None:
+        for _ in range(round(seconds / step)):
+            self.scheduler.advance(step)
+            self.barrier()
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    FakeLink.instances.clear()
+    clock = FakeClock()
+    scheduler = FakeScheduler(clock)
+    peers = Peers()
+    tokens = ProbeHandle(
+        lambda m: (
+            TokenInfo(token=Secret("reg-token"), kind="registration", source="env")
+            if isinstance(m, GetToken)
+            else None
+        )
+    )
+    gateway = ProbeHandle()
+    peers.set("token_store", tokens.ref)
+    peers.set("docker_gateway", gateway.ref)
+    ref = ConnectionActor.start(
+        make_ctx(peers, scheduler, clock, child_id="connection"),
+        settings=LinkSettings(url="ws://127.0.0.1:9/api/agent/ws", outbox_limit=5),
+        identity=IDENT,
+        reconnect_initial=1.0,
+        reconnect_max=8.0,
+        link_factory=FakeLink,  # type: ignore[arg-type]
+        rng=random.Random(7),
+    )
+    peers.set("connection", ref)
+    yield Rig(ref, clock, scheduler, gateway, tokens, peers)
+    pykka.ActorRegistry.stop_all()
+
+
+def event(n: int) -> ContainerEventObserved:
+    return ContainerEventObserved(
+        container_id=f"{n:064x}",
+        container_name=f"c{n}",
+        image="img",
+        action="start",
+        time=1_750_000_000 + n,
+        time_nano=(1_750_000_000 + n) * 10**9,
+        attributes=(("name", f"c{n}"),),
+    )
+
+
+def test_registers_with_the_token_and_persists_the_permanent_one(rig: Rig) -> None:
+    link = rig.describe()
+    frame = json.loads(link.register_frame)
+    assert frame["type"] == "register" and frame["token"] == "reg-token"
+    assert frame["engine_id"] == "ENGINE:ID"
+    rig.ref.tell(LinkOpened(generation=link.generation))
+    rig.ref.tell(FrameReceived(generation=link.generation, data=AUTH_OK))
+    saved = rig.tokens.expect(SaveToken)
+    assert saved.token == Secret("A1")
+    assert rig.state == "connected"
+
+
+def test_auth_error_backs_off_with_full_jitter_up_to_the_cap(rig: Rig) -> None:
+    caps = []
+    for _ in range(6):
+        link = rig.describe()
+        rig.ref.tell(LinkOpened(generation=link.generation))
+        rig.ref.tell(
+            FrameReceived(generation=link.generation, data='{"type":"auth_error","error":"no"}')
+        )
+        rig.barrier()
+        assert link.closed and rig.state == "waiting"
+        (timer,) = rig.scheduler.pending(Dial)
+        delay = timer.due - rig.clock.now
+        caps.append(min(8.0, 2 ** len(caps)))
+        assert 0 <= delay <= caps[-1]
+        rig.scheduler.advance(delay)
+    assert caps == [1, 2, 4, 8, 8, 8]
+
+
+def test_backoff_full_jitter_statistics() -> None:
+    b = Backoff(1.0, 60.0, random.Random(3))
+    delays = [b.next_delay() for _ in range(12)]
+    assert all(0 <= d <= min(60, 2**i) for i, d in enumerate(delays))
+    assert len({round(d, 6) for d in delays}) == len(delays)  # jittered, not fixed
+    b.reset()
+    assert b.cap() == 1.0
+
+
+def test_events_are_buffered_while_disconnected_and_delivered_in_order(rig: Rig) -> None:
+    for n in range(3):
+        rig.ref.tell(event(n))
+    rig.ref.tell(CommandSucceeded(request_id="r", payload=RawJson("[]")))
+    link = rig.connect()
+    sent = [json.loads(s) for s in link.sent]
+    assert [s["payload"]["container_name"] for s in sent[:3]] == ["c0", "c1", "c2"]
+    assert sent[3]["type"] == "response" and sent[3]["id"] == "r"
+    rig.ref.tell(event(9))
+    rig.barrier()
+    assert json.loads(link.sent[-1])["payload"]["container_name"] == "c9"
+
+
+def test_outbox_is_bounded_and_counts_what_it_drops(rig: Rig) -> None:
+    for n in range(8):
+        rig.ref.tell(event(n))
+    link = rig.connect()
+    names = [json.loads(s)["payload"]["container_name"] for s in link.sent]
+    assert names == ["c3", "c4", "c5", "c6", "c7"]
+    assert rig.dropped == 3
+
+
+def test_a_dropped_connection_reconnects_at_once(rig: Rig) -> None:
+    link = rig.connect()
+    rig.ref.tell(ReaderStopped(generation=link.generation, reason="closed by server: 1000"))
+    rig.barrier()
+    assert link.closed
+    rig.gateway.expect(DescribeHost)  # a new attempt without waiting for a timer
+    assert not rig.scheduler.pending(Dial)
+
+
+def test_keepalive_pings_every_30s_and_declares_silence_dead_after_40s(rig: Rig) -> None:
+    link = rig.connect()
+    rig.advance(30)
+    assert link.pings == 1
+    for _ in range(4):  # pongs keep it alive well past 40 s
+        rig.ref.tell(PongReceived(generation=link.generation))
+        rig.advance(15)
+    assert rig.state == "connected" and not link.closed
+    rig.advance(40)
+    assert link.closed
+    rig.gateway.expect(DescribeHost)
+
+
+def test_a_stuck_send_is_a_dead_link(rig: Rig) -> None:
+    link = rig.connect()
+    link.stuck_since = rig.clock.now
+    rig.advance(10)
+    assert link.closed
+
+
+def test_frames_from_an_old_link_are_ignored(rig: Rig) -> None:
+    old = rig.connect()
+    rig.ref.tell(ReaderStopped(generation=old.generation, reason="x"))
+    new = rig.describe()
+    rig.ref.tell(FrameReceived(generation=old.generation, data=AUTH_OK))
+    rig.barrier()
+    assert rig.state == "dialing" and new.generation != old.generation
+
+
+def test_commands_are_routed_and_a_dead_peer_gets_an_in_band_error(rig: Rig) -> None:
+    link = rig.connect()
+    frame = {
+        "type": "container_operation",
+        "id": "q1",
+        "correlation_id": "q1",
+        "payload": {"action": "start", "container_id": "abc"},
+    }
+    rig.ref.tell(FrameReceived(generation=link.generation, data=json.dumps(frame)))
+    assert rig.gateway.expect(StartContainer) == StartContainer(request_id="q1", container_id="abc")
+    rig.peers.remove("docker_gateway")
+    rig.ref.tell(FrameReceived(generation=link.generation, data=json.dumps(frame)))
+    rig.barrier()
+    reply = json.loads(link.sent[-1])
+    assert reply == {
+        "correlation_id": "q1",
+        "success": False,
+        "error": "docker_gateway is restarting; try again",
+    }
+
+
+@pytest.mark.parametrize(
+    "data",
+    ["{oops", "[]", "null", b"\x00binary", '{"type":"nope"}', '{"type":"shell_session"}'],
+)
+def test_malformed_frames_are_ignored_and_the_link_survives(rig: Rig, data: str | bytes) -> None:
+    link = rig.connect()
+    rig.ref.tell(FrameReceived(generation=link.generation, data=data))
+    rig.barrier()
+    assert rig.state == "connected" and not link.closed and link.sent == []
+
+
+def test_unknown_command_gets_the_go_error_text(rig: Rig) -> None:
+    link = rig.connect()
+    frame = {"type": "command", "command": "fly", "id": "u1", "correlation_id": "u1"}
+    rig.ref.tell(FrameReceived(generation=link.generation, data=json.dumps(frame)))
+    rig.barrier()
+    reply = json.loads(link.sent[-1])
+    assert (reply["type"], reply["id"], reply["error"]) == (
+        "response",
+        "u1",
+        "unknown command: fly",
+    )
+
+
+def test_missing_host_facts_time_out_into_backoff(rig: Rig) -> None:
+    rig.gateway.expect(DescribeHost)
+    rig.advance(15)
+    assert rig.state == "waiting" and rig.scheduler.pending(Dial)
