@@ -25,6 +25,8 @@ import pykka
 import websocket
 
 from actors.base import ActorContext, Clock, SupervisedActor, TimerHandle, join_thread
+from actors.errors import FatalError, TransientError
+from messages.common import Secret
 from messages.connection import (
     AttemptTimedOut,
     Dial,
@@ -497,14 +499,11 @@ class ConnectionActor(SupervisedActor):
         self._backoff.reset()
         self.stats.connects += 1
         if msg.permanent_token and (
-            self._token is None or self._token.token != msg.permanent_token
+            self._token is None
+            or self._token.token != msg.permanent_token
+            or self._token.kind != "permanent"
         ):
-            self.ctx.peers.tell("token_store", SaveToken(token=msg.permanent_token))
-            self._token = TokenInfo(
-                token=msg.permanent_token, kind="permanent", source="auth_success"
-            )
-        elif msg.permanent_token and self._token is not None and self._token.kind != "permanent":
-            self.ctx.peers.tell("token_store", SaveToken(token=msg.permanent_token))
+            self._persist(msg.permanent_token)
         log.info(
             "registered with DockMon (agent %s, host %s)%s",
             msg.agent_id,
@@ -517,6 +516,14 @@ class ConnectionActor(SupervisedActor):
         while self._outbox:
             self._link.send(self._outbox.popleft())
         self._schedule_tick()
+
+    def _persist(self, token: Secret) -> None:
+        """Save before going on: a crash right after auth must not lose the new identity."""
+        try:
+            self.ctx.peers.ask("token_store", SaveToken(token=token), timeout=10)
+        except TransientError as exc:
+            raise FatalError(f"could not persist the permanent token: {exc}") from exc
+        self._token = TokenInfo(token=token, kind="permanent", source="auth_success")
 
     def _auth_rejected(self, error: str) -> None:
         hint = ""

@@ -133,13 +133,8 @@ class TokenStoreActor(SupervisedActor):
         return None
 
     def _save(self, token: Secret) -> None:
-        if read_token_file(self._data_path) == token:
-            self._current = TokenInfo(
-                token=token, kind="permanent", source=str(Path(self._data_path) / TOKEN_FILE)
-            )
-            return
-        write_token_atomic(self._data_path, token)
-        self._current = TokenInfo(
-            token=token, kind="permanent", source=str(Path(self._data_path) / TOKEN_FILE)
-        )
-        log.info("saved the permanent token to %s", Path(self._data_path) / TOKEN_FILE)
+        path = Path(self._data_path) / TOKEN_FILE
+        if read_token_file(self._data_path) != token:
+            write_token_atomic(self._data_path, token)
+            log.info("saved the permanent token to %s", path)
+        self._current = TokenInfo(token=token, kind="permanent", source=str(path))

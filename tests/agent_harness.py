@@ -1,0 +1,62 @@
+"""Run the real agent in-process (supervisor + actors) against a FakeHub and the private dockerd."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pykka
+
+import agent_config
+from agent_cli import build_specs
+from supervisor import Supervisor
+from tests.hub import FakeHub
+
+REGISTRATION_TOKEN = "7c0e2f4a-1b9d-4e55-9a61-2f0c3d4b5e6f"
+
+
+@dataclass
+class RunningAgent:
+    hub: FakeHub
+    supervisor: Supervisor
+    config: agent_config.Config
+
+    @property
+    def token_file(self) -> Path:
+        return Path(self.config.data_path) / "permanent_token"
+
+    def crash(self, role: str) -> None:
+        """Make ``role``'s current actor raise inside a handler (a tell, so it dies)."""
+        ref = self.supervisor.peers.get(role)
+        assert ref is not None, f"{role} is not running"
+        ref.tell(pykka.messages.ProxyCall(attr_path=("no_such_handler",), args=(), kwargs={}))
+
+
+@contextlib.contextmanager
+def running_agent(
+    data_path: Path, docker_host: str, *, hub: FakeHub | None = None, **env: str
+) -> Iterator[RunningAgent]:
+    own_hub = hub is None
+    hub = hub or FakeHub().start()
+    if own_hub:
+        hub.add_registration_token(REGISTRATION_TOKEN)
+    environ = {
+        "DOCKMON_URL": hub.url,
+        "REGISTRATION_TOKEN": REGISTRATION_TOKEN,
+        "DATA_PATH": str(data_path),
+        "DOCKER_HOST": docker_host,
+        "RECONNECT_INITIAL": "100ms",
+        "RECONNECT_MAX": "1s",
+        "LOG_JSON": "false",
+        **env,
+    }
+    cfg = agent_config.load_config(environ)
+    sup = Supervisor(build_specs(cfg), restart_delay=(0.05, 0.5)).start()
+    try:
+        yield RunningAgent(hub, sup, cfg)
+    finally:
+        sup.stop("test finished")
+        if own_hub:
+            hub.stop()
