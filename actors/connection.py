@@ -505,8 +505,7 @@ class ConnectionActor(SupervisedActor):
         ):
             self._persist(msg.permanent_token)
         log.info(
-            "registered with DockMon (agent %s, host %s)%s",
-            msg.agent_id,
+            "registered with DockMon (host %s)%s",  # agent_id is the token: never logged
             msg.host_id,
             f"; delivering {len(self._outbox)} queued messages" if self._outbox else "",
         )

@@ -17,7 +17,7 @@ import threading
 from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import docker
 import docker.errors
@@ -209,7 +209,9 @@ class DockerGatewayActor(SupervisedActor):
         self._own_id = own_container_id
         self._workers = workers
         self._client_factory = client_factory or (
-            lambda: docker.APIClient(base_url=docker_host, version="auto", timeout=request_timeout)
+            lambda: docker.APIClient(
+                base_url=docker_host, version="auto", timeout=int(request_timeout)
+            )
         )
         self._local = threading.local()
         self._clients: list[docker.APIClient] = []
@@ -348,8 +350,11 @@ class DockerGatewayActor(SupervisedActor):
         """Timestamps on; non-TTY output is all stdout then all stderr, like the Go agent."""
         tty = bool(api.inspect_container(cid)["Config"].get("Tty"))
         params = {"stdout": 1, "stderr": 1, "timestamps": 1, "tail": str(tail)}
-        res = api._get(api._url("/containers/{0}/logs", cid), params=params, stream=True)
-        api._raise_for_status(res)
+        # docker-py's public logs() merges the two streams; the Go agent (and the backend's
+        # display) wants all stdout then all stderr, so read the raw multiplexed body.
+        raw_api = cast(Any, api)
+        res = raw_api._get(raw_api._url("/containers/{0}/logs", cid), params=params, stream=True)
+        raw_api._raise_for_status(res)
         raw = res.content
         if tty:
             return raw.decode("utf-8", "replace")

@@ -43,10 +43,10 @@ class EventCursor:
         self._seen: deque[tuple[int, str, str]] = deque(maxlen=memory)
         self._seen_set: set[tuple[int, str, str]] = set()
 
-    def since_param(self) -> str:
+    def since_param(self) -> int:
+        """Whole seconds, rounded down: the overlap is replayed and dropped by :meth:`accept`."""
         with self._lock:
-            seconds, nanos = divmod(self.since_ns, 1_000_000_000)
-        return f"{seconds}.{nanos:09d}"
+            return self.since_ns // 1_000_000_000
 
     def accept(self, event: ContainerEventObserved) -> bool:
         """True the first time an event is seen; records it as the new resume point."""
@@ -164,7 +164,7 @@ class EventStreamerActor(SupervisedActor):
             with contextlib.suppress(Exception):
                 client.close()
 
-    def _read(self, generation: int, since: str) -> None:
+    def _read(self, generation: int, since: int) -> None:
         reason = "stream ended"
         try:
             client = self._client_factory()

@@ -10,6 +10,7 @@ from typing import Any
 
 from actors.base import ActorContext, SupervisedActor
 from actors.errors import ConfigError, FatalError
+from agent_config import register_secret
 from messages.common import Secret
 from messages.tokens import GetToken, SaveToken, TokenInfo
 
@@ -120,6 +121,7 @@ class TokenStoreActor(SupervisedActor):
     def on_start(self) -> None:
         check_data_dir(self._data_path)
         self._current = resolve_token(self._data_path, self._env_permanent, self._registration)
+        register_secret(self._current.token.reveal())
         log.info("using %s token from %s", self._current.kind, self._current.source)
 
     def handle(self, message: Any) -> Any:
@@ -133,6 +135,7 @@ class TokenStoreActor(SupervisedActor):
         return None
 
     def _save(self, token: Secret) -> None:
+        register_secret(token.reveal())
         path = Path(self._data_path) / TOKEN_FILE
         if read_token_file(self._data_path) != token:
             write_token_atomic(self._data_path, token)

@@ -139,7 +139,7 @@ def test_registers_with_the_token_and_persists_the_permanent_one(rig: Rig) -> No
 
 
 def test_auth_error_backs_off_with_full_jitter_up_to_the_cap(rig: Rig) -> None:
-    caps = []
+    caps: list[float] = []
     for _ in range(6):
         link = rig.describe()
         rig.ref.tell(LinkOpened(generation=link.generation))
