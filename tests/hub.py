@@ -31,6 +31,7 @@ import json
 import logging
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -559,8 +560,10 @@ class FakeHub:
         ping_timeout: float | None = 20.0,
         max_size: int = MAX_MESSAGE_SIZE,
         clock: Callable[[], float] = time.monotonic,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
+        self._ssl = ssl_context
         self.port = port
         self._auth_timeout = auth_timeout
         self._breaker_enabled = circuit_breaker
@@ -618,6 +621,7 @@ class FakeHub:
             close_timeout=CLOSE_TIMEOUT,
             max_size=self._max_size,
             create_connection=conn_cls,
+            ssl=self._ssl,
         )
         self._server = server
         self.port = server.socket.getsockname()[1]
@@ -677,11 +681,11 @@ class FakeHub:
     @property
     def url(self) -> str:
         """What the agent's DOCKMON_URL is set to."""
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self._ssl else 'http'}://{self.host}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}{AGENT_WS_PATH}"
+        return f"{'wss' if self._ssl else 'ws'}://{self.host}:{self.port}{AGENT_WS_PATH}"
 
     # ---------------------------------------------------------------- fixtures / state setup
 
