@@ -266,3 +266,36 @@ def test_missing_docker_socket_is_a_clear_error_not_a_crash(
         )
         assert running.hub.registrations == []
         assert running.supervisor.exit_code is None
+
+
+def test_events_survive_event_streamer_crashes_exactly_once(
+    agent: RunningAgent, make_container: Any, docker_client: docker.DockerClient
+) -> None:
+    """Compare with a raw docker-py listener over the same interval: same events, once each."""
+    since = int(time.time()) - 1
+    made = []
+    for round_ in range(4):
+        made.append(make_container(GRACEFUL))
+        agent.crash("event_streamer")
+        made[-1].kill()
+        made.append(make_container(GRACEFUL, start=round_ % 2 == 0))
+    last = made[-1]
+    last.remove(force=True)
+    agent.hub.wait_event(
+        lambda e: e["payload"]["container_id"] == last.id and e["payload"]["action"] == "destroy",
+        timeout=30,
+    )
+    ids = {c.id for c in made}
+    raw = docker_client.api.events(
+        since=since, until=int(time.time()) + 1, filters={"type": ["container"]}, decode=True
+    )
+    expected = sorted(
+        (e["Actor"]["ID"], e["Action"], e["timeNano"]) for e in raw if e["Actor"]["ID"] in ids
+    )
+    got = [
+        (e["container_id"], e["action"])
+        for e in agent.hub.container_events()
+        if e["container_id"] in ids
+    ]
+    assert sorted(got) == sorted((cid, action) for cid, action, _ in expected)
+    assert len(expected) >= 4 * 5
