@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import FrameType
+from types import FrameType, TracebackType
 from typing import Any
 
 import pykka
@@ -92,7 +92,6 @@ class SupervisorActor(pykka.ThreadingActor):
         self._period = period_s
         self._delay_min, self._delay_max = restart_delay
         self._restarts: deque[float] = deque()
-        self._pending: set[str] = set()
         self._stopping = False
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -121,8 +120,20 @@ class SupervisorActor(pykka.ThreadingActor):
 
     # --- children ------------------------------------------------------------------------------
 
-    def _child(self, child_id: str) -> _Child:
-        return next(c for c in self._children if c.spec.child_id == child_id)
+    def _child(self, child_id: str) -> _Child | None:
+        return next((c for c in self._children if c.spec.child_id == child_id), None)
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """The supervisor itself crashed: stop every child and exit rather than hang."""
+        self._stopping = True
+        for child in reversed(self._children):
+            self._stop_child(child)
+        self._on_exit(1, f"supervisor crashed: {exception_value!r}")
 
     def _start_child(self, child: _Child) -> str | None:
         child.generation += 1
@@ -167,7 +178,7 @@ class SupervisorActor(pykka.ThreadingActor):
         if self._stopping:
             return
         child = self._child(msg.child_id)
-        if msg.generation != child.generation or child.ref is None:
+        if child is None or msg.generation != child.generation or child.ref is None:
             return  # a stale report about an instance already replaced
         child.ref = None
         self._peers.remove(child.spec.child_id)
@@ -205,7 +216,6 @@ class SupervisorActor(pykka.ThreadingActor):
             if other is not child:
                 self._stop_child(other)
         ids = tuple(c.spec.child_id for c in affected)
-        self._pending.update(ids)
         delay = min(self._delay_max, self._delay_min * 2 ** (len(self._restarts) - 1))
         log.info("restarting %s in %.2fs", ", ".join(ids), delay)
         self._scheduler.tell_later(delay, self.actor_ref, RestartChildren(child_ids=ids))
@@ -214,9 +224,8 @@ class SupervisorActor(pykka.ThreadingActor):
         if self._stopping:
             return
         for child_id in ids:
-            self._pending.discard(child_id)
             child = self._child(child_id)
-            if child.ref is not None:
+            if child is None or child.ref is not None:
                 continue
             error = self._start_child(child)
             if error is not None:
@@ -328,6 +337,8 @@ class Supervisor:
         signal.signal(signal.SIGUSR1, pykka.debug.log_thread_tracebacks)
         try:
             self.start()
+            if stop_reason:  # signalled before self.ref existed: request_shutdown was a no-op
+                self.request_shutdown(f"received {stop_reason[0]}")
             while not self._done.wait(0.5):
                 pass
             return self.stop(self.exit_reason)
