@@ -26,6 +26,7 @@ import websocket
 
 from actors.base import ActorContext, Clock, SupervisedActor, TimerHandle, join_thread
 from actors.errors import FatalError, TransientError
+from messages import compose, health, images, networks, shell, stats, updates, volumes
 from messages.common import Secret
 from messages.connection import (
     AttemptTimedOut,
@@ -37,6 +38,7 @@ from messages.connection import (
     Tick,
 )
 from messages.docker import (
+    ACTION_NAMES,
     CommandFailed,
     CommandSucceeded,
     ContainerEventObserved,
@@ -55,6 +57,7 @@ from messages.docker import (
     StartContainer,
     StopContainer,
 )
+from messages.outbound import EventOut, LinkStateChanged, RawFrameOut
 from messages.tokens import GetToken, SaveToken, TokenInfo
 from messages.wire import (
     AgentIdentity,
@@ -64,6 +67,7 @@ from messages.wire import (
     RejectedRequest,
     decode_frame,
     encode_container_event,
+    encode_event,
     encode_register,
     encode_reply,
 )
@@ -85,6 +89,11 @@ ROUTES: dict[type, str] = {
         InspectContainer,
     )
 }
+for _family in (images, networks, volumes, compose, updates, shell, health, stats):
+    ROUTES.update(_family.ROUTES)
+
+#: roles told LinkStateChanged when the connection comes up or goes down (if they run)
+LINK_SUBSCRIBERS = ("updater", "stats", "shell", "health_checks")
 
 
 class Backoff:
@@ -380,7 +389,11 @@ class ConnectionActor(SupervisedActor):
         self.actor_ref.tell(Dial())
 
     def _release(self) -> None:
+        was_connected = self._state == "connected"
         self._drop_link("agent stopping")
+        self._state = "stopped"
+        if was_connected:
+            self._notify_link(False)
 
     @property
     def state(self) -> str:
@@ -410,6 +423,10 @@ class ConnectionActor(SupervisedActor):
                     self._attempt_failed(f"timed out while {phase}")
             case ContainerEventObserved():
                 self._send(encode_container_event(message, self.ctx.clock.time_ns()))
+            case EventOut(command=command, payload=payload, buffer=buffer):
+                self._send(encode_event(command, payload, self.ctx.clock.time_ns()), buffer=buffer)
+            case RawFrameOut(frame=frame, buffer=buffer):
+                self._send(frame.text, buffer=buffer)
             case (
                 LinkOpened()
                 | FrameReceived()
@@ -483,15 +500,27 @@ class ConnectionActor(SupervisedActor):
                 self._route(decoded)
 
     def _route(self, command: Any) -> None:
-        role = ROUTES[type(command)]
-        if not self.ctx.peers.tell(role, command):
-            error = f"{role} is restarting; try again"
-            reply: Reply = (
-                CommandFailed(request_id=command.request_id, error=error)
-                if isinstance(command, ListContainers)
-                else ContainerOpFailed(request_id=command.request_id, error=error)
-            )
-            self._send(encode_reply(reply, self.ctx.clock.time_ns()))
+        role = ROUTES.get(type(command))
+        if role is None:
+            log.error("no route for %s", type(command).__name__)
+            return
+        if self.ctx.peers.tell(role, command):
+            return
+        request_id = getattr(command, "request_id", None)
+        if request_id is None:
+            return  # fire-and-forget families (shell input, health configs) have no reply
+        error = f"{role} is restarting; try again"
+        reply: Reply = (
+            ContainerOpFailed(request_id=request_id, error=error)
+            if type(command) in ACTION_NAMES
+            else CommandFailed(request_id=request_id, error=error)
+        )
+        self._send(encode_reply(reply, self.ctx.clock.time_ns()))
+
+    def _notify_link(self, connected: bool) -> None:
+        for role in LINK_SUBSCRIBERS:
+            if self.ctx.peers.get(role) is not None:
+                self.ctx.peers.tell(role, LinkStateChanged(connected=connected))
 
     def _authenticated(self, msg: AuthSucceeded) -> None:
         self._cancel_attempt_timer()
@@ -515,6 +544,7 @@ class ConnectionActor(SupervisedActor):
         while self._outbox:
             self._link.send(self._outbox.popleft())
         self._schedule_tick()
+        self._notify_link(True)
 
     def _persist(self, token: Secret) -> None:
         """Save before going on: a crash right after auth must not lose the new identity."""
@@ -554,6 +584,7 @@ class ConnectionActor(SupervisedActor):
             return
         log.warning("connection to DockMon lost: %s; reconnecting", reason)
         self._drop_link(reason)
+        self._notify_link(False)
         self._state = "waiting"
         self.actor_ref.tell(Dial())  # first retry after a drop is immediate (PROTOCOL §9)
 
@@ -608,10 +639,12 @@ class ConnectionActor(SupervisedActor):
 
     # --- outbound -----------------------------------------------------------------------------
 
-    def _send(self, text: str) -> None:
+    def _send(self, text: str, *, buffer: bool = True) -> None:
         if self._state == "connected" and self._link is not None:
             self._link.send(text)
             return
+        if not buffer:
+            return  # stats and the like are worthless later (PROTOCOL §5.2)
         if len(self._outbox) >= self._settings.outbox_limit:
             self._outbox.popleft()
             self.stats.outbox_dropped += 1

@@ -21,9 +21,10 @@ from typing import Any, cast
 
 import docker
 import docker.errors
-import requests
 
+from actors import FAMILIES
 from actors.base import ActorContext, SupervisedActor
+from actors.docker_tools import DockerTools, Handler, describe_docker_error
 from messages.common import RawJson
 from messages.docker import (
     ACTION_NAMES,
@@ -51,6 +52,11 @@ from messages.docker import (
 from messages.wire import rfc3339_nano
 
 log = logging.getLogger(__name__)
+
+#: command type -> handler, merged from every command family module
+HANDLERS: dict[type, Handler] = {}
+for _family in FAMILIES:
+    HANDLERS.update(_family.HANDLERS)
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 _PROTECTED = (StopContainer, RestartContainer, RemoveContainer, KillContainer, RenameContainer)
@@ -97,31 +103,6 @@ def detect_own_container_id(
     if len(hostname) >= 12 and re.fullmatch(r"[0-9a-f]{12}", hostname[:12]):
         return hostname[:12]
     return None
-
-
-def describe_docker_error(what: str, exc: BaseException, docker_host: str) -> tuple[str, str]:
-    """Docker's own wording (the backend matches substrings of it), plus an ``error_type``."""
-    if isinstance(exc, docker.errors.APIError):
-        explanation = exc.explanation or str(exc)
-        if isinstance(explanation, bytes):
-            explanation = explanation.decode("utf-8", "replace")
-        return f"failed to {what}: Error response from daemon: {explanation}", "docker_error"
-    text = repr(exc)
-    if "Permission denied" in text or "PermissionError" in text:
-        return (
-            f"failed to {what}: permission denied while trying to connect to the Docker daemon "
-            f"socket at {docker_host} (add the agent's user to the socket's group)",
-            "permission_denied",
-        )
-    if isinstance(exc, requests.exceptions.Timeout):
-        return f"failed to {what}: timed out waiting for the Docker daemon", "docker_error"
-    if isinstance(exc, requests.exceptions.ConnectionError | docker.errors.DockerException):
-        return (
-            f"failed to {what}: Cannot connect to the Docker daemon at {docker_host}. "
-            "Is the docker daemon running?",
-            "docker_error",
-        )
-    return f"failed to {what}: {exc}", "docker_error"
 
 
 def demux_docker_stream(raw: bytes) -> tuple[bytes, bytes]:
@@ -248,6 +229,9 @@ class DockerGatewayActor(SupervisedActor):
                 self._cache.on_event(message)
             case _ if type(message) in ACTION_NAMES:
                 self._submit(message.container_id, lambda: self._reply(self._operate(message)))
+            case _ if type(message) in HANDLERS:
+                handler = HANDLERS[type(message)]
+                self._submit(None, lambda: self._reply(self._run_handler(handler, message)))
             case _:
                 log.warning("DockerGateway ignored %s", type(message).__name__)
         return None
@@ -296,6 +280,15 @@ class DockerGatewayActor(SupervisedActor):
         return client
 
     # --- worker-side jobs (run on pool threads) ---------------------------------------------
+
+    def _run_handler(self, handler: Handler, message: Any) -> Reply:
+        try:
+            tools = DockerTools(api=self._client(), docker_host=self._docker_host)
+        except Exception as exc:
+            return DockerTools(api=cast(Any, None), docker_host=self._docker_host).failed(
+                message.request_id, "connect to Docker", exc
+            )
+        return handler(tools, message)
 
     def _operate(self, op: ContainerOperation) -> Reply:
         action = ACTION_NAMES[type(op)]

@@ -15,9 +15,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
+from messages import compose, health, images, networks, shell, stats, updates, volumes
 from messages.common import RawJson, Secret
+from messages.decoding import BadPayload, CommandDecoder, boolean, command_failed, number
 from messages.docker import (
     CommandFailed,
     CommandSucceeded,
@@ -70,32 +72,17 @@ class IgnoredFrame:
 Command = ContainerOperation | ListContainers
 Inbound = AuthSucceeded | AuthRejected | Command | RejectedRequest | IgnoredFrame
 
+_FAMILIES = (images, networks, volumes, compose, updates, shell, health, stats)
+
 #: generic commands this agent implements; everything else is ``unknown command: <name>``
-GENERIC_COMMANDS = frozenset({"list_containers"})
-
-
-class _BadPayload(Exception):
-    pass
-
-
-def _number(payload: Mapping[str, Any], key: str, default: int) -> int:
-    value = payload.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _BadPayload(f"{key} must be a number, got {type(value).__name__}")
-    if value < 0:
-        raise _BadPayload(f"{key} must not be negative")
-    return int(value)
-
-
-def _boolean(payload: Mapping[str, Any], key: str) -> bool:
-    value = payload.get(key, False)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise _BadPayload(f"{key} must be a boolean, got {type(value).__name__}")
-    return value
+GENERIC_DECODERS: dict[str, CommandDecoder] = {
+    "list_containers": lambda request_id, _payload: ListContainers(request_id=request_id),
+}
+#: top-level frame types beyond auth, command and container_operation
+FRAME_DECODERS: dict[str, Any] = {}
+for _family in _FAMILIES:
+    GENERIC_DECODERS.update(_family.GENERIC_DECODERS)
+    FRAME_DECODERS.update(_family.FRAME_DECODERS)
 
 
 def _container_operation(request_id: str, payload: Mapping[str, Any]) -> Command | Reply:
@@ -109,29 +96,29 @@ def _container_operation(request_id: str, payload: Mapping[str, Any]) -> Command
         if action not in _ACTIONS:
             return ContainerOpFailed(request_id=request_id, error=f"unknown action: {action}")
         if not isinstance(container_id, str) or not container_id.strip():
-            raise _BadPayload("container_id is required")
+            raise BadPayload("container_id is required")
         common = {"request_id": request_id, "container_id": container_id.strip()}
         match action:
             case "start":
                 return StartContainer(**common)
             case "stop":
-                return StopContainer(**common, timeout=_number(payload, "timeout", 10))
+                return StopContainer(**common, timeout=number(payload, "timeout", 10))
             case "restart":
-                return RestartContainer(**common, timeout=_number(payload, "timeout", 10))
+                return RestartContainer(**common, timeout=number(payload, "timeout", 10))
             case "remove":
-                return RemoveContainer(**common, force=_boolean(payload, "force"))
+                return RemoveContainer(**common, force=boolean(payload, "force"))
             case "kill":
                 return KillContainer(**common)
             case "rename":
                 new_name = payload.get("new_name")
                 if not isinstance(new_name, str) or not new_name:
-                    raise _BadPayload("new_name is required for rename action")
+                    raise BadPayload("new_name is required for rename action")
                 return RenameContainer(**common, new_name=new_name)
             case "get_logs":
-                return GetContainerLogs(**common, tail=_number(payload, "tail", 100))
+                return GetContainerLogs(**common, tail=number(payload, "tail", 100))
             case _:
                 return InspectContainer(**common)
-    except _BadPayload as exc:
+    except BadPayload as exc:
         msg = str(exc)
         if not msg.startswith("new_name is required"):
             msg = f"invalid payload for {action}: {msg}"
@@ -187,6 +174,9 @@ def decode_frame(text: str | bytes) -> Inbound:
             if isinstance(result, ContainerOpFailed):
                 return RejectedRequest(reply=result)
             return result  # type: ignore[return-value]
+        case str() if kind in FRAME_DECODERS:
+            decoded = FRAME_DECODERS[kind](frame)
+            return decoded if decoded is not None else IgnoredFrame(reason=f"malformed {kind}")
         case str():
             return IgnoredFrame(reason=f"unsupported message type: {kind}")
         case _:
@@ -214,11 +204,18 @@ def _generic_command(frame: Mapping[str, Any]) -> Inbound:
         return RejectedRequest(
             reply=CommandFailed(request_id=request_id, error="invalid command: missing name")
         )
-    if name not in GENERIC_COMMANDS:
+    decoder = GENERIC_DECODERS.get(name)
+    if decoder is None:
         return RejectedRequest(
             reply=CommandFailed(request_id=request_id, error=f"unknown command: {name}")
         )
-    return ListContainers(request_id=request_id)
+    try:
+        decoded = decoder(request_id, frame.get("payload"))
+    except BadPayload as exc:
+        return RejectedRequest(reply=command_failed(request_id, name, exc))
+    if isinstance(decoded, CommandFailed):
+        return RejectedRequest(reply=decoded)
+    return cast(Inbound, decoded)
 
 
 # --- time formatting ------------------------------------------------------------------------------

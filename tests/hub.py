@@ -50,6 +50,8 @@ from websockets.http11 import Response as HttpResponse
 from websockets.protocol import State
 from websockets.sync.server import Server, ServerConnection, ServerProtocol, serve
 
+from tests.hub_events import EVENT_VALIDATORS
+
 __all__ = [
     "AGENT_WS_PATH",
     "MAX_MESSAGE_SIZE",
@@ -1348,10 +1350,14 @@ class FakeHub:
         if not isinstance(payload, dict):
             self._violation("event payload is not an object", msg)
             return
-        if command == "container_event":
-            problem = _container_event_problem(payload)
-            if problem is not None:
-                self._violation(f"malformed container_event: {problem}", msg)
+        validator = (
+            _container_event_problem
+            if command == "container_event"
+            else EVENT_VALIDATORS.get(str(command))
+        )
+        problem = validator(payload) if validator is not None else None
+        if problem is not None:
+            self._violation(f"malformed {command}: {problem}", msg)
 
     # ---------------------------------------------------------------- requests / breaker
 
