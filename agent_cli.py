@@ -18,6 +18,7 @@ from actors.docker_gateway import DockerGatewayActor, detect_own_container_id
 from actors.errors import ConfigError, FatalError
 from actors.event_streamer import EventCursor, EventStreamerActor
 from actors.token_store import TokenStoreActor, check_data_dir, resolve_token
+from actors.updater import FlowRegistry, UpdaterActor, UpdaterSettings
 from messages.wire import AgentIdentity
 from supervisor import ChildSpec, Supervisor
 
@@ -84,6 +85,12 @@ def build_specs(
         no_proxy=cfg.no_proxy,
     )
     ident = identity(cfg)
+    flows = FlowRegistry()
+    updater_settings = UpdaterSettings(
+        docker_host=cfg.docker_host,
+        data_path=cfg.data_path,
+        own_container_id=own_container_id,
+    )
     return [
         ChildSpec(
             "token_store",
@@ -113,6 +120,10 @@ def build_specs(
         ChildSpec(
             "event_streamer",
             lambda ctx: EventStreamerActor.start(ctx, docker_host=cfg.docker_host, cursor=cursor),
+        ),
+        ChildSpec(
+            "updater",
+            lambda ctx: UpdaterActor.start(ctx, settings=updater_settings, flows=flows),
         ),
     ]
 

@@ -1,0 +1,202 @@
+"""Updater: runs ``update_container`` and ``self_update`` detached from the command.
+
+Each request is acknowledged at once; the flow then runs on a thread the actor starts, reports
+through ``EventOut`` messages to the Connection (delivered on whatever connection is live; kept
+in the outbox while disconnected), and journals its state in ``$DATA_PATH`` so a crash midway can
+be finished or rolled back by the next start. Flows outlive a restart of this actor: the
+:class:`FlowRegistry` (held by the supervisor's factory) knows which ones are still running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import pykka
+
+from actors import container_update, self_update
+from actors.base import ActorContext, Clock, Peers, SupervisedActor
+from messages.common import RawJson
+from messages.docker import CommandFailed, CommandSucceeded
+from messages.outbound import EventOut, LinkStateChanged
+from messages.updates import FlowFinished, SelfUpdate, UpdateContainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdaterSettings:
+    docker_host: str
+    data_path: str
+    own_container_id: str | None = None
+    self_update_image: str | None = None
+    handover_timeout: float = 120.0
+
+
+class FlowRegistry:
+    """Process-wide set of running flows, keyed by what they work on (a container id)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[str, str] = {}  # key -> flow id
+
+    def claim(self, key: str, flow_id: str) -> bool:
+        with self._lock:
+            if key in self._running:
+                return False
+            self._running[key] = flow_id
+            return True
+
+    def release(self, flow_id: str) -> None:
+        with self._lock:
+            for key in [k for k, v in self._running.items() if v == flow_id]:
+                del self._running[key]
+
+    def busy(self, key: str) -> bool:
+        with self._lock:
+            return key in self._running
+
+
+class FlowContext:
+    """What a flow thread may use: Docker, the journal directory, progress events, a clock."""
+
+    def __init__(
+        self,
+        settings: UpdaterSettings,
+        peers: Peers,
+        clock: Clock,
+        flow_id: str,
+        client_factory: Callable[[], docker.APIClient],
+    ) -> None:
+        self.settings = settings
+        self.flow_id = flow_id
+        self.clock = clock
+        self.cancelled = threading.Event()
+        self._peers = peers
+        self._client_factory = client_factory
+        self._client: docker.APIClient | None = None
+
+    @property
+    def journal_dir(self) -> Path:
+        return Path(self.settings.data_path) / "updates"
+
+    def client(self) -> docker.APIClient:
+        if self._client is None:
+            self._client = self._client_factory()
+        return self._client
+
+    def emit(self, command: str, payload: dict[str, Any]) -> None:
+        """Send an event (``update_progress``, ``selfupdate_progress``, ...) to the backend."""
+        self._peers.tell("connection", EventOut(command=command, payload=RawJson.of(payload)))
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+class UpdaterActor(SupervisedActor):
+    def __init__(
+        self,
+        ctx: ActorContext,
+        *,
+        settings: UpdaterSettings,
+        flows: FlowRegistry,
+        client_factory: Callable[[], docker.APIClient] | None = None,
+    ) -> None:
+        super().__init__(ctx)
+        self._settings = settings
+        self._flows = flows
+        self._client_factory = client_factory or (
+            lambda: docker.APIClient(base_url=settings.docker_host, version="auto", timeout=120)
+        )
+        self._threads: dict[str, threading.Thread] = {}
+
+    def on_start(self) -> None:
+        self._spawn("recover", "recovery", container_update.recover)
+
+    def _release(self) -> None:
+        pass  # flow threads are daemon threads with their own journals; they outlive us
+
+    def handle(self, message: Any) -> Any:
+        match message:
+            case UpdateContainer():
+                self._update_container(message)
+            case SelfUpdate():
+                self._self_update(message)
+            case LinkStateChanged(connected=True):
+                self._spawn("self-update-handover", "handover", self_update.on_connected)
+            case LinkStateChanged():
+                pass
+            case FlowFinished(flow_id=flow_id):
+                self._threads.pop(flow_id, None)
+            case _:
+                log.warning("Updater ignored %s", type(message).__name__)
+        return None
+
+    def _reply(self, request_id: str, result: dict[str, Any] | None, error: str = "") -> None:
+        reply = (
+            CommandFailed(request_id=request_id, error=error)
+            if error
+            else CommandSucceeded(request_id=request_id, payload=RawJson.of(result))
+        )
+        self.ctx.peers.tell("connection", reply)
+
+    def _update_container(self, msg: UpdateContainer) -> None:
+        own = self._settings.own_container_id
+        if own and msg.container_id[:12] == own[:12]:
+            self._reply(
+                msg.request_id,
+                None,
+                "refusing to update the agent's own container with update_container; "
+                "use self_update",
+            )
+            return
+        if self._flows.busy(msg.container_id[:12]):
+            self._reply(msg.request_id, None, f"an update of {msg.container_id} is in progress")
+            return
+        self._reply(msg.request_id, {"status": "update_started"})
+        self._spawn(msg.container_id[:12], "update", lambda fc: container_update.run(fc, msg))
+
+    def _self_update(self, msg: SelfUpdate) -> None:
+        error = self_update.precheck(self._settings, msg)
+        if error:
+            self._reply(msg.request_id, None, error)
+            return
+        if self._flows.busy("self"):
+            self._reply(msg.request_id, None, "a self-update is already in progress")
+            return
+        self._reply(msg.request_id, {"status": "self_update_started"})
+        self._spawn("self", "self-update", lambda fc: self_update.run(fc, msg))
+
+    def _spawn(self, key: str, kind: str, body: Callable[[FlowContext], None]) -> None:
+        flow_id = f"{kind}-{uuid.uuid4().hex[:8]}"
+        if not self._flows.claim(key, flow_id):
+            log.info("%s for %s not started: another flow holds it", kind, key)
+            return
+        fc = FlowContext(
+            self._settings, self.ctx.peers, self.ctx.clock, flow_id, self._client_factory
+        )
+        ref = self.actor_ref
+
+        def target() -> None:
+            try:
+                body(fc)
+            except Exception:
+                log.exception("%s flow %s failed unexpectedly", kind, flow_id)
+            finally:
+                fc.close()
+                self._flows.release(flow_id)
+                with contextlib.suppress(pykka.ActorDeadError):
+                    ref.tell(FlowFinished(flow_id=flow_id))
+
+        thread = threading.Thread(target=target, name=f"Updater-{kind}", daemon=True)
+        self._threads[flow_id] = thread
+        thread.start()
