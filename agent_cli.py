@@ -17,12 +17,16 @@ from actors.connection import ConnectionActor, LinkSettings
 from actors.docker_gateway import DockerGatewayActor, detect_own_container_id
 from actors.errors import ConfigError, FatalError
 from actors.event_streamer import EventCursor, EventStreamerActor
+from actors.status import StatusReporterActor, health_verdict, read_status
 from actors.token_store import TokenStoreActor, check_data_dir, resolve_token
 from actors.updater import FlowRegistry, UpdaterActor, UpdaterSettings
 from messages.wire import AgentIdentity
 from supervisor import ChildSpec, Supervisor
 
 log = logging.getLogger("dockmon_agent")
+
+#: a status file older than this means the agent process is gone or hung
+STATUS_STALE_AFTER = 60.0
 
 
 def agent_version() -> str:
@@ -102,6 +106,12 @@ def build_specs(
             ),
         ),
         ChildSpec(
+            "status",
+            lambda ctx: StatusReporterActor.start(
+                ctx, data_path=cfg.data_path, version=agent_version()
+            ),
+        ),
+        ChildSpec(
             "docker_gateway",
             lambda ctx: DockerGatewayActor.start(
                 ctx, docker_host=cfg.docker_host, own_container_id=own_container_id
@@ -128,10 +138,73 @@ def build_specs(
     ]
 
 
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    agent_config.add_cli_flags(parser)
+    return parser
+
+
+def _load(ns: argparse.Namespace) -> agent_config.Config | None:
+    try:
+        return agent_config.load_config(
+            os.environ, config_path=ns.config, overrides=agent_config.overrides_from_args(ns)
+        )
+    except ConfigError as exc:
+        print(f"dockmon-agent: {exc}", file=sys.stderr)
+        return None
+
+
+def healthcheck_main(argv: Sequence[str]) -> int:
+    """Docker HEALTHCHECK: 0 when registered (or briefly disconnected), 1 otherwise."""
+    ns = _parser(
+        "dockmon-agent healthcheck", "Exit 0 if the running agent is healthy, 1 if not."
+    ).parse_args(argv)
+    cfg = _load(ns)
+    if cfg is None:
+        return 1
+    try:
+        status = read_status(cfg.data_path)
+    except (OSError, ValueError) as exc:
+        print(f"unhealthy: cannot read the agent's status in {cfg.data_path}: {exc}")
+        return 1
+    healthy, reason = health_verdict(
+        status, unhealthy_after=cfg.unhealthy_after, stale_after=STATUS_STALE_AFTER
+    )
+    print(f"{'healthy' if healthy else 'unhealthy'}: {reason}")
+    return 0 if healthy else 1
+
+
+def status_main(argv: Sequence[str]) -> int:
+    """Print the running agent's status for a person."""
+    ns = _parser("dockmon-agent status", "Show the running agent's status.").parse_args(argv)
+    cfg = _load(ns)
+    if cfg is None:
+        return 2
+    try:
+        status = read_status(cfg.data_path)
+    except (OSError, ValueError) as exc:
+        print(f"no status in {cfg.data_path} ({exc}); is the agent running with this DATA_PATH?")
+        return 1
+    healthy, reason = health_verdict(
+        status, unhealthy_after=cfg.unhealthy_after, stale_after=STATUS_STALE_AFTER
+    )
+    print(f"health: {'healthy' if healthy else 'UNHEALTHY'} ({reason})")
+    for key in sorted(status):
+        print(f"{key}: {status[key]}")
+    return 0
+
+
+SUBCOMMANDS = {"healthcheck": healthcheck_main, "status": status_main}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="dockmon-agent",
-        description="Connects this Docker host to a DockMon server (outbound WebSocket only).",
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[args[0]](args[1:])
+    parser = _parser(
+        "dockmon-agent",
+        "Connects this Docker host to a DockMon server (outbound WebSocket only). "
+        f"Subcommands: {', '.join(SUBCOMMANDS)}.",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument(
@@ -139,17 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="print the effective configuration (tokens masked) and exit",
     )
-    agent_config.add_cli_flags(parser)
-    ns = parser.parse_args(argv)
+    ns = parser.parse_args(args)
     if ns.version:
         print(f"dockmon-agent {agent_version()}")
         return 0
-    try:
-        cfg = agent_config.load_config(
-            os.environ, config_path=ns.config, overrides=agent_config.overrides_from_args(ns)
-        )
-    except ConfigError as exc:
-        print(f"dockmon-agent: {exc}", file=sys.stderr)
+    cfg = _load(ns)
+    if cfg is None:
         return 2
     if ns.print_config:
         print(agent_config.format_config(cfg))

@@ -74,6 +74,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("HOST_STACKS_DIR", "path", None, "host-side path of the stacks directory"),
     Setting("UPDATE_TIMEOUT", "duration", "120s", "container update timeout (unused, like Go)"),
+    Setting(
+        "UNHEALTHY_AFTER",
+        "duration",
+        "5m",
+        "`dockmon-agent healthcheck` fails once the agent has not been registered this long",
+    ),
     Setting("LOG_LEVEL", "level", "info", "debug, info, warning or error"),
     Setting("LOG_JSON", "bool", "true", "log JSON lines instead of coloured text"),
     Setting("HTTPS_PROXY", "url", None, "proxy for https:// and wss:// (or https_proxy)"),
@@ -112,6 +118,7 @@ class Config:
     agent_stacks_dir: str
     host_stacks_dir: str | None
     update_timeout: float
+    unhealthy_after: float
     log_level: str
     log_json: bool
     https_proxy: str | None
@@ -387,6 +394,7 @@ def load_config(
     log_json = parsed("LOG_JSON", _parse_bool)
     insecure_skip_verify = parsed("INSECURE_SKIP_VERIFY", _parse_bool)
     update_timeout = parsed("UPDATE_TIMEOUT", _parse_duration)
+    unhealthy_after = parsed("UNHEALTHY_AFTER", _parse_duration)
     if problems:
         raise ConfigError(problems)
     assert url is not None
@@ -409,6 +417,7 @@ def load_config(
         agent_stacks_dir=text("AGENT_STACKS_DIR") or os.path.join(data_path, "stacks"),
         host_stacks_dir=text("HOST_STACKS_DIR"),
         update_timeout=update_timeout,
+        unhealthy_after=unhealthy_after,
         log_level=log_level,
         log_json=log_json,
         https_proxy=proxies["HTTPS_PROXY"],

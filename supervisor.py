@@ -28,6 +28,7 @@ import pykka.debug
 
 from actors.base import ActorContext, Clock, Peers, Scheduler, SystemClock, ThreadScheduler
 from messages.common import Ping
+from messages.status import ActorRestarted
 from messages.supervision import ChildFailed, RestartChildren, Shutdown
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self._period = period_s
         self._delay_min, self._delay_max = restart_delay
         self._restarts: deque[float] = deque()
+        self._restart_total = 0
         self._stopping = False
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -233,6 +235,12 @@ class SupervisorActor(pykka.ThreadingActor):
                 self._schedule_restart(child)
                 return
             log.info("restarted %s (generation %d)", child_id, child.generation)
+            self._restart_total += 1
+            self._peers.tell(
+                "status",
+                ActorRestarted(child_id=child_id, total=self._restart_total),
+                optional=True,
+            )
 
     def _shutdown(self, reason: str, code: int) -> None:
         if self._stopping:

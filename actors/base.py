@@ -130,8 +130,11 @@ class Peers:
         with self._lock:
             return self._refs.get(role)
 
-    def tell(self, role: str, message: Any) -> bool:
-        """Tell ``message`` to ``role``; False (and a dead-letter log line) if nobody got it."""
+    def tell(self, role: str, message: Any, *, optional: bool = False) -> bool:
+        """Tell ``message`` to ``role``; False (and a dead-letter log line) if nobody got it.
+
+        ``optional``: the role may legitimately not run (a feature that is off); no log line.
+        """
         ref = self.get(role)
         if ref is not None:
             try:
@@ -139,7 +142,8 @@ class Peers:
                 return True
             except pykka.ActorDeadError:
                 pass
-        log.warning("dead letter: %s for %s (not running)", type(message).__name__, role)
+        if not optional:
+            log.warning("dead letter: %s for %s (not running)", type(message).__name__, role)
         return False
 
     def ask(self, role: str, message: Any, *, timeout: float) -> Any:

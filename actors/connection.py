@@ -58,6 +58,7 @@ from messages.docker import (
     StopContainer,
 )
 from messages.outbound import EventOut, LinkStateChanged, RawFrameOut
+from messages.status import ConnectionStatus
 from messages.tokens import GetToken, SaveToken, TokenInfo
 from messages.wire import (
     AgentIdentity,
@@ -380,6 +381,9 @@ class ConnectionActor(SupervisedActor):
         self._last_heard = 0.0
         self._last_ping = 0.0
         self.stats = _Stats()
+        self._status_connected = False
+        self._status_since_ns = ctx.clock.time_ns()
+        self._status_reported = 0.0
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -519,8 +523,27 @@ class ConnectionActor(SupervisedActor):
 
     def _notify_link(self, connected: bool) -> None:
         for role in LINK_SUBSCRIBERS:
-            if self.ctx.peers.get(role) is not None:
-                self.ctx.peers.tell(role, LinkStateChanged(connected=connected))
+            self.ctx.peers.tell(role, LinkStateChanged(connected=connected), optional=True)
+        self._report_status()
+
+    def _report_status(self) -> None:
+        connected = self._state == "connected"
+        if connected != self._status_connected:
+            self._status_connected = connected
+            self._status_since_ns = self.ctx.clock.time_ns()
+        self._status_reported = self.ctx.clock.monotonic()
+        self.ctx.peers.tell(
+            "status",
+            ConnectionStatus(
+                connected=connected,
+                since_ns=self._status_since_ns,
+                registrations=self.stats.connects,
+                outbox_depth=len(self._outbox),
+                outbox_dropped=self.stats.outbox_dropped,
+                last_error=self.stats.last_error,
+            ),
+            optional=True,
+        )
 
     def _authenticated(self, msg: AuthSucceeded) -> None:
         self._cancel_attempt_timer()
@@ -576,6 +599,7 @@ class ConnectionActor(SupervisedActor):
         self.stats.last_error = reason
         getattr(log, level)("connection attempt failed: %s; retrying in %.1fs", reason, delay)
         self._state = "waiting"
+        self._report_status()
         self.tell_self_later(delay, Dial())
 
     def _link_lost(self, reason: str) -> None:
@@ -656,3 +680,5 @@ class ConnectionActor(SupervisedActor):
                     self.stats.outbox_dropped,
                 )
         self._outbox.append(text)
+        if self.ctx.clock.monotonic() - self._status_reported >= 1.0:
+            self._report_status()

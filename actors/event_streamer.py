@@ -26,6 +26,7 @@ from messages.docker import (
     EventStreamEnded,
     Resubscribe,
 )
+from messages.status import EventForwarded, PublishStatus
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,8 @@ class EventStreamerActor(SupervisedActor):
         self._client: docker.APIClient | None = None
         self._timer: TimerHandle | None = None
         self.forwarded = 0
+        self._report_pending = False
+        self._last_forwarded_ns = 0
 
     def on_start(self) -> None:
         self._subscribe()
@@ -123,15 +126,31 @@ class EventStreamerActor(SupervisedActor):
                     self.forwarded += 1
                     self.ctx.peers.tell("connection", event)
                     self.ctx.peers.tell("docker_gateway", event)
+                    self._report(event)
             case EventStreamEnded(generation=gen, reason=reason) if gen == self._generation:
                 self._stream_ended(reason)
             case Resubscribe(generation=gen) if gen == self._generation:
                 self._subscribe()
+            case PublishStatus():
+                self._publish()
             case DockerEventReceived() | EventStreamEnded() | Resubscribe():
                 pass  # from an older stream
             case _:
                 log.warning("EventStreamer ignored %s", type(message).__name__)
         return None
+
+    def _report(self, event: ContainerEventObserved) -> None:
+        """At most one EventForwarded a second; the last of a burst follows by timer."""
+        self._last_forwarded_ns = self.ctx.clock.time_ns()
+        if self._report_pending:
+            return
+        self._report_pending = True
+        self.tell_self_later(1.0, PublishStatus())
+
+    def _publish(self) -> None:
+        self._report_pending = False
+        status = EventForwarded(at_ns=self._last_forwarded_ns, total=self.forwarded)
+        self.ctx.peers.tell("status", status, optional=True)
 
     def _stream_ended(self, reason: str) -> None:
         self._close_stream()

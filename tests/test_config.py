@@ -80,6 +80,7 @@ def test_defaults() -> None:
         agent_stacks_dir="/data/stacks",
         host_stacks_dir=None,
         update_timeout=120.0,
+        unhealthy_after=300.0,
         log_level="info",
         log_json=True,
         https_proxy=None,
@@ -109,6 +110,7 @@ def test_every_env_var_is_parsed(tmp_path: Path) -> None:
         "AGENT_STACKS_DIR": "/stacks",
         "HOST_STACKS_DIR": "/srv/stacks",
         "UPDATE_TIMEOUT": "1m30s",
+        "UNHEALTHY_AFTER": "2m",
         "LOG_LEVEL": "WARN",
         "LOG_JSON": "false",
         "HTTPS_PROXY": "https://proxy:3128",
@@ -134,6 +136,7 @@ def test_every_env_var_is_parsed(tmp_path: Path) -> None:
     assert cfg.agent_stacks_dir == "/stacks"
     assert cfg.host_stacks_dir == "/srv/stacks"
     assert cfg.update_timeout == 90.0
+    assert cfg.unhealthy_after == 120.0
     assert cfg.log_level == "warning"
     assert cfg.log_json is False
     assert cfg.https_proxy == "https://proxy:3128"

@@ -1,0 +1,37 @@
+"""Facts other actors report to the StatusReporter (``$DATA_PATH/status.json``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionStatus:
+    connected: bool
+    since_ns: int  # when the current state began (wall clock)
+    registrations: int  # successful registrations since the process started
+    outbox_depth: int
+    outbox_dropped: int
+    last_error: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventForwarded:
+    at_ns: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActorRestarted:
+    child_id: str
+    total: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlushStatus:
+    """StatusReporter-internal timer: write the file if something changed (or it is due)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PublishStatus:
+    """EventStreamer-internal timer: send the trailing EventForwarded of a burst."""

@@ -1,0 +1,102 @@
+"""status.json, `dockmon-agent healthcheck` and `dockmon-agent status` against a real agent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.status import health_verdict, read_status
+from agent_cli import main
+from messages.wire import rfc3339_nano
+from tests.agent_harness import running_agent
+from tests.dockerenv import PrivateDockerd
+from tests.waiting import wait_for
+
+NOW = 1_800_000_000.0
+
+
+def stamp(seconds_ago: float) -> str:
+    return rfc3339_nano(int((NOW - seconds_ago) * 1e9))
+
+
+@pytest.mark.parametrize(
+    ("status", "healthy", "reason"),
+    [
+        ({"updated_at": stamp(1), "connected": True}, True, "registered"),
+        (
+            {"updated_at": stamp(1), "connected": False, "disconnected_since": stamp(30)},
+            True,
+            "grace period",
+        ),
+        (
+            {
+                "updated_at": stamp(1),
+                "connected": False,
+                "disconnected_since": stamp(400),
+                "last_error": "refused",
+            },
+            False,
+            "not registered with DockMon for 400s (last error: refused)",
+        ),
+        ({"updated_at": stamp(120), "connected": True}, False, "not running"),
+        ({"connected": True}, False, "not running"),
+    ],
+)
+def test_health_verdict(status: dict[str, Any], healthy: bool, reason: str) -> None:
+    ok, why = health_verdict(status, unhealthy_after=300, stale_after=60, now=NOW)
+    assert ok is healthy and reason in why
+
+
+def test_status_file_follows_the_connection_and_healthcheck_reports_it(
+    tmp_path: Path,
+    dockerd: PrivateDockerd,
+    make_container: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = tmp_path / "data"
+    with running_agent(data, dockerd.base_url) as agent:
+        hub = agent.hub
+        hub.wait_registered()
+        wait_for(lambda: _status(data).get("connected") is True, 10, "connected in status.json")
+        make_container(["sleep", "3600"])
+        wait_for(lambda: _status(data).get("events_forwarded", 0) > 0, 10, "events counted")
+        args = ["--dockmon-url", hub.url, "--data-path", str(data), "--unhealthy-after", "1s"]
+        assert main(["healthcheck", *args]) == 0
+        assert "healthy: registered with DockMon" in capsys.readouterr().out
+
+        agent.crash("docker_gateway")
+        wait_for(lambda: _status(data).get("actor_restarts") == 1, 10, "a counted restart")
+
+        hub.refuse(True)
+        hub.drop()
+        wait_for(lambda: _status(data).get("connected") is False, 10, "disconnected")
+        wait_for(lambda: main(["healthcheck", *args]) == 1, 10, "unhealthy after 1s")
+        out = capsys.readouterr().out
+        assert "unhealthy: not registered with DockMon for" in out
+        assert main(["status", *args]) == 0
+        printed = capsys.readouterr().out
+        assert "health: UNHEALTHY" in printed and "outbox_depth:" in printed
+        hub.refuse(False)
+        wait_for(lambda: _status(data).get("reconnects") == 1, 15, "the reconnect counted")
+        assert main(["healthcheck", *args]) == 0
+    status = read_status(str(data))
+    assert status["connected"] is False  # written on the way out
+    assert oct(Path(data, "status.json").stat().st_mode & 0o777) == "0o644"
+
+
+def test_healthcheck_without_a_status_file_is_unhealthy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--dockmon-url", "http://127.0.0.1:9", "--data-path", str(tmp_path)]
+    assert main(["healthcheck", *args]) == 1
+    assert "cannot read the agent's status" in capsys.readouterr().out
+
+
+def _status(data: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((data / "status.json").read_text()))
+    except (OSError, ValueError):
+        return {}
