@@ -15,18 +15,35 @@ import docker
 import docker.errors
 import requests
 
-from messages.docker import CommandFailed, Reply
+from messages.common import RawJson
+from messages.docker import CommandFailed, CommandSucceeded, Reply
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandlerSettings:
+    """Agent settings some handlers need (e.g. compose files: where they may look)."""
+
+    #: the compose stacks directory (AGENT_STACKS_DIR); always an allowed compose root by default
+    stacks_dir: str | None = None
+    #: COMPOSE_ROOTS: when set, exactly these directories are allowed for scan/read
+    compose_roots: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class DockerTools:
     api: docker.APIClient
     docker_host: str
+    settings: HandlerSettings = HandlerSettings()
 
     def failed(self, request_id: str, what: str, exc: BaseException) -> CommandFailed:
         """``failed to <what>: <Docker's wording>`` as a generic command failure."""
         error, error_type = describe_docker_error(what, exc, self.docker_host)
         return CommandFailed(request_id=request_id, error=error, error_type=error_type)
+
+
+def succeeded(request_id: str, result: Any) -> CommandSucceeded:
+    """A generic command's result, encoded once here."""
+    return CommandSucceeded(request_id=request_id, payload=RawJson.of(result))
 
 
 #: runs on a gateway worker thread; must return a reply (and may raise nothing it can map)
