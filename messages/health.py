@@ -1,14 +1,340 @@
-"""health protocol messages (filled in by the family's issue)."""
+"""Agent-side HTTP health checks: the three configuration frames (PROTOCOL §4.6).
+
+``health_check_configs_sync`` (replace the whole set), ``health_check_config`` (add or replace one
+check by ``container_id``) and ``health_check_config_remove``. They carry no id and get no reply:
+a malformed frame or config is logged and ignored (PROTOCOL §11), never a crash. Config values
+are validated here once, so the actor only ever sees well-typed :class:`HealthCheckConfig`s.
+
+Credentials (``auth_config_json``, and every header value, since headers often carry API keys)
+travel as :class:`Secret` and never appear in a log line or an error text.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from messages.common import Secret
 from messages.decoding import CommandDecoder
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATUS_RANGES: tuple[tuple[int, int], ...] = ((200, 200),)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthCheckAuth:
+    """``{"type":"basic","username","password"}`` or ``{"type":"bearer","token"}``."""
+
+    kind: str  # "basic" | "bearer"
+    username: str = ""
+    secret: Secret  # the basic password or the bearer token
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthCheckConfig:
+    container_id: str
+    host_id: str
+    enabled: bool = True
+    url: str
+    method: str = "GET"
+    expected_status_codes: str = ""  # as sent, for logs
+    status_ranges: tuple[tuple[int, int], ...] = DEFAULT_STATUS_RANGES  # inclusive (lo, hi)
+    timeout_seconds: int = 10  # as sent (<= 0 means 10 s, see effective_timeout)
+    check_interval_seconds: int = 30
+    follow_redirects: bool = True
+    verify_ssl: bool = True
+    headers: tuple[tuple[str, Secret], ...] = ()
+    auth: HealthCheckAuth | None = None
+
+    @property
+    def effective_timeout(self) -> int:
+        return self.timeout_seconds if self.timeout_seconds > 0 else 10
+
+    def expects(self, status: int) -> bool:
+        return any(lo <= status <= hi for lo, hi in self.status_ranges)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncHealthChecks:
+    """Replace the whole set (bad entries were already logged and left out)."""
+
+    configs: tuple[HealthCheckConfig, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetHealthCheck:
+    """Add or replace the check of ``config.container_id``."""
+
+    config: HealthCheckConfig
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoveHealthCheck:
+    container_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckOutcome:
+    """What one HTTP check found; ``status_code`` 0 means no HTTP response."""
+
+    healthy: bool
+    status_code: int = 0
+    response_time_ms: int = 0
+    error_message: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthTick:
+    """HealthCheckActor-internal: the 1 s scheduler tick of check loop ``loop``."""
+
+    loop: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckFinished:
+    """HealthCheckActor-internal: a worker finished run ``run_id`` (started in loop ``loop``)."""
+
+    loop: int
+    run_id: int
+    container_id: str
+    host_id: str
+    outcome: CheckOutcome
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckOverdue:
+    """HealthCheckActor-internal: run ``run_id`` should have ended by now (hard deadline)."""
+
+    loop: int
+    run_id: int
+    container_id: str
+    host_id: str
+    timeout_seconds: int
+    started: float  # monotonic
+
+
+class BadConfig(Exception):
+    """A config that cannot be used; the message never contains a credential."""
+
+
+# --- pure parsing ----------------------------------------------------------------------------
+
+_INT = re.compile(r"[+-]?\d+")
+
+
+def parse_status_codes(text: str) -> tuple[tuple[int, int], ...]:
+    """Go's ``parseStatusCodes``: comma list of codes and ``a-b`` ranges; nothing usable -> 200.
+
+    Unparsable parts and reversed ranges are skipped, like the Go agent does.
+    """
+    ranges: list[tuple[int, int]] = []
+    for raw_part in text.split(","):
+        part = raw_part.strip()
+        if "-" in part:
+            bounds = [b.strip() for b in part.split("-")]
+            if len(bounds) == 2 and all(_INT.fullmatch(b) for b in bounds):
+                lo, hi = int(bounds[0]), int(bounds[1])
+                if lo <= hi:
+                    ranges.append((lo, hi))
+        elif _INT.fullmatch(part):
+            code = int(part)
+            ranges.append((code, code))
+    return tuple(ranges) or DEFAULT_STATUS_RANGES
+
+
+def _str(cfg: Mapping[str, Any], key: str, default: str = "") -> str:
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise BadConfig(f"{key} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _bool(cfg: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise BadConfig(f"{key} must be a boolean, got {type(value).__name__}")
+    return value
+
+
+def _int(cfg: Mapping[str, Any], key: str, default: int) -> int:
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadConfig(f"{key} must be a number, got {type(value).__name__}")
+    if isinstance(value, float) and not value.is_integer():
+        raise BadConfig(f"{key} must be a whole number of seconds")
+    return int(value)
+
+
+def _json_object(cfg: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+    """An embedded JSON document: empty/absent -> None; bad JSON or not an object -> BadConfig.
+
+    The decoder's message only carries a position, never the (possibly secret) text.
+    """
+    text = _str(cfg, key)
+    if not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        pos = getattr(exc, "pos", None)
+        raise BadConfig(f"{key} is not valid JSON (at character {pos})") from None
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadConfig(f"{key} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _headers(cfg: Mapping[str, Any]) -> tuple[tuple[str, Secret], ...]:
+    obj = _json_object(cfg, "headers_json")
+    if obj is None:
+        return ()
+    headers: list[tuple[str, Secret]] = []
+    for name, value in obj.items():
+        if not isinstance(value, str):
+            raise BadConfig("headers_json must map header names to strings")
+        if not name or any(c in name for c in ":\r\n \t") or any(c in value for c in "\r\n"):
+            raise BadConfig("headers_json holds an invalid header name or value")
+        headers.append((name, Secret(value)))
+    return tuple(headers)
+
+
+def _auth(cfg: Mapping[str, Any]) -> HealthCheckAuth | None:
+    obj = _json_object(cfg, "auth_config_json")
+    if obj is None:
+        return None
+    kind = obj.get("type")
+    if kind in (None, "", "none"):
+        return None
+    for key in ("username", "password", "token"):
+        if obj.get(key) is not None and not isinstance(obj[key], str):
+            raise BadConfig(f"auth_config_json {key} must be a string")
+    if kind == "basic":
+        return HealthCheckAuth(
+            kind="basic",
+            username=obj.get("username") or "",
+            secret=Secret(obj.get("password") or ""),
+        )
+    if kind == "bearer":
+        return HealthCheckAuth(kind="bearer", secret=Secret(obj.get("token") or ""))
+    shown = kind if isinstance(kind, str) and len(kind) <= 20 else type(kind).__name__
+    raise BadConfig(f"auth_config_json type {shown!r} is not basic or bearer")
+
+
+def parse_config(value: Any) -> HealthCheckConfig:
+    """One ``<config>`` object (PROTOCOL §4.6) -> a validated config, or BadConfig.
+
+    Absent or null keys take safe defaults (enabled, GET, 10 s timeout, 30 s interval, follow
+    redirects, verify TLS); present keys must have the documented JSON type.
+    """
+    if not isinstance(value, dict):
+        raise BadConfig(f"config must be an object, got {type(value).__name__}")
+    container_id = _str(value, "container_id").strip()
+    if not container_id:
+        raise BadConfig("container_id is required")
+    url = value.get("url")
+    if not isinstance(url, str):
+        raise BadConfig("url must be a string")
+    codes = _str(value, "expected_status_codes")
+    return HealthCheckConfig(
+        container_id=container_id,
+        host_id=_str(value, "host_id"),
+        enabled=_bool(value, "enabled", True),
+        url=url.strip(),
+        method=_str(value, "method").strip() or "GET",
+        expected_status_codes=codes,
+        status_ranges=parse_status_codes(codes),
+        timeout_seconds=_int(value, "timeout_seconds", 10),
+        check_interval_seconds=_int(value, "check_interval_seconds", 30),
+        follow_redirects=_bool(value, "follow_redirects", True),
+        verify_ssl=_bool(value, "verify_ssl", True),
+        headers=_headers(value),
+        auth=_auth(value),
+    )
+
+
+def _container_label(value: Any) -> str:
+    if isinstance(value, dict) and isinstance(value.get("container_id"), str):
+        return str(value["container_id"])[:64]
+    return "?"
+
+
+# --- frame decoders -----------------------------------------------------------------------------
+
+
+def _payload(frame: Mapping[str, Any], kind: str) -> dict[str, Any] | None:
+    payload = frame.get("payload")
+    if not isinstance(payload, dict):
+        log.warning("ignored %s: payload must be an object", kind)
+        return None
+    return payload
+
+
+def decode_sync(frame: Mapping[str, Any]) -> SyncHealthChecks | None:
+    payload = _payload(frame, "health_check_configs_sync")
+    if payload is None:
+        return None
+    items = payload.get("configs")
+    if items is None:
+        items = []
+    if not isinstance(items, list):
+        log.warning("ignored health_check_configs_sync: configs must be a list")
+        return None
+    configs: dict[str, HealthCheckConfig] = {}
+    for item in items:
+        try:
+            config = parse_config(item)
+        except BadConfig as exc:
+            log.warning("ignored health check config for %s: %s", _container_label(item), exc)
+            continue
+        configs[config.container_id] = config  # later duplicates win, like Go's map
+    return SyncHealthChecks(configs=tuple(configs.values()))
+
+
+def decode_config(frame: Mapping[str, Any]) -> SetHealthCheck | None:
+    payload = _payload(frame, "health_check_config")
+    if payload is None:
+        return None
+    try:
+        return SetHealthCheck(config=parse_config(payload))
+    except BadConfig as exc:
+        log.warning("ignored health check config for %s: %s", _container_label(payload), exc)
+        return None
+
+
+def decode_remove(frame: Mapping[str, Any]) -> RemoveHealthCheck | None:
+    payload = _payload(frame, "health_check_config_remove")
+    if payload is None:
+        return None
+    container_id = payload.get("container_id")
+    if not isinstance(container_id, str) or not container_id.strip():
+        log.warning("ignored health_check_config_remove: container_id must be a string")
+        return None
+    return RemoveHealthCheck(container_id=container_id.strip())
+
 
 #: generic ``command`` names this family decodes
 GENERIC_DECODERS: dict[str, CommandDecoder] = {}
 #: top-level frame ``type``s this family decodes (frame -> typed message or None to ignore)
-FRAME_DECODERS: dict[str, Any] = {}
+FRAME_DECODERS: dict[str, Any] = {
+    "health_check_configs_sync": decode_sync,
+    "health_check_config": decode_config,
+    "health_check_config_remove": decode_remove,
+}
 #: which actor role runs each command type
-ROUTES: dict[type, str] = {}
+ROUTES: dict[type, str] = {
+    SyncHealthChecks: "health_checks",
+    SetHealthCheck: "health_checks",
+    RemoveHealthCheck: "health_checks",
+}

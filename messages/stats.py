@@ -1,7 +1,12 @@
-"""stats protocol messages (filled in by the family's issue)."""
+"""Stats protocol: container stats readings (§5.2), host stats ticks (§5.3), stream lifecycle.
+
+The backend sends no stats commands (stats are pushed), so the wire tables stay empty. The
+messages below travel between the StatsActor and the threads it owns.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from messages.decoding import CommandDecoder
@@ -12,3 +17,63 @@ GENERIC_DECODERS: dict[str, CommandDecoder] = {}
 FRAME_DECODERS: dict[str, Any] = {}
 #: which actor role runs each command type
 ROUTES: dict[type, str] = {}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CpuReading:
+    total: int  # cpu_stats.cpu_usage.total_usage, ns
+    system: int  # cpu_stats.system_cpu_usage, ns
+    online_cpus: int  # online_cpus, else len(percpu_usage), else 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContainerReading:
+    """One Docker stats sample, reduced to what ``container_stats`` needs."""
+
+    cpu: CpuReading
+    #: the previous reading (``precpu_stats``); None when Docker sent none yet (first sample)
+    precpu: CpuReading | None
+    memory_usage: int  # working set, bytes
+    memory_limit: int
+    network_rx: int
+    network_tx: int
+    disk_read: int
+    disk_write: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatsSampled:
+    """StatsActor-internal: a container's stats stream delivered one sample."""
+
+    container_id: str
+    token: int  # which stream (a container's stream is reopened with a new token)
+    reading: ContainerReading | None  # None: Docker says the container is not running
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatsStreamEnded:
+    container_id: str
+    token: int
+    reason: str
+    gone: bool  # Docker answered 404: no such container
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunningContainersListed:
+    """Answer to the listing taken at each (re)connect; ``containers`` is None on failure."""
+
+    request: int
+    containers: tuple[tuple[str, str], ...] | None  # (full id, name without "/")
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryListing:
+    request: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostStatsTick:
+    """Every 2 s while connected: send one host stats frame."""
+
+    generation: int
