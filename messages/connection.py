@@ -23,7 +23,10 @@ class FrameReceived:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PongReceived:
+    """A pong (``ack``: the sequence number our ping carried) or a server ping (``ack`` None)."""
+
     generation: int
+    ack: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,3 +48,15 @@ class AttemptTimedOut:
 
     generation: int
     phase: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandOver:
+    """Self-update (PROTOCOL §7): send what is queued, close the link (1000) and stay idle,
+    without reconnecting, until ``ResumeAfterHandOver``: the new agent registers with the same
+    token meanwhile, and two live agents would supersede each other forever (§2.5, §14.12)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumeAfterHandOver:
+    """The hand-over failed: connect again at once."""
