@@ -10,13 +10,23 @@ import socket
 import sys
 from collections.abc import Sequence
 from importlib import metadata
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import agent_config
+from actors import diagnostics
 from actors.base import Clock, SystemClock
 from actors.connection import ConnectionActor, LinkSettings
 from actors.docker_gateway import DockerGatewayActor, detect_own_container_id
+from actors.docker_tools import HandlerSettings
 from actors.errors import ConfigError, FatalError
 from actors.event_streamer import EventCursor, EventStreamerActor
+from actors.health_checks import HealthCheckActor, HealthCheckMemory
+from actors.policy import AuditLog
+from actors.shell import ShellActor
+from actors.stats import StatsActor, StatsSettings
+from actors.stats_ingest import ingest_settings
+from actors.stats_math import host_roots
 from actors.status import StatusReporterActor, health_verdict, read_status
 from actors.token_store import TokenStoreActor, check_data_dir, resolve_token
 from actors.updater import FlowRegistry, UpdaterActor, UpdaterSettings
@@ -44,30 +54,45 @@ def agent_arch() -> str:
     return _ARCH.get(machine, "arm" if machine.startswith("arm") else machine)
 
 
-def capabilities() -> tuple[tuple[str, bool], ...]:
-    """Only what this agent really implements (the backend reads self_update, multi_env_files)."""
+def capabilities(*, self_update: bool = False) -> tuple[tuple[str, bool], ...]:
+    """Only what this agent really implements (the backend reads self_update, multi_env_files).
+
+    ``self_update``: running in a container with SELF_UPDATE_IMAGE set (see ``identity``).
+    """
     return (
         ("container_operations", True),
-        ("container_updates", False),
+        ("container_updates", True),
         ("event_streaming", True),
-        ("stats_collection", False),
-        ("self_update", False),
+        ("stats_collection", True),
+        ("self_update", self_update),
         ("compose_deployments", False),
-        ("shell_access", False),
+        ("shell_access", True),
         ("multi_env_files", False),
     )
 
 
-def identity(cfg: agent_config.Config) -> AgentIdentity:
+def identity(cfg: agent_config.Config, own_container_id: str | None = None) -> AgentIdentity:
     return AgentIdentity(
         version=agent_version(),
         proto_version=cfg.proto_version,
-        capabilities=capabilities(),
+        capabilities=capabilities(self_update=bool(own_container_id and cfg.self_update_image)),
         agent_name=cfg.agent_name,
         force_unique_registration=cfg.force_unique_registration,
         os_hostname=socket.gethostname(),
         agent_os=sys.platform if sys.platform != "linux2" else "linux",
         agent_arch=agent_arch(),
+    )
+
+
+def link_settings_for(cfg: agent_config.Config) -> LinkSettings:
+    """How the Connection dials DockMon; ``doctor`` uses the same settings."""
+    return LinkSettings(
+        url=cfg.ws_url,
+        insecure_skip_verify=cfg.insecure_skip_verify,
+        ca_cert=cfg.ca_cert,
+        https_proxy=cfg.https_proxy,
+        http_proxy=cfg.http_proxy,
+        no_proxy=cfg.no_proxy,
     )
 
 
@@ -80,20 +105,26 @@ def build_specs(
 ) -> list[ChildSpec]:
     """The agent's children in start order (STYLE §3)."""
     cursor = EventCursor((clock or SystemClock()).time_ns())
-    settings = link_settings or LinkSettings(
-        url=cfg.ws_url,
-        insecure_skip_verify=cfg.insecure_skip_verify,
-        ca_cert=cfg.ca_cert,
-        https_proxy=cfg.https_proxy,
-        http_proxy=cfg.http_proxy,
-        no_proxy=cfg.no_proxy,
+    settings = link_settings or link_settings_for(cfg)
+    ident = identity(cfg, own_container_id)
+    audit = (
+        AuditLog(Path(cfg.data_path) / "audit.log", who=f"dockmon@{urlsplit(cfg.ws_url).netloc}")
+        if cfg.policy.audit
+        else None
     )
-    ident = identity(cfg)
     flows = FlowRegistry()
+    health_memory = HealthCheckMemory()
     updater_settings = UpdaterSettings(
         docker_host=cfg.docker_host,
         data_path=cfg.data_path,
         own_container_id=own_container_id,
+        self_update_image=cfg.self_update_image,
+        handover_timeout=cfg.self_update_timeout,
+    )
+    stats_settings = StatsSettings(
+        docker_host=cfg.docker_host,
+        host_roots=host_roots(own_container_id),
+        ingest=ingest_settings(settings, cfg.dockmon_url),
     )
     return [
         ChildSpec(
@@ -114,7 +145,13 @@ def build_specs(
         ChildSpec(
             "docker_gateway",
             lambda ctx: DockerGatewayActor.start(
-                ctx, docker_host=cfg.docker_host, own_container_id=own_container_id
+                ctx,
+                docker_host=cfg.docker_host,
+                own_container_id=own_container_id,
+                handler_settings=HandlerSettings(
+                    stacks_dir=cfg.agent_stacks_dir, compose_roots=cfg.compose_roots
+                ),
+                policy=cfg.policy,
             ),
         ),
         ChildSpec(
@@ -125,6 +162,8 @@ def build_specs(
                 identity=ident,
                 reconnect_initial=cfg.reconnect_initial,
                 reconnect_max=cfg.reconnect_max,
+                policy=cfg.policy,
+                audit=audit,
             ),
         ),
         ChildSpec(
@@ -134,6 +173,15 @@ def build_specs(
         ChildSpec(
             "updater",
             lambda ctx: UpdaterActor.start(ctx, settings=updater_settings, flows=flows),
+        ),
+        ChildSpec("stats", lambda ctx: StatsActor.start(ctx, settings=stats_settings)),
+        ChildSpec(
+            "shell",
+            lambda ctx: ShellActor.start(ctx, docker_host=cfg.docker_host, policy=cfg.policy),
+        ),
+        ChildSpec(
+            "health_checks",
+            lambda ctx: HealthCheckActor.start(ctx, memory=health_memory),
         ),
     ]
 
@@ -194,7 +242,34 @@ def status_main(argv: Sequence[str]) -> int:
     return 0
 
 
-SUBCOMMANDS = {"healthcheck": healthcheck_main, "status": status_main}
+def doctor_main(argv: Sequence[str]) -> int:
+    """Check configuration, Docker, $DATA_PATH and the path to DockMon; 0 unless a check FAILs."""
+    parser = _parser(
+        "dockmon-agent doctor",
+        "Check this host's setup step by step (configuration, Docker socket, DATA_PATH, DNS, "
+        "TCP, proxy, TLS, WebSocket upgrade) without registering: no token is used. "
+        "Exit code 0 unless a check FAILs (WARN does not fail).",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time limit for each network step (default 10)",
+    )
+    ns = parser.parse_args(argv)
+    return diagnostics.run(
+        os.environ,
+        config_path=ns.config,
+        overrides=agent_config.overrides_from_args(ns),
+        link_settings=link_settings_for,
+        timeout=ns.timeout,
+        out=sys.stdout,
+        version=agent_version(),
+    )
+
+
+SUBCOMMANDS = {"healthcheck": healthcheck_main, "status": status_main, "doctor": doctor_main}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

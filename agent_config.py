@@ -18,13 +18,16 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 import colorlog
 import yaml
 
+from actors.compose_files import is_system_path
 from actors.errors import ConfigError
+from actors.policy import Policy, parse_policy
+from actors.self_update import parse_image_ref
 from messages.common import Secret
 
 _T = TypeVar("_T")
@@ -46,6 +49,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("REGISTRATION_TOKEN", "text", None, "one-time token from the DockMon UI", secret=True),
     Setting(
         "PERMANENT_TOKEN", "text", None, "agent token; overrides $DATA_PATH/permanent_token", True
+    ),
+    Setting(
+        "REGISTRATION_TOKEN_FILE",
+        "path",
+        None,
+        "file holding REGISTRATION_TOKEN (Docker secrets); REGISTRATION_TOKEN wins if both are set",
+    ),
+    Setting(
+        "PERMANENT_TOKEN_FILE",
+        "path",
+        None,
+        "file holding PERMANENT_TOKEN (Docker secrets); PERMANENT_TOKEN wins if both are set",
     ),
     Setting("INSECURE_SKIP_VERIFY", "bool", "false", "skip TLS verification of the DockMon server"),
     Setting("CA_CERT", "path", None, "PEM bundle of extra CA certificates to trust for wss://"),
@@ -73,7 +88,28 @@ SETTINGS: tuple[Setting, ...] = (
         "AGENT_STACKS_DIR", "path", None, "compose stacks directory (default: $DATA_PATH/stacks)"
     ),
     Setting("HOST_STACKS_DIR", "path", None, "host-side path of the stacks directory"),
+    Setting(
+        "COMPOSE_ROOTS",
+        "text",
+        None,
+        "comma-separated absolute directories compose scan/read may use (default: the stacks "
+        "directory plus /opt, /srv, /var/lib/docker-compose, /var/lib/docker/volumes, home, "
+        "/stacks, /docker, /mnt, /data, /compose where they exist)",
+    ),
     Setting("UPDATE_TIMEOUT", "duration", "120s", "container update timeout (unused, like Go)"),
+    Setting(
+        "SELF_UPDATE_IMAGE",
+        "text",
+        None,
+        "image this agent updates itself to on self_update (a tag or a pinned @sha256: digest); "
+        "unset: self_update is refused",
+    ),
+    Setting(
+        "SELF_UPDATE_TIMEOUT",
+        "duration",
+        "120s",
+        "how long the new agent may take to register before a self-update is rolled back",
+    ),
     Setting(
         "UNHEALTHY_AFTER",
         "duration",
@@ -87,6 +123,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NO_PROXY", "text", None, "hosts that bypass the proxy (or no_proxy)"),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
+
+#: YAML keys that hold a mapping of their own instead of a setting
+SECTIONS = frozenset({"policy"})
 _LOWERCASE_TOO = frozenset({"HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"})
 _DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/podman/podman.sock")
 _URL_HINT = "set DOCKMON_URL to the DockMon server address, e.g. https://dockmon.example.com"
@@ -104,6 +143,8 @@ class Config:
     ws_url: str
     registration_token: Secret | None
     permanent_token: Secret | None
+    registration_token_file: str | None = None
+    permanent_token_file: str | None = None
     insecure_skip_verify: bool
     ca_cert: str | None
     docker_host: str
@@ -117,8 +158,12 @@ class Config:
     data_path: str
     agent_stacks_dir: str
     host_stacks_dir: str | None
+    compose_roots: tuple[str, ...] | None = None  # None: the defaults (actors/compose_files.py)
     update_timeout: float
+    self_update_image: str | None = None
+    self_update_timeout: float = 120.0
     unhealthy_after: float
+    policy: Policy
     log_level: str
     log_json: bool
     https_proxy: str | None
@@ -226,7 +271,8 @@ def _yaml_text(setting: Setting, value: object) -> str:
     raise ValueError(f"unsupported YAML {type(value).__name__}{shown}; quote it if it is text")
 
 
-def _read_yaml(path: str, problems: list[str]) -> dict[str, str]:
+def _read_yaml(path: str, problems: list[str], sections: dict[str, Any]) -> dict[str, str]:
+    """Settings from the file; mapping-valued sections (``policy``) go to ``sections``."""
     where = f"config file {path!r}"
     try:
         with open(path, "rb") as f:
@@ -252,6 +298,9 @@ def _read_yaml(path: str, problems: list[str]) -> dict[str, str]:
         return {}
     values: dict[str, str] = {}
     for key, value in data.items():
+        if str(key).lower() in SECTIONS:
+            sections[str(key).lower()] = value
+            continue
         setting = _BY_NAME.get(str(key).upper())
         if setting is None:
             close = difflib.get_close_matches(str(key).upper(), _BY_NAME, n=1)
@@ -268,6 +317,78 @@ def _read_yaml(path: str, problems: list[str]) -> dict[str, str]:
     return values
 
 
+_SECRET_FILE_LIMIT = 64 * 1024
+
+
+def _read_secret_file(name: str, path: str, problems: list[str]) -> str | None:
+    """A ``*_FILE`` secret (Docker secrets style): the file's text without trailing whitespace.
+
+    Appends a problem naming the setting, the path and the fix, and returns None, when the file
+    is missing, unreadable, too large, not UTF-8 or empty. The value is never put in a problem.
+    """
+    value = name.removesuffix("_FILE")
+    where = f"{name}: {path!r}"
+    otherwise = f"or set {value} directly, or unset {name}"
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_SECRET_FILE_LIMIT + 1)
+    except FileNotFoundError:
+        problems.append(
+            f"{where} does not exist; mount the secret there (e.g. compose 'secrets:' puts it at "
+            f"/run/secrets/<name>), fix the path, {otherwise}"
+        )
+        return None
+    except PermissionError:
+        problems.append(
+            f"{where} is not readable by the agent's user (uid {os.getuid()}); make it readable "
+            "(chown/chmod 0400, or set uid/mode on the compose secret)"
+        )
+        return None
+    except IsADirectoryError:
+        problems.append(f"{where} is a directory; point {name} at the file inside it")
+        return None
+    except OSError as exc:
+        problems.append(f"{where} cannot be read: {exc.strerror or exc}; fix the path, {otherwise}")
+        return None
+    if len(data) > _SECRET_FILE_LIMIT:
+        problems.append(f"{where} is larger than 64 KiB; it must contain only the token")
+        return None
+    try:
+        token = data.decode("utf-8").rstrip()
+    except UnicodeDecodeError:
+        problems.append(f"{where} is not UTF-8 text; it must contain only the token")
+        return None
+    if not token:
+        problems.append(
+            f"{where} is empty; write the token from DockMon into it (no quotes), {otherwise}"
+        )
+        return None
+    register_secret(token)
+    return token
+
+
+def _compose_roots(value: str | None, problems: list[str]) -> tuple[str, ...] | None:
+    """COMPOSE_ROOTS: comma-separated absolute paths, none of them a system directory."""
+    if value is None:
+        return None
+    roots: list[str] = []
+    found_problem = False
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        if not os.path.isabs(item):
+            problems.append(f"COMPOSE_ROOTS: {item!r} must be an absolute path")
+            found_problem = True
+        elif is_system_path(item):
+            problems.append(f"COMPOSE_ROOTS: {item!r} is a system directory and cannot be a root")
+            found_problem = True
+        elif (root := os.path.normpath(item)) not in roots:
+            roots.append(root)
+    if not roots and not found_problem:
+        problems.append("COMPOSE_ROOTS: no directory given (unset it to use the defaults)")
+    return tuple(roots)
+
+
 def load_config(
     environ: Mapping[str, str],
     *,
@@ -282,8 +403,10 @@ def load_config(
     problems: list[str] = []
     given: dict[str, tuple[str, str]] = {}  # name -> (text, source)
     path = config_path or environ.get("DOCKMON_CONFIG")
+    sections: dict[str, Any] = {}
     if path:
-        given.update((name, (v, "yaml")) for name, v in _read_yaml(path, problems).items())
+        settings = _read_yaml(path, problems, sections)
+        given.update((name, (v, "yaml")) for name, v in settings.items())
     for s in SETTINGS:
         value = environ.get(s.name) or (
             environ.get(s.name.lower()) if s.name in _LOWERCASE_TOO else ""
@@ -319,12 +442,20 @@ def load_config(
 
     tokens: dict[str, Secret | None] = {}
     for name in ("REGISTRATION_TOKEN", "PERMANENT_TOKEN"):
-        token = text(name)
+        token, label, file_name = text(name), name, f"{name}_FILE"
+        file_path = text(file_name)
+        if file_path and token:  # the value itself wins; say so in --print-config
+            given[file_name] = (file_path, f"{given[file_name][1]}; unused, {name} is set")
+        elif file_path:
+            token = _read_secret_file(file_name, file_path, problems)
+            if token:
+                given[name] = (token, f"file:{file_path}")
+                label = f"{file_name} ({file_path!r})"
         if token:
             register_secret(token)
             if not _TOKEN.fullmatch(token):
                 problems.append(
-                    f"{name}: invalid token of {len(token)} characters; the server accepts only "
+                    f"{label}: invalid token of {len(token)} characters; the server accepts only "
                     "letters, digits, '_', ':' and '-', at most 255 (check for quotes or spaces)"
                 )
         tokens[name] = Secret(token) if token else None
@@ -335,10 +466,17 @@ def load_config(
             with open(ca_cert, encoding="utf-8", errors="replace") as f:
                 pem = f.read()
         except OSError as exc:
-            problems.append(f"CA_CERT: cannot read {ca_cert!r}: {exc.strerror}")
+            problems.append(
+                f"CA_CERT: cannot read {ca_cert!r}: {exc.strerror}; point CA_CERT at a PEM file "
+                "the agent can read (mount it into the container), or unset CA_CERT"
+            )
         else:
             if "-----BEGIN CERTIFICATE-----" not in pem:
-                problems.append(f"CA_CERT: {ca_cert!r} contains no PEM certificate")
+                problems.append(
+                    f"CA_CERT: {ca_cert!r} contains no PEM certificate; it must hold "
+                    "'-----BEGIN CERTIFICATE-----' blocks (convert DER with "
+                    "'openssl x509 -inform der -in ca.der -out ca.pem')"
+                )
 
     docker_host = text("DOCKER_HOST") or next(
         (f"unix://{p}" for p in _DOCKER_SOCKETS if path_exists(p)), f"unix://{_DOCKER_SOCKETS[0]}"
@@ -379,7 +517,9 @@ def load_config(
 
     data_path = parsed("DATA_PATH", str)
     if not os.path.isabs(data_path):
-        problems.append(f"DATA_PATH: {data_path!r} must be an absolute path")
+        problems.append(
+            f"DATA_PATH: {data_path!r} must be an absolute path, e.g. /data (a mounted volume)"
+        )
 
     proxies: dict[str, str | None] = {}
     for name in ("HTTPS_PROXY", "HTTP_PROXY"):
@@ -394,7 +534,20 @@ def load_config(
     log_json = parsed("LOG_JSON", _parse_bool)
     insecure_skip_verify = parsed("INSECURE_SKIP_VERIFY", _parse_bool)
     update_timeout = parsed("UPDATE_TIMEOUT", _parse_duration)
+    self_update_image = (text("SELF_UPDATE_IMAGE") or "").strip() or None
+    if self_update_image:
+        try:
+            parse_image_ref(self_update_image)
+        except ValueError as exc:
+            problems.append(f"SELF_UPDATE_IMAGE: {exc}")
+    self_update_timeout = parsed("SELF_UPDATE_TIMEOUT", _parse_duration)
+    if self_update_timeout <= 0 and "SELF_UPDATE_TIMEOUT" not in failed:
+        problems.append(
+            f"SELF_UPDATE_TIMEOUT: must be greater than 0, got {text('SELF_UPDATE_TIMEOUT')}"
+        )
     unhealthy_after = parsed("UNHEALTHY_AFTER", _parse_duration)
+    policy = parse_policy(sections.get("policy"), f"config file {path!r}", problems)
+    compose_roots = _compose_roots(text("COMPOSE_ROOTS"), problems)
     if problems:
         raise ConfigError(problems)
     assert url is not None
@@ -403,6 +556,8 @@ def load_config(
         ws_url=_ws_url(url),
         registration_token=tokens["REGISTRATION_TOKEN"],
         permanent_token=tokens["PERMANENT_TOKEN"],
+        registration_token_file=text("REGISTRATION_TOKEN_FILE"),
+        permanent_token_file=text("PERMANENT_TOKEN_FILE"),
         insecure_skip_verify=insecure_skip_verify,
         ca_cert=ca_cert,
         docker_host=docker_host,
@@ -416,8 +571,12 @@ def load_config(
         data_path=data_path,
         agent_stacks_dir=text("AGENT_STACKS_DIR") or os.path.join(data_path, "stacks"),
         host_stacks_dir=text("HOST_STACKS_DIR"),
+        compose_roots=compose_roots,
         update_timeout=update_timeout,
+        self_update_image=self_update_image,
+        self_update_timeout=self_update_timeout,
         unhealthy_after=unhealthy_after,
+        policy=policy,
         log_level=log_level,
         log_json=log_json,
         https_proxy=proxies["HTTPS_PROXY"],
@@ -460,7 +619,46 @@ def _show(setting: Setting, value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return _seconds_text(value)
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
     return _mask_url(str(value)) if setting.kind == "url" else str(value)
+
+
+def settings_markdown() -> str:
+    """The README's settings table, generated from SETTINGS (tests keep the README in sync)."""
+    rows = ["| Setting | Default | Meaning |", "|---|---|---|"]
+    for setting in SETTINGS:
+        default = f"`{setting.default}`" if setting.default is not None else "—"
+        rows.append(f"| `{setting.name}` | {default} | {setting.help.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+def example_yaml() -> str:
+    """deploy/agent.example.yaml, generated from SETTINGS: every setting, commented out."""
+    lines = [
+        "# dockmon-agent configuration file (--config PATH or DOCKMON_CONFIG=PATH).",
+        "# Every setting can also be an environment variable of the same name (which wins over",
+        "# this file) or a command-line flag (which wins over both). Generated from the code:",
+        "#   python -c 'import agent_config, sys; sys.stdout.write(agent_config.example_yaml())'",
+        "",
+    ]
+    for setting in SETTINGS:
+        lines.append(f"# {setting.help}")
+        value = setting.default if setting.default is not None else ""
+        lines.append(f"# {setting.name.lower()}: {value}".rstrip())
+        lines.append("")
+    lines += [
+        "# What the DockMon server may do on this host (enforced by the agent).",
+        "# policy:",
+        "#   read_only: false            # true: only list/inspect/logs/compose reads",
+        "#   allow: []                   # if set, only these operations",
+        "#   deny: [shell_session]       # operations refused with a clear error",
+        "#   protected_containers:       # may be looked at, never changed or exec'd into",
+        "#     names: ['dockmon*', 'db-*']",
+        "#     labels: ['com.example.protected=true']",
+        "#   audit_log: true             # one JSON line per request in $DATA_PATH/audit.log",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def format_config(cfg: Config) -> str:

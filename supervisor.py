@@ -152,15 +152,19 @@ class SupervisorActor(pykka.ThreadingActor):
         except Exception as exc:
             log.error("cannot create %s: %s", child.spec.child_id, exc, exc_info=True)
             return f"{type(exc).__name__}: {exc}"
+        # Published before the start is confirmed: a peer may answer a message the child sends
+        # from on_start (the gateway answering the Connection's DescribeHost) at once.
+        self._peers.set(child.spec.child_id, ref)
         try:
             ref.ask(Ping(), timeout=child.spec.start_timeout)
         except pykka.Timeout:
+            self._peers.remove(child.spec.child_id, ref)
             ref.stop(block=False)
             return f"no answer within {child.spec.start_timeout:g}s"
         except pykka.ActorDeadError:
+            self._peers.remove(child.spec.child_id, ref)
             return "it stopped during on_start (see the error logged above)"
         child.ref = ref
-        self._peers.set(child.spec.child_id, ref)
         log.debug("started %s (generation %d)", child.spec.child_id, child.generation)
         return None
 

@@ -26,15 +26,18 @@ import websocket
 
 from actors.base import ActorContext, Clock, SupervisedActor, TimerHandle, join_thread
 from actors.errors import FatalError, TransientError
+from actors.policy import AuditLog, Policy, audited, operation_of
 from messages import compose, health, images, networks, shell, stats, updates, volumes
 from messages.common import Secret
 from messages.connection import (
     AttemptTimedOut,
     Dial,
     FrameReceived,
+    HandOver,
     LinkOpened,
     PongReceived,
     ReaderStopped,
+    ResumeAfterHandOver,
     Tick,
 )
 from messages.docker import (
@@ -45,6 +48,8 @@ from messages.docker import (
     ContainerOpFailed,
     ContainerOpSucceeded,
     DescribeHost,
+    EventsConfirmed,
+    EventsReplay,
     GetContainerLogs,
     HostDescribed,
     InspectContainer,
@@ -52,6 +57,7 @@ from messages.docker import (
     ListContainers,
     RemoveContainer,
     RenameContainer,
+    ReplayEvents,
     Reply,
     RestartContainer,
     StartContainer,
@@ -67,10 +73,14 @@ from messages.wire import (
     IgnoredFrame,
     RejectedRequest,
     decode_frame,
+    decode_object,
     encode_container_event,
     encode_event,
     encode_register,
     encode_reply,
+    parse_frame,
+    request_id_of,
+    rfc3339_nano,
 )
 
 log = logging.getLogger(__name__)
@@ -92,6 +102,9 @@ ROUTES: dict[type, str] = {
 }
 for _family in (images, networks, volumes, compose, updates, shell, health, stats):
     ROUTES.update(_family.ROUTES)
+
+#: requests whose reply has not gone out yet, remembered for the audit log (oldest dropped)
+AUDIT_PENDING_LIMIT = 10_000
 
 #: roles told LinkStateChanged when the connection comes up or goes down (if they run)
 LINK_SUBSCRIBERS = ("updater", "stats", "shell", "health_checks")
@@ -171,6 +184,7 @@ class LinkSettings:
 
 _PING = object()
 _STOP = object()
+_FINISH = object()  # send a close frame after everything queued before it
 
 
 class WebSocketLink:
@@ -207,8 +221,13 @@ class WebSocketLink:
     def send(self, text: str) -> None:
         self._outgoing.put(text)
 
-    def ping(self) -> None:
-        self._outgoing.put(_PING)
+    def ping(self, ack: int) -> None:
+        """A ping carrying ``ack``: its pong proves every frame sent before it was read."""
+        self._outgoing.put((_PING, str(ack).encode()))
+
+    def finish(self) -> None:
+        """Send what is queued, then a close frame (1000); the reader ends on the echo."""
+        self._outgoing.put(_FINISH)
 
     def send_stuck_for(self, now: float) -> float:
         busy = self._busy_since
@@ -282,7 +301,8 @@ class WebSocketLink:
                     if not self._tell(FrameReceived(generation=self.generation, data=frame.data)):
                         return
                 elif opcode in (websocket.ABNF.OPCODE_PONG, websocket.ABNF.OPCODE_PING):
-                    if not self._tell(PongReceived(generation=self.generation)):
+                    ack = _ack_of(frame.data) if opcode == websocket.ABNF.OPCODE_PONG else None
+                    if not self._tell(PongReceived(generation=self.generation, ack=ack)):
                         return
                 elif opcode == websocket.ABNF.OPCODE_CLOSE:
                     code, text = _close_reason(frame.data)
@@ -292,6 +312,9 @@ class WebSocketLink:
             reason = f"handshake rejected: HTTP {exc.status_code}"
         except (OSError, websocket.WebSocketException, ValueError) as exc:
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        except Exception as exc:  # a bug must cost a reconnect, never a silent dead reader
+            log.exception("ConnectionActor-reader failed unexpectedly")
+            reason = f"reader failed: {type(exc).__name__}: {exc}"
         finally:
             with self._lock:
                 closed = self._closed
@@ -308,10 +331,14 @@ class WebSocketLink:
             item = self._outgoing.get()
             if item is _STOP:
                 return
+            if item is _FINISH:
+                with contextlib.suppress(OSError, websocket.WebSocketException):
+                    ws.send_close(websocket.STATUS_NORMAL, b"agent hand-over")
+                return
             self._busy_since = self._clock.monotonic()
             try:
-                if item is _PING:
-                    ws.ping()
+                if isinstance(item, tuple):
+                    ws.ping(item[1])
                 else:
                     assert isinstance(item, str)
                     ws.send(item)
@@ -333,6 +360,11 @@ class WebSocketLink:
                 break
         for x in rest:
             self._outgoing.put(x)
+
+
+def _ack_of(data: bytes | str) -> int | None:
+    raw = data.decode("ascii", "replace") if isinstance(data, bytes) else data
+    return int(raw) if raw.isdigit() else None
 
 
 def _close_reason(data: bytes | str) -> tuple[int | str, str]:
@@ -365,8 +397,14 @@ class ConnectionActor(SupervisedActor):
         reconnect_max: float,
         link_factory: LinkFactory = WebSocketLink,
         rng: random.Random | None = None,
+        policy: Policy | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         super().__init__(ctx)
+        self._policy = policy or Policy()
+        self._audit = audit
+        self._audit_pending: dict[str, tuple[str, str | None]] = {}
+        self._auditing = True  # False while handling a frame that gets no audit line
         self._settings = settings
         self._identity = identity
         self._link_factory = link_factory
@@ -380,6 +418,12 @@ class ConnectionActor(SupervisedActor):
         self._tick_timer: TimerHandle | None = None
         self._last_heard = 0.0
         self._last_ping = 0.0
+        self._seq = 0  # numbers the frames sent on the current link
+        # sent, but no pong proves them read yet: (frame number, frame, event number or 0)
+        self._unacked: deque[tuple[int, str, int]] = deque()
+        self._ack_pending = False
+        self._sent_events: set[int] = set()  # event numbers sent on the current link
+        self._awaiting_replay = False
         self.stats = _Stats()
         self._status_connected = False
         self._status_since_ns = ctx.clock.time_ns()
@@ -393,6 +437,8 @@ class ConnectionActor(SupervisedActor):
         self.actor_ref.tell(Dial())
 
     def _release(self) -> None:
+        if self._audit is not None:
+            self._audit.close()
         was_connected = self._state == "connected"
         self._drop_link("agent stopping")
         self._state = "stopped"
@@ -402,6 +448,11 @@ class ConnectionActor(SupervisedActor):
     @property
     def state(self) -> str:
         return self._state
+
+    @property
+    def unconfirmed(self) -> int:
+        """Frames sent on this link that no pong has confirmed yet."""
+        return len(self._unacked)
 
     # --- dispatch ---------------------------------------------------------------------------------
 
@@ -416,17 +467,34 @@ class ConnectionActor(SupervisedActor):
             case FrameReceived(generation=gen, data=data) if gen == self._attempt:
                 self._last_heard = self.ctx.clock.monotonic()
                 self._frame(data)
-            case PongReceived(generation=gen) if gen == self._attempt:
+            case PongReceived(generation=gen, ack=ack) if gen == self._attempt:
                 self._last_heard = self.ctx.clock.monotonic()
+                if ack is not None:
+                    self._acknowledged(ack)
+            case ReaderStopped(generation=gen, reason=reason) if (
+                gen == self._attempt and self._handing_over()
+            ):
+                self._handed_over(reason, echoed=reason.startswith("closed by server"))
             case ReaderStopped(generation=gen, reason=reason) if gen == self._attempt:
                 self._link_lost(reason)
             case Tick(generation=gen) if gen == self._attempt:
                 self._tick()
+            case AttemptTimedOut(generation=gen) if gen == self._attempt and self._handing_over():
+                self._handed_over("close handshake timed out", echoed=False)
+            case HandOver():
+                self._hand_over()
+            case ResumeAfterHandOver():
+                self._resume_after_hand_over()
             case AttemptTimedOut(generation=gen, phase=phase) if gen == self._attempt:
                 if self._state == phase:
                     self._attempt_failed(f"timed out while {phase}")
             case ContainerEventObserved():
-                self._send(encode_container_event(message, self.ctx.clock.time_ns()))
+                if not self._awaiting_replay:
+                    self._send_event(message)
+            case EventsReplay(events=events):
+                self._awaiting_replay = False
+                for event in events:
+                    self._send_event(event)
             case EventOut(command=command, payload=payload, buffer=buffer):
                 self._send(encode_event(command, payload, self.ctx.clock.time_ns()), buffer=buffer)
             case RawFrameOut(frame=frame, buffer=buffer):
@@ -443,6 +511,7 @@ class ConnectionActor(SupervisedActor):
             case (
                 CommandSucceeded() | CommandFailed() | ContainerOpSucceeded() | ContainerOpFailed()
             ):
+                self._audit_reply(message)
                 self._send(encode_reply(message, self.ctx.clock.time_ns()))
             case _:
                 log.warning("Connection ignored %s", type(message).__name__)
@@ -482,26 +551,79 @@ class ConnectionActor(SupervisedActor):
         self._arm_attempt_timer(self._settings.auth_timeout, "authenticating")
 
     def _frame(self, data: str | bytes) -> None:
-        decoded = decode_frame(data)
         if self._state == "authenticating":
-            match decoded:
-                case AuthSucceeded():
-                    self._authenticated(decoded)
+            match decode_frame(data):
+                case AuthSucceeded() as ok:
+                    self._authenticated(ok)
                 case AuthRejected(error=error):
                     self._auth_rejected(error)
                 case _:
                     self._attempt_failed("expected auth_success or auth_error as first reply")
             return
-        match decoded:
+        frame = parse_frame(data)
+        if isinstance(frame, IgnoredFrame):
+            log.warning("ignored a frame from DockMon: %s", frame.reason)
+            return
+        operation, target = operation_of(frame)
+        request_id = request_id_of(frame)
+        self._auditing = audited(frame)
+        if frame.get("type") not in ("auth_success", "auth_error"):
+            denial = self._policy.check(operation)
+            if denial is not None:
+                self._deny(frame, request_id, operation, target, denial)
+                return
+        match decode_object(frame):
             case IgnoredFrame(reason=reason):
                 log.warning("ignored a frame from DockMon: %s", reason)
             case RejectedRequest(reply=reply):
                 log.warning("rejected a request from DockMon: %s", reply.error)  # type: ignore[union-attr]
+                self._audit_now(operation, target, f"rejected: {reply.error}")  # type: ignore[union-attr]
                 self._send(encode_reply(reply, self.ctx.clock.time_ns()))
-            case AuthSucceeded() | AuthRejected():
-                log.warning("ignored an unexpected %s", type(decoded).__name__)
-            case _:
-                self._route(decoded)
+            case AuthSucceeded() | AuthRejected() as unexpected:
+                log.warning("ignored an unexpected %s", type(unexpected).__name__)
+            case command:
+                if request_id is None:
+                    self._audit_now(operation, target, "accepted")
+                else:
+                    self._audit_pending[request_id] = (operation, target)
+                    while len(self._audit_pending) > AUDIT_PENDING_LIMIT:
+                        self._audit_pending.pop(next(iter(self._audit_pending)))
+                self._route(command)
+
+    def _deny(
+        self,
+        frame: dict[str, Any],
+        request_id: str | None,
+        operation: str,
+        target: str | None,
+        denial: str,
+    ) -> None:
+        log.warning("refused %s%s: %s", operation, f" on {target}" if target else "", denial)
+        self._audit_now(operation, target, f"denied: {denial}")
+        if request_id is None:
+            return
+        reply: Reply = (
+            ContainerOpFailed(request_id=request_id, error=denial, error_type="permission_denied")
+            if frame.get("type") == "container_operation"
+            else CommandFailed(request_id=request_id, error=denial, error_type="permission_denied")
+        )
+        self._send(encode_reply(reply, self.ctx.clock.time_ns()))
+
+    def _audit_now(self, operation: str, target: str | None, result: str) -> None:
+        """An audit line for the frame being handled (if that kind of frame gets one)."""
+        if self._auditing:
+            self._record(operation, target, result)
+
+    def _record(self, operation: str, target: str | None, result: str) -> None:
+        if self._audit is not None:
+            self._audit.record(rfc3339_nano(self.ctx.clock.time_ns()), operation, target, result)
+
+    def _audit_reply(self, reply: Reply) -> None:
+        entry = self._audit_pending.pop(reply.request_id, None)
+        if entry is None or self._audit is None:
+            return
+        error = getattr(reply, "error", None)
+        self._record(entry[0], entry[1], f"error: {error}" if error else "ok")
 
     def _route(self, command: Any) -> None:
         role = ROUTES.get(type(command))
@@ -565,7 +687,8 @@ class ConnectionActor(SupervisedActor):
         self._last_heard = self._last_ping = now
         assert self._link is not None
         while self._outbox:
-            self._link.send(self._outbox.popleft())
+            self._transmit(self._outbox.popleft())
+        self._awaiting_replay = self.ctx.peers.tell("event_streamer", ReplayEvents(), optional=True)
         self._schedule_tick()
         self._notify_link(True)
 
@@ -602,6 +725,44 @@ class ConnectionActor(SupervisedActor):
         self._report_status()
         self.tell_self_later(delay, Dial())
 
+    # --- self-update hand-over (PROTOCOL §7, §2.5) ------------------------------------------
+
+    def _handing_over(self) -> bool:
+        return self._state == "handing_over"
+
+    def _hand_over(self) -> None:
+        """Flush, close and idle: the new agent registers with our token meanwhile."""
+        if self._state in ("handing_over", "handed_over", "stopped"):
+            return
+        log.info("handing the DockMon connection over to the new agent; idle until resumed")
+        if self._state == "connected" and self._link is not None:
+            self._state = "handing_over"
+            if self._tick_timer is not None:
+                self._tick_timer.cancel()
+                self._tick_timer = None
+            self._link.finish()  # after the frames already queued (the progress events)
+            self._arm_attempt_timer(self._settings.write_deadline, "handing_over")
+            self._notify_link(False)
+        else:
+            self._drop_link("handed over")
+            self._state = "handed_over"
+
+    def _handed_over(self, how: str, *, echoed: bool) -> None:
+        if echoed:  # the backend read everything we sent before our close frame
+            self._acknowledged(self._seq)
+        self._drop_link(how)
+        self._state = "handed_over"
+        log.info("connection handed over (%s)", how)
+
+    def _resume_after_hand_over(self) -> None:
+        if self._state not in ("handing_over", "handed_over"):
+            return
+        log.info("the hand-over was abandoned; reconnecting to DockMon")
+        self._drop_link("resuming")
+        self._state = "waiting"
+        self._backoff.reset()
+        self.actor_ref.tell(Dial())
+
     def _link_lost(self, reason: str) -> None:
         if self._state != "connected":
             self._attempt_failed(reason)
@@ -620,11 +781,20 @@ class ConnectionActor(SupervisedActor):
         link, self._link = self._link, None
         if link is None:
             return
-        unsent = link.close()
-        if unsent and self._state == "connected":
-            for text in reversed(unsent):
-                self._outbox.appendleft(text)
-            log.info("kept %d unsent messages for the next connection", len(unsent))
+        link.close()  # what it had not written yet is in _unacked too
+        unconfirmed = [text for _, text, event_seq in self._unacked if not event_seq]
+        for text in reversed(unconfirmed):  # events come back by replay instead
+            self._outbox.appendleft(text)
+        if self._unacked:
+            log.info(
+                "%d sent messages were not confirmed by a pong; they go again on the next "
+                "connection",
+                len(self._unacked),
+            )
+        self._unacked.clear()
+        self._sent_events.clear()
+        self._awaiting_replay = False
+        self._ack_pending = False
         self._attempt += 1  # anything still in flight from that link is now stale
         log.debug("link closed: %s", reason)
 
@@ -647,7 +817,7 @@ class ConnectionActor(SupervisedActor):
             return
         if now - self._last_ping >= self._settings.ping_interval:
             self._last_ping = now
-            self._link.ping()
+            self._link.ping(self._seq)
         self._schedule_tick()
 
     def _arm_attempt_timer(self, delay: float, phase: str) -> None:
@@ -663,9 +833,53 @@ class ConnectionActor(SupervisedActor):
 
     # --- outbound -----------------------------------------------------------------------------
 
+    def _transmit(self, text: str, event_seq: int = 0) -> None:
+        """Send a frame that must not be lost and ask the server to confirm it with a pong.
+
+        WebSocket frames are read in order, so the pong to a ping sent after frame N proves the
+        backend read frames up to N. Unconfirmed frames go back to the outbox if the link dies:
+        at-least-once delivery; a duplicate needs the link to die in the few milliseconds
+        between a frame being read and its pong arriving.
+        """
+        assert self._link is not None
+        self._seq += 1
+        self._link.send(text)
+        self._unacked.append((self._seq, text, event_seq))
+        if not self._ack_pending:
+            self._ack_pending = True
+            self._link.ping(self._seq)
+
+    def _send_event(self, event: ContainerEventObserved) -> None:
+        """Events live in the EventStreamer's cursor until confirmed: never in our outbox.
+
+        While disconnected they are skipped; after registering, the streamer replays every
+        unconfirmed one in order (ReplayEvents), so none is lost even if this actor restarts.
+        """
+        if self._state != "connected" or self._link is None or event.seq in self._sent_events:
+            return
+        self._sent_events.add(event.seq)
+        self._transmit(encode_container_event(event, self.ctx.clock.time_ns()), event.seq)
+
+    def _acknowledged(self, ack: int) -> None:
+        confirmed: list[int] = []
+        while self._unacked and self._unacked[0][0] <= ack:
+            if event_seq := self._unacked.popleft()[2]:
+                confirmed.append(event_seq)
+        if confirmed:
+            self.ctx.peers.tell(
+                "event_streamer", EventsConfirmed(seqs=tuple(confirmed)), optional=True
+            )
+        self._ack_pending = False
+        if self._unacked and self._link is not None:
+            self._ack_pending = True
+            self._link.ping(self._seq)
+
     def _send(self, text: str, *, buffer: bool = True) -> None:
         if self._state == "connected" and self._link is not None:
-            self._link.send(text)
+            if buffer:
+                self._transmit(text)
+            else:
+                self._link.send(text)
             return
         if not buffer:
             return  # stats and the like are worthless later (PROTOCOL §5.2)

@@ -24,7 +24,8 @@ import docker.errors
 
 from actors import FAMILIES
 from actors.base import ActorContext, SupervisedActor
-from actors.docker_tools import DockerTools, Handler, describe_docker_error
+from actors.docker_tools import DockerTools, Handler, HandlerSettings, describe_docker_error
+from actors.policy import CONTAINER_CHANGES, Policy
 from messages.common import RawJson
 from messages.docker import (
     ACTION_NAMES,
@@ -184,9 +185,13 @@ class DockerGatewayActor(SupervisedActor):
         workers: int = 8,
         request_timeout: float = 60.0,
         client_factory: Callable[[], docker.APIClient] | None = None,
+        handler_settings: HandlerSettings | None = None,
+        policy: Policy | None = None,
     ) -> None:
         super().__init__(ctx)
+        self._policy = policy or Policy()
         self._docker_host = docker_host
+        self._handler_settings = handler_settings or HandlerSettings()
         self._own_id = own_container_id
         self._workers = workers
         self._client_factory = client_factory or (
@@ -283,7 +288,11 @@ class DockerGatewayActor(SupervisedActor):
 
     def _run_handler(self, handler: Handler, message: Any) -> Reply:
         try:
-            tools = DockerTools(api=self._client(), docker_host=self._docker_host)
+            tools = DockerTools(
+                api=self._client(),
+                docker_host=self._docker_host,
+                settings=self._handler_settings,
+            )
         except Exception as exc:
             return DockerTools(api=cast(Any, None), docker_host=self._docker_host).failed(
                 message.request_id, "connect to Docker", exc
@@ -294,15 +303,12 @@ class DockerGatewayActor(SupervisedActor):
         action = ACTION_NAMES[type(op)]
         try:
             api = self._client()
-            if isinstance(op, _PROTECTED) and self._own_id:
-                full_id = api.inspect_container(op.container_id)["Id"]
-                if full_id.startswith(self._own_id):
-                    return ContainerOpFailed(
-                        request_id=op.request_id,
-                        error=f"refusing to {action} the agent's own container "
-                        f"({full_id[:12]}); use self_update to replace the agent",
-                        error_type="permission_denied",
-                    )
+            refusal = self._refusal(api, op, action)
+            if refusal is not None:
+                log.warning("refused %s %s: %s", action, op.container_id, refusal)
+                return ContainerOpFailed(
+                    request_id=op.request_id, error=refusal, error_type="permission_denied"
+                )
             body = self._run(api, op)
         except Exception as exc:
             error, error_type = describe_docker_error(_VERBS[action], exc, self._docker_host)
@@ -310,6 +316,20 @@ class DockerGatewayActor(SupervisedActor):
             return ContainerOpFailed(request_id=op.request_id, error=error, error_type=error_type)
         log.info("%s %s: ok", action, op.container_id)
         return ContainerOpSucceeded(request_id=op.request_id, body=RawJson.of(body))
+
+    def _refusal(self, api: docker.APIClient, op: ContainerOperation, action: str) -> str | None:
+        """Why the agent itself refuses ``op``: its own container, or a protected one."""
+        guarded = isinstance(op, _PROTECTED) and self._own_id
+        if not guarded and not (self._policy.protects_containers and action in CONTAINER_CHANGES):
+            return None
+        info = api.inspect_container(op.container_id)
+        if isinstance(op, _PROTECTED) and self._own_id and info["Id"].startswith(self._own_id):
+            return (
+                f"refusing to {action} the agent's own container ({info['Id'][:12]}); "
+                "use self_update to replace the agent"
+            )
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        return self._policy.check_container(action, info.get("Name", ""), labels)
 
     def _run(self, api: docker.APIClient, op: ContainerOperation) -> dict[str, Any]:
         cid = op.container_id

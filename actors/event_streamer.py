@@ -10,6 +10,7 @@ twice. The resume point lives in an :class:`EventCursor` that survives actor res
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 from collections import deque
@@ -23,7 +24,10 @@ from actors.base import ActorContext, SupervisedActor, TimerHandle, join_thread
 from messages.docker import (
     ContainerEventObserved,
     DockerEventReceived,
+    EventsConfirmed,
+    EventsReplay,
     EventStreamEnded,
+    ReplayEvents,
     Resubscribe,
 )
 from messages.status import EventForwarded, PublishStatus
@@ -32,35 +36,64 @@ log = logging.getLogger(__name__)
 
 
 class EventCursor:
-    """Where to resume: the newest forwarded event's time and the keys seen at that instant.
+    """Where to resume, and the events not yet confirmed by the backend.
 
     Shared by successive EventStreamer generations (the supervisor's factory holds it), so a
-    restarted streamer resumes instead of starting from "now".
+    restarted streamer resumes with ``since=`` instead of starting from "now". It is also the
+    event outbox: each accepted event is numbered and kept until the Connection reports that a
+    pong proved the backend read it; after a reconnect — or a restart of either actor — the
+    unconfirmed events are replayed in order.
     """
 
-    def __init__(self, start_ns: int, memory: int = 4096) -> None:
+    def __init__(self, start_ns: int, memory: int = 4096, limit: int = 10_000) -> None:
         self._lock = threading.Lock()
         self.since_ns = start_ns
         self._seen: deque[tuple[int, str, str]] = deque(maxlen=memory)
         self._seen_set: set[tuple[int, str, str]] = set()
+        self._limit = limit
+        self._seq = 0
+        self._pending: dict[int, ContainerEventObserved] = {}
+        self.dropped = 0
 
     def since_param(self) -> int:
         """Whole seconds, rounded down: the overlap is replayed and dropped by :meth:`accept`."""
         with self._lock:
             return self.since_ns // 1_000_000_000
 
-    def accept(self, event: ContainerEventObserved) -> bool:
-        """True the first time an event is seen; records it as the new resume point."""
+    def accept(self, event: ContainerEventObserved) -> ContainerEventObserved | None:
+        """The event, numbered and kept until confirmed; None if it was already seen."""
         key = event.key
         with self._lock:
             if key in self._seen_set or event.time_nano < self.since_ns - 1_000_000_000:
-                return False
+                return None
             if len(self._seen) == self._seen.maxlen:
                 self._seen_set.discard(self._seen[0])
             self._seen.append(key)
             self._seen_set.add(key)
             self.since_ns = max(self.since_ns, event.time_nano)
-            return True
+            self._seq += 1
+            numbered = dataclasses.replace(event, seq=self._seq)
+            self._pending[self._seq] = numbered
+            if len(self._pending) > self._limit:
+                del self._pending[next(iter(self._pending))]
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 1000 == 0:
+                    log.error(
+                        "more than %d container events not confirmed by DockMon: dropped the "
+                        "oldest (%d so far)",
+                        self._limit,
+                        self.dropped,
+                    )
+            return numbered
+
+    def confirm(self, seqs: tuple[int, ...]) -> None:
+        with self._lock:
+            for seq in seqs:
+                self._pending.pop(seq, None)
+
+    def unconfirmed(self) -> tuple[ContainerEventObserved, ...]:
+        with self._lock:
+            return tuple(self._pending.values())
 
 
 def parse_event(raw: Mapping[str, Any]) -> ContainerEventObserved | None:
@@ -111,6 +144,11 @@ class EventStreamerActor(SupervisedActor):
 
     def on_start(self) -> None:
         self._subscribe()
+        self._replay()  # a restarted streamer: whatever its predecessor had not delivered
+
+    def _replay(self) -> None:
+        replay = EventsReplay(events=self._cursor.unconfirmed())
+        self.ctx.peers.tell("connection", replay, optional=True)
 
     def _release(self) -> None:
         if self._timer is not None:
@@ -122,11 +160,18 @@ class EventStreamerActor(SupervisedActor):
         match message:
             case DockerEventReceived(generation=gen, event=event) if gen == self._generation:
                 self._failures = 0
-                if self._cursor.accept(event):
+                numbered = self._cursor.accept(event)
+                if numbered is not None:
                     self.forwarded += 1
-                    self.ctx.peers.tell("connection", event)
-                    self.ctx.peers.tell("docker_gateway", event)
-                    self._report(event)
+                    self.ctx.peers.tell("connection", numbered, optional=True)
+                    self.ctx.peers.tell("docker_gateway", numbered)
+                    # stats streams follow start/die events (§5.2)
+                    self.ctx.peers.tell("stats", numbered, optional=True)
+                    self._report(numbered)
+            case EventsConfirmed(seqs=seqs):
+                self._cursor.confirm(seqs)
+            case ReplayEvents():
+                self._replay()
             case EventStreamEnded(generation=gen, reason=reason) if gen == self._generation:
                 self._stream_ended(reason)
             case Resubscribe(generation=gen) if gen == self._generation:

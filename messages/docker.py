@@ -164,10 +164,30 @@ class ContainerEventObserved:
     time: int  # seconds
     time_nano: int
     attributes: tuple[tuple[str, str], ...]
+    seq: int = 0  # the EventCursor's delivery number (0: not yet tracked)
 
     @property
     def key(self) -> tuple[int, str, str]:
         return (self.time_nano, self.container_id, self.action)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventsConfirmed:
+    """Connection -> EventStreamer: a pong proved the backend read these events."""
+
+    seqs: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplayEvents:
+    """Connection -> EventStreamer: send every unconfirmed event again (after registering)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventsReplay:
+    """EventStreamer -> Connection: every unconfirmed event, oldest first."""
+
+    events: tuple[ContainerEventObserved, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

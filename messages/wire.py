@@ -139,8 +139,18 @@ def _request_id(frame: Mapping[str, Any], *, prefer: str) -> str | None:
     return None
 
 
-def decode_frame(text: str | bytes) -> Inbound:
-    """Decode one frame from the backend. Never raises."""
+def request_id_of(frame: Mapping[str, Any]) -> str | None:
+    """The id a reply to this request must carry (None for fire-and-forget frames)."""
+    kind = frame.get("type")
+    if kind == "command":
+        return _request_id(frame, prefer="id")
+    if kind == "container_operation":
+        return _request_id(frame, prefer="correlation_id")
+    return None
+
+
+def parse_frame(text: str | bytes) -> dict[str, Any] | IgnoredFrame:
+    """The frame's JSON object, or why it is ignored. Never raises."""
     if isinstance(text, bytes):
         return IgnoredFrame(reason="binary frame")
     try:
@@ -149,6 +159,17 @@ def decode_frame(text: str | bytes) -> Inbound:
         return IgnoredFrame(reason=f"malformed JSON: {exc}")
     if not isinstance(frame, dict):
         return IgnoredFrame(reason=f"frame is a JSON {type(frame).__name__}, not an object")
+    return frame
+
+
+def decode_frame(text: str | bytes) -> Inbound:
+    """Decode one frame from the backend. Never raises."""
+    frame = parse_frame(text)
+    return frame if isinstance(frame, IgnoredFrame) else decode_object(frame)
+
+
+def decode_object(frame: Mapping[str, Any]) -> Inbound:
+    """Decode one parsed frame object. Never raises."""
     kind = frame.get("type")
     match kind:
         case "auth_success":

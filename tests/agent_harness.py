@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pykka
 
 import agent_config
-from agent_cli import build_specs
+from agent_cli import build_specs, link_settings_for
 from supervisor import Supervisor
 from tests.hub import FakeHub
 
@@ -36,8 +38,14 @@ class RunningAgent:
 
 @contextlib.contextmanager
 def running_agent(
-    data_path: Path, docker_host: str, *, hub: FakeHub | None = None, **env: str
+    data_path: Path,
+    docker_host: str,
+    *,
+    hub: FakeHub | None = None,
+    link: Mapping[str, Any] | None = None,
+    **env: str,
 ) -> Iterator[RunningAgent]:
+    """``link`` overrides LinkSettings timings (e.g. ``dead_after=2``) for fault tests."""
     own_hub = hub is None
     hub = hub or FakeHub().start()
     if own_hub:
@@ -53,7 +61,8 @@ def running_agent(
         **env,
     }
     cfg = agent_config.load_config(environ)
-    sup = Supervisor(build_specs(cfg), restart_delay=(0.05, 0.5)).start()
+    settings = dataclasses.replace(link_settings_for(cfg), **(link or {}))
+    sup = Supervisor(build_specs(cfg, link_settings=settings), restart_delay=(0.05, 0.5)).start()
     try:
         yield RunningAgent(hub, sup, cfg)
     finally:

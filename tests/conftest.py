@@ -180,6 +180,8 @@ def make_agent_container(
         create_kwargs.setdefault(
             "volumes", {dockerd.socket_path: {"bind": "/var/run/docker.sock", "mode": "rw"}}
         )
+        # the image runs as uid 1000: it reaches the socket through the socket's group
+        create_kwargs.setdefault("group_add", [str(os.stat(dockerd.socket_path).st_gid)])
         return make_container(command, name, start, **create_kwargs)
 
     return factory

@@ -160,6 +160,7 @@ class FakeLink:
         self.notify = notify
         self.sent: list[str] = []
         self.pings = 0
+        self.acks: list[int] = []
         self.closed = False
         self.started = threading.Event()
         self.stuck_since: float | None = None
@@ -172,8 +173,9 @@ class FakeLink:
     def send(self, text: str) -> None:
         self.sent.append(text)
 
-    def ping(self) -> None:
+    def ping(self, ack: int) -> None:
         self.pings += 1
+        self.acks.append(ack)
 
     def send_stuck_for(self, now: float) -> float:
         return 0.0 if self.stuck_since is None else now - self.stuck_since

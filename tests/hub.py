@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import TracebackType
 from typing import Any, ClassVar, cast
+from urllib.parse import parse_qs
 
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
@@ -67,6 +68,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AGENT_WS_PATH = "/api/agent/ws"
+INGEST_WS_PATH = "/api/stats/ws/ingest"  # stats-service ingest (§1.5)
+INGEST_MAX_MESSAGE = 16 * 1024  # the stats service's per-message cap
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024  # uvicorn's default --ws-max-size (§1.3)
 CLOSE_TIMEOUT = 5.0  # how long a hub-initiated close waits for the agent's echo
 STOP_GRACE = 1.0  # stop(): budget for graceful 1001 closes before connections are aborted
@@ -457,6 +460,7 @@ class _Session:
     agent_id: str | None = None
     auth_seq: int = 0  # >0 once authenticated; orders "the latest" session
     close_recorded: bool = False
+    closing: bool = False  # we sent Close: like the backend, stop processing its frames
 
 
 @dataclass
@@ -594,7 +598,12 @@ class FakeHub:
         self._auth_successes = 0
         self._last_authed_agent: str | None = None
         self._events: list[dict[str, Any]] = []
+        self._event_times: list[int] = []  # wall-clock ns when each event arrived
         self._host_stats: list[dict[str, Any]] = []
+        self._ingest_samples: list[dict[str, Any]] = []  # §1.5, each message whole
+        self._ingest_rejected = 0  # ingest upgrades refused with HTTP 401
+        self._ingest_accepted = 0  # ingest sockets opened, in total
+        self._ingest_conns: set[_HubConnection] = set()
         self._violations: list[str] = []
         self._errors: list[str] = []
         self._unmatched: list[dict[str, Any]] = []
@@ -603,6 +612,7 @@ class FakeHub:
         self._pending: dict[str, _Pending] = {}
         self._responses: dict[str, Response] = {}
         self._breakers: dict[str, _Breaker] = {}
+        self._health_checks: dict[str | None, list[dict[str, Any]]] = {}  # agent_id/None -> configs
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -657,6 +667,10 @@ class FakeHub:
         for session in sessions:
             if session.conn.state is not State.CLOSED:
                 session.conn.abort()
+        with self._cond:
+            ingest = list(self._ingest_conns)
+        for conn in ingest:
+            conn.abort()
         shutdown = threading.Thread(target=server.shutdown, name="FakeHub-shutdown", daemon=True)
         shutdown.start()
         shutdown.join(JOIN_TIMEOUT)
@@ -717,6 +731,21 @@ class FakeHub:
                 register=None,
             )
 
+    def forget_agent(self, agent_id: str) -> None:
+        """Delete the agent like a user deleting the host: the socket stays open (§2.6)."""
+        with self._cond:
+            self._agents.pop(agent_id, None)
+
+    def set_health_checks(self, agent_id: str | None, configs: list[dict[str, Any]]) -> None:
+        """HTTP health checks with ``check_from='agent'`` for ``agent_id`` (None: any agent
+        without its own list). After each ``auth_success`` the hub sends one
+        ``health_check_configs_sync`` with them when non-empty (§2.5 item 2); a config without
+        ``host_id`` gets the agent's. Individual changes: ``send_raw`` a
+        ``health_check_config`` / ``health_check_config_remove`` frame.
+        """
+        with self._cond:
+            self._health_checks[agent_id] = [dict(c) for c in configs]
+
     # ---------------------------------------------------------------- observations
 
     @property
@@ -738,6 +767,49 @@ class FakeHub:
     def events(self) -> list[dict[str, Any]]:
         with self._cond:
             return list(self._events)
+
+    def events_with_arrival(self) -> list[tuple[int, dict[str, Any]]]:
+        """(arrival time in wall-clock ns, event) pairs, for latency measurements."""
+        with self._cond:
+            return list(zip(self._event_times, self._events, strict=True))
+
+    @property
+    def ingest_samples(self) -> list[dict[str, Any]]:
+        """Every message received on the stats ingest socket (§1.5), in order."""
+        with self._cond:
+            return list(self._ingest_samples)
+
+    @property
+    def ingest_rejected(self) -> int:
+        """How many ingest upgrades were refused with HTTP 401 (unknown token)."""
+        with self._cond:
+            return self._ingest_rejected
+
+    @property
+    def ingest_connected(self) -> int:
+        """Ingest sockets open now."""
+        with self._cond:
+            return len(self._ingest_conns)
+
+    @property
+    def ingest_accepted(self) -> int:
+        """Ingest sockets opened since the hub started."""
+        with self._cond:
+            return self._ingest_accepted
+
+    def wait_ingest(
+        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 15
+    ) -> list[dict[str, Any]]:
+        """Block until ``predicate(ingest samples so far)``; return those samples."""
+        self.wait_until(lambda: predicate(self._ingest_samples), timeout, "ingest samples")
+        return self.ingest_samples
+
+    def drop_ingest(self) -> None:
+        """Close every stats ingest socket (1001) without waiting for the handshake."""
+        with self._cond:
+            conns = list(self._ingest_conns)
+        for conn in conns:
+            self._spawn(conn.close, CloseCode.GOING_AWAY, "going away")
 
     @property
     def host_stats(self) -> list[dict[str, Any]]:
@@ -1012,9 +1084,65 @@ class FakeHub:
             refusing = self._refusing or self._stopped
         if refusing:
             return conn.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Service Unavailable\n")
+        if path == INGEST_WS_PATH:
+            return self._ingest_auth(conn, request)
         if path != AGENT_WS_PATH:
             return conn.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
         return None
+
+    def _ingest_auth(self, conn: ServerConnection, request: Request) -> HttpResponse | None:
+        """§1.5: ``Authorization: Bearer <permanent token>`` or ``?token=``; else HTTP 401."""
+        header = request.headers.get("Authorization", "")
+        token = header[len("Bearer ") :] if header.startswith("Bearer ") else None
+        if token is None and "?" in request.path:
+            query = parse_qs(request.path.split("?", 1)[1])
+            token = query["token"][0] if query.get("token") else None
+        with self._cond:
+            self._connection_count -= 1  # not a control connection
+            if token is not None and token in self._agents:
+                return None
+            self._ingest_rejected += 1
+            self._cond.notify_all()
+        return conn.respond(http.HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
+
+    def _ingest_loop(self, conn: _HubConnection) -> None:
+        """The stats service: one JSON object per sample, agent -> server only, 16 KiB cap."""
+        with self._cond:
+            self._ingest_conns.add(conn)
+            self._ingest_accepted += 1
+            self._cond.notify_all()
+        try:
+            while True:
+                try:
+                    raw = conn.recv()
+                except ConnectionClosed:
+                    return
+                size = len(raw.encode()) if isinstance(raw, str) else len(raw)
+                if size > INGEST_MAX_MESSAGE:
+                    with self._cond:
+                        self._violation(f"stats ingest message of {size} bytes (cap 16 KiB)")
+                    conn.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+                    return
+                try:
+                    msg = json.loads(raw)
+                except ValueError:
+                    msg = None
+                with self._cond:
+                    validate = EVENT_VALIDATORS.get("container_stats")
+                    problem = (
+                        "not a JSON object"
+                        if not isinstance(msg, dict)
+                        else (validate(msg) if validate is not None else None)
+                    )
+                    if problem is not None:
+                        self._violation(f"malformed stats ingest message: {problem}", raw)
+                    else:
+                        self._ingest_samples.append(cast(dict[str, Any], msg))
+                    self._cond.notify_all()
+        finally:
+            with self._cond:
+                self._ingest_conns.discard(conn)
+                self._cond.notify_all()
 
     def _violation(self, text: str, msg: Any = None) -> None:
         """Caller holds _cond."""
@@ -1027,6 +1155,9 @@ class FakeHub:
 
     def _handler(self, connection: ServerConnection) -> None:
         conn = cast(_HubConnection, connection)
+        if connection.request is not None and connection.request.path.startswith(INGEST_WS_PATH):
+            self._ingest_loop(conn)
+            return
         with self._cond:
             self._next_sid += 1
             session = _Session(sid=self._next_sid, conn=conn)
@@ -1068,6 +1199,7 @@ class FakeHub:
 
     def _close_session(self, session: _Session, code: int, reason: str) -> None:
         with self._cond:
+            session.closing = True
             if not session.close_recorded and session.conn.state is State.OPEN:
                 session.close_recorded = True
                 self._closes_sent.append((int(code), reason))
@@ -1161,6 +1293,12 @@ class FakeHub:
             self._auth_successes += 1
             self._last_authed_agent = record.agent_id
             self._cond.notify_all()
+            checks = self._health_checks.get(record.agent_id, self._health_checks.get(None, []))
+            checks = [{"host_id": record.host_id, **c} for c in checks]
+        if checks:
+            self._send_json(
+                session, {"type": "health_check_configs_sync", "payload": {"configs": checks}}
+            )
         if older is not None and older is not session:
             if older.conn.link.stalled:
                 older.conn.abort()  # its close frame would go into the void anyway
@@ -1254,6 +1392,11 @@ class FakeHub:
                 raw = session.conn.recv()
             except ConnectionClosed:
                 return
+            with self._cond:
+                if session.closing:
+                    # The backend's handler has returned once it closes the socket: a frame
+                    # arriving now is never processed (Starlette stops calling receive()).
+                    continue
             msg = self._decode(raw)
             if msg is None:
                 self._close_session(session, CloseCode.INTERNAL_ERROR, INTERNAL_ERROR_REASON)
@@ -1342,6 +1485,7 @@ class FakeHub:
 
     def _on_event(self, msg: dict[str, Any]) -> None:
         self._events.append(msg)
+        self._event_times.append(time.time_ns())
         self._check_envelope(msg)
         command = msg.get("command")
         if command not in KNOWN_EVENT_COMMANDS:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from actors.errors import ConfigError
+from actors.policy import Policy
 from agent_config import (
     SETTINGS,
     Config,
@@ -66,6 +67,8 @@ def test_defaults() -> None:
         ws_url="wss://dockmon.example.com/api/agent/ws",
         registration_token=None,
         permanent_token=None,
+        registration_token_file=None,
+        permanent_token_file=None,
         insecure_skip_verify=False,
         ca_cert=None,
         docker_host="unix:///var/run/docker.sock",
@@ -81,6 +84,7 @@ def test_defaults() -> None:
         host_stacks_dir=None,
         update_timeout=120.0,
         unhealthy_after=300.0,
+        policy=Policy(),
         log_level="info",
         log_json=True,
         https_proxy=None,
@@ -96,6 +100,8 @@ def test_every_env_var_is_parsed(tmp_path: Path) -> None:
         "DOCKMON_URL": "http://dockmon:8080",
         "REGISTRATION_TOKEN": "reg-token-cfgtest",
         "PERMANENT_TOKEN": TOKEN,
+        "REGISTRATION_TOKEN_FILE": "/run/secrets/reg",  # unused: REGISTRATION_TOKEN wins
+        "PERMANENT_TOKEN_FILE": "/run/secrets/perm",  # unused: PERMANENT_TOKEN wins
         "INSECURE_SKIP_VERIFY": "true",
         "CA_CERT": ca,
         "DOCKER_HOST": "unix:///custom/docker.sock",
@@ -109,7 +115,10 @@ def test_every_env_var_is_parsed(tmp_path: Path) -> None:
         "DATA_PATH": "/var/lib/agent",
         "AGENT_STACKS_DIR": "/stacks",
         "HOST_STACKS_DIR": "/srv/stacks",
+        "COMPOSE_ROOTS": "/stacks,/opt/apps",
         "UPDATE_TIMEOUT": "1m30s",
+        "SELF_UPDATE_IMAGE": "registry.example.com/dockmon-agent:2",
+        "SELF_UPDATE_TIMEOUT": "45s",
         "UNHEALTHY_AFTER": "2m",
         "LOG_LEVEL": "WARN",
         "LOG_JSON": "false",
@@ -135,14 +144,22 @@ def test_every_env_var_is_parsed(tmp_path: Path) -> None:
     assert cfg.data_path == "/var/lib/agent"
     assert cfg.agent_stacks_dir == "/stacks"
     assert cfg.host_stacks_dir == "/srv/stacks"
+    assert cfg.compose_roots == ("/stacks", "/opt/apps")
     assert cfg.update_timeout == 90.0
+    assert cfg.self_update_image == "registry.example.com/dockmon-agent:2"
+    assert cfg.self_update_timeout == 45.0
     assert cfg.unhealthy_after == 120.0
     assert cfg.log_level == "warning"
     assert cfg.log_json is False
     assert cfg.https_proxy == "https://proxy:3128"
     assert cfg.http_proxy == "http://proxy:3128"
     assert cfg.no_proxy == "localhost,.internal"
-    assert {source for _, source in cfg.sources} == {"env"}
+    assert cfg.registration_token_file == "/run/secrets/reg"
+    assert cfg.permanent_token_file == "/run/secrets/perm"
+    sources = dict(cfg.sources)
+    assert sources.pop("PERMANENT_TOKEN_FILE") == "env; unused, PERMANENT_TOKEN is set"
+    assert sources.pop("REGISTRATION_TOKEN_FILE") == "env; unused, REGISTRATION_TOKEN is set"
+    assert set(sources.values()) == {"env"}
 
 
 def test_stacks_dir_follows_data_path() -> None:
@@ -372,10 +389,29 @@ def test_log_level_is_normalised(text: str, level: str) -> None:
 def test_ca_cert(tmp_path: Path) -> None:
     missing = str(tmp_path / "missing.pem")
     assert one_problem({"CA_CERT": missing}) == (
-        f"CA_CERT: cannot read {missing!r}: No such file or directory"
+        f"CA_CERT: cannot read {missing!r}: No such file or directory; point CA_CERT at a PEM "
+        "file the agent can read (mount it into the container), or unset CA_CERT"
     )
     not_pem = write(tmp_path, "hello", "not.pem")
-    assert one_problem({"CA_CERT": not_pem}) == f"CA_CERT: {not_pem!r} contains no PEM certificate"
+    assert one_problem({"CA_CERT": not_pem}).startswith(
+        f"CA_CERT: {not_pem!r} contains no PEM certificate; it must hold "
+    )
+
+
+def test_compose_roots() -> None:
+    assert load().compose_roots is None  # unset: the defaults of PROTOCOL §8.2 + stacks dir
+    cfg = load({"COMPOSE_ROOTS": " /srv/stacks/ ,/opt/apps,,/srv/stacks"})
+    assert cfg.compose_roots == ("/srv/stacks", "/opt/apps")
+    assert "COMPOSE_ROOTS=/srv/stacks,/opt/apps  # env" in format_config(cfg).splitlines()
+    assert one_problem({"COMPOSE_ROOTS": "/opt,stacks"}) == (
+        "COMPOSE_ROOTS: 'stacks' must be an absolute path"
+    )
+    assert one_problem({"COMPOSE_ROOTS": "/etc/compose"}) == (
+        "COMPOSE_ROOTS: '/etc/compose' is a system directory and cannot be a root"
+    )
+    assert one_problem({"COMPOSE_ROOTS": " , "}) == (
+        "COMPOSE_ROOTS: no directory given (unset it to use the defaults)"
+    )
 
 
 # --- YAML file and precedence
@@ -656,3 +692,47 @@ def test_logger_levels(level: str, root: int, pykka: int, others: int) -> None:
 def test_setup_logging_rejects_unknown_level() -> None:
     with pytest.raises(ValueError, match="invalid level 'loud'"):
         setup_logging("loud", True, io.StringIO())
+
+
+def test_policy_section_in_yaml(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "dockmon_url: https://d.example\n"
+        "policy:\n"
+        "  read_only: true\n"
+        "  deny: [shell_session, remove]\n"
+        "  protected_containers:\n"
+        "    names: ['db-*']\n"
+        "    labels: ['critical=true', 'keep']\n",
+    )
+    policy = load_config({}, config_path=path).policy
+    assert policy.read_only and policy.deny == {"shell_session", "remove"}
+    assert policy.protected_names == ("db-*",)
+    assert policy.protected_labels == (("critical", "true"), ("keep", None))
+
+
+def test_policy_problems_are_reported_with_the_rest(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "policy:\n  read_only: 'yes'\n  deny: remove\n  frobnicate: 1\n",
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config({}, config_path=path)
+    text = "\n".join(err.value.problems)
+    assert "policy.read_only must be true or false" in text
+    assert "policy.deny must be a list of names" in text
+    assert "unknown policy key 'frobnicate'" in text
+    assert "DOCKMON_URL" in text
+
+
+def test_self_update_settings() -> None:
+    cfg = load({"REGISTRATION_TOKEN": TOKEN})
+    assert cfg.self_update_image is None and cfg.self_update_timeout == 120.0
+    digest = "sha256:" + "ab" * 32
+    for image in ("127.0.0.1:5000/agent:v2", f"registry.example.com/team/agent@{digest}"):
+        cfg = load({"SELF_UPDATE_IMAGE": image, "SELF_UPDATE_TIMEOUT": "1m30s"})
+        assert cfg.self_update_image == image and cfg.self_update_timeout == 90.0
+    found = problems({"SELF_UPDATE_IMAGE": "Agent:v2 ", "SELF_UPDATE_TIMEOUT": "0s"})
+    assert any(p.startswith("SELF_UPDATE_IMAGE: invalid image reference") for p in found)
+    assert "SELF_UPDATE_TIMEOUT: must be greater than 0, got 0s" in found
+    assert "digest must be sha256" in one_problem({"SELF_UPDATE_IMAGE": "agent@sha256:12"})

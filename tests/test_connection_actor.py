@@ -19,10 +19,14 @@ from messages.docker import (
     CommandSucceeded,
     ContainerEventObserved,
     DescribeHost,
+    EventsConfirmed,
+    EventsReplay,
     HostDescribed,
     HostInfo,
+    ReplayEvents,
     StartContainer,
 )
+from messages.outbound import EventOut
 from messages.tokens import GetToken, SaveToken, TokenInfo
 from messages.wire import AgentIdentity
 from tests.fakes import FakeClock, FakeLink, FakeScheduler, ProbeHandle, make_ctx
@@ -49,6 +53,7 @@ class Rig:
     gateway: ProbeHandle
     tokens: ProbeHandle
     peers: Peers
+    streamer: ProbeHandle
 
     @property
     def state(self) -> str:
@@ -98,6 +103,8 @@ def rig() -> Iterator[Rig]:
         )
     )
     gateway = ProbeHandle()
+    streamer = ProbeHandle()
+    peers.set("event_streamer", streamer.ref)
     peers.set("token_store", tokens.ref)
     peers.set("docker_gateway", gateway.ref)
     ref = ConnectionActor.start(
@@ -110,12 +117,23 @@ def rig() -> Iterator[Rig]:
         rng=random.Random(7),
     )
     peers.set("connection", ref)
-    yield Rig(ref, clock, scheduler, gateway, tokens, peers)
+    yield Rig(ref, clock, scheduler, gateway, tokens, peers, streamer)
     pykka.ActorRegistry.stop_all()
+
+
+def note(n: int) -> EventOut:
+    """A buffered event that is not a container event (progress and the like)."""
+    return EventOut(command="update_progress", payload=RawJson.of({"message": f"c{n}"}))
+
+
+def name_of(frame: str) -> str:
+    payload = json.loads(frame)["payload"]
+    return str(payload.get("container_name") or payload.get("message"))
 
 
 def event(n: int) -> ContainerEventObserved:
     return ContainerEventObserved(
+        seq=n + 1,
         container_id=f"{n:064x}",
         container_name=f"c{n}",
         image="img",
@@ -165,26 +183,52 @@ def test_backoff_full_jitter_statistics() -> None:
     assert b.cap() == 1.0
 
 
-def test_events_are_buffered_while_disconnected_and_delivered_in_order(rig: Rig) -> None:
+def test_messages_are_buffered_while_disconnected_and_delivered_in_order(rig: Rig) -> None:
     for n in range(3):
-        rig.ref.tell(event(n))
+        rig.ref.tell(note(n))
     rig.ref.tell(CommandSucceeded(request_id="r", payload=RawJson("[]")))
     link = rig.connect()
-    sent = [json.loads(s) for s in link.sent]
-    assert [s["payload"]["container_name"] for s in sent[:3]] == ["c0", "c1", "c2"]
-    assert sent[3]["type"] == "response" and sent[3]["id"] == "r"
-    rig.ref.tell(event(9))
+    assert [name_of(s) for s in link.sent[:3]] == ["c0", "c1", "c2"]
+    assert json.loads(link.sent[3])["type"] == "response"
+    rig.ref.tell(note(9))
     rig.barrier()
-    assert json.loads(link.sent[-1])["payload"]["container_name"] == "c9"
+    assert name_of(link.sent[-1]) == "c9"
 
 
 def test_outbox_is_bounded_and_counts_what_it_drops(rig: Rig) -> None:
     for n in range(8):
-        rig.ref.tell(event(n))
+        rig.ref.tell(note(n))
     link = rig.connect()
-    names = [json.loads(s)["payload"]["container_name"] for s in link.sent]
-    assert names == ["c3", "c4", "c5", "c6", "c7"]
+    assert [name_of(s) for s in link.sent] == ["c3", "c4", "c5", "c6", "c7"]
     assert rig.dropped == 3
+
+
+def test_container_events_come_from_the_streamer_replay_in_order(rig: Rig) -> None:
+    rig.ref.tell(event(0))  # disconnected: not buffered here, the streamer keeps it
+    link = rig.connect()
+    rig.streamer.expect(ReplayEvents)
+    rig.ref.tell(event(5))  # live, but the replay has not arrived yet: it will contain it
+    rig.ref.tell(EventsReplay(events=(event(0), event(1), event(5))))
+    rig.ref.tell(event(1))  # already sent: not again
+    rig.ref.tell(event(6))
+    rig.barrier()
+    assert [name_of(s) for s in link.sent] == ["c0", "c1", "c5", "c6"]
+    rig.ref.tell(PongReceived(generation=link.generation, ack=4))
+    confirmed = rig.streamer.expect(EventsConfirmed)
+    assert confirmed.seqs == (1, 2, 6, 7)
+
+
+def test_unconfirmed_events_are_not_requeued_here_but_replayed(rig: Rig) -> None:
+    link = rig.connect()
+    rig.streamer.expect(ReplayEvents)
+    rig.ref.tell(EventsReplay(events=(event(0),)))
+    rig.ref.tell(ReaderStopped(generation=link.generation, reason="dead"))
+    again = rig.connect()
+    assert again.sent == []  # nothing from our own outbox ...
+    rig.streamer.expect(ReplayEvents)  # ... the streamer is asked for it instead
+    rig.ref.tell(EventsReplay(events=(event(0),)))
+    rig.barrier()
+    assert [name_of(s) for s in again.sent] == ["c0"]
 
 
 def test_a_dropped_connection_reconnects_at_once(rig: Rig) -> None:
@@ -274,3 +318,39 @@ def test_missing_host_facts_time_out_into_backoff(rig: Rig) -> None:
     rig.gateway.expect(DescribeHost)
     rig.advance(15)
     assert rig.state == "waiting" and rig.scheduler.pending(Dial)
+
+
+def test_frames_not_confirmed_by_a_pong_are_resent_in_order_after_a_drop(rig: Rig) -> None:
+    link = rig.connect()
+    for n in range(3):
+        rig.ref.tell(note(n))
+    rig.barrier()
+    assert link.acks == [1]  # one ping in flight at a time, right after the first frame
+    rig.ref.tell(PongReceived(generation=link.generation, ack=1))
+    rig.barrier()
+    assert link.acks == [1, 3]  # frames 2 and 3 are still unconfirmed: ask again
+    rig.ref.tell(ReaderStopped(generation=link.generation, reason="silently dead"))
+    again = rig.connect()
+    assert [name_of(s) for s in again.sent] == [
+        "c1",
+        "c2",
+    ]  # c0 was confirmed; c1 and c2 come again, in order
+
+
+def test_confirmed_frames_are_not_resent(rig: Rig) -> None:
+    link = rig.connect()
+    for n in range(3):
+        rig.ref.tell(note(n))
+    rig.ref.tell(PongReceived(generation=link.generation, ack=3))
+    rig.barrier()
+    rig.ref.tell(ReaderStopped(generation=link.generation, reason="closed by server: 1000"))
+    assert rig.connect().sent == []
+
+
+def test_stats_are_never_resent(rig: Rig) -> None:
+    link = rig.connect()
+    rig.ref.tell(EventOut(command="container_stats", payload=RawJson("{}"), buffer=False))
+    rig.barrier()
+    assert len(link.sent) == 1 and link.acks == []
+    rig.ref.tell(ReaderStopped(generation=link.generation, reason="x"))
+    assert rig.connect().sent == []

@@ -812,7 +812,19 @@ def test_valid_events_and_host_stats_are_clean(hub: FakeHub, connect: Connect) -
     stats_event = {
         "type": "event",
         "command": "container_stats",
-        "payload": {"container_id": CONTAINER_ID, "cpu_percent": 1.5},
+        "payload": {  # exactly the §5.2 keys (tests/hub_events.py checks them)
+            "container_id": CONTAINER_ID,
+            "container_name": "web",
+            "cpu_percent": 1.5,
+            "memory_usage": 73400320,
+            "memory_limit": 2147483648,
+            "memory_percent": 3.4,
+            "network_rx": 1048576,
+            "network_tx": 524288,
+            "disk_read": 8192,
+            "disk_write": 4096,
+            "timestamp": "2026-07-13T20:05:01Z",
+        },
         "timestamp": "2026-07-13T20:05:01Z",
     }
     host_stats = {
