@@ -38,7 +38,17 @@ ENV PATH=/opt/dockmon-agent/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     DATA_PATH=/data
 COPY --from=build /opt/dockmon-agent /opt/dockmon-agent
-# Runs as root for now: it needs the Docker socket. Dropping to a non-root user (with the
-# socket's group) is tracked as a separate issue.
+# Non-root: uid/gid 1000 owns /data (a named volume inherits that on first use). The Docker
+# socket is reached through the socket's group, given at run time by number:
+#   docker run --group-add "$(stat -c %g /var/run/docker.sock)" ...
+RUN set -eu; \
+    if command -v useradd >/dev/null; then \
+        groupadd --system --gid 1000 dockmon && \
+        useradd --system --uid 1000 --gid 1000 --home-dir /data --shell /usr/sbin/nologin dockmon; \
+    fi; \
+    install -d -o 1000 -g 1000 -m 0700 /data
+USER 1000:1000
 VOLUME /data
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["dockmon-agent", "healthcheck"]
 ENTRYPOINT ["dockmon-agent"]

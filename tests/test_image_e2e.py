@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import stat
 import time
 from pathlib import Path
+from typing import Any, cast
 
+import docker
 import pytest
+import yaml
 
 from tests.agent_harness import REGISTRATION_TOKEN
+from tests.conftest import REPO_ROOT
 from tests.dockerenv import ContainerFactory, PrivateDockerd
 from tests.hub import FakeHub
 from tests.waiting import wait_for
@@ -21,6 +26,7 @@ def test_agent_container_registers_serves_and_stops_on_sigterm(
 ) -> None:
     data = tmp_path / "data"
     data.mkdir()
+    os.chown(data, 1000, 1000)  # the image runs as uid 1000
     with FakeHub() as hub:
         hub.add_registration_token(REGISTRATION_TOKEN)
         agent = make_agent_container(
@@ -63,3 +69,59 @@ def test_agent_container_registers_serves_and_stops_on_sigterm(
         assert "received SIGTERM" in logs
         assert REGISTRATION_TOKEN not in logs and record.agent_id not in logs
         hub.assert_clean()
+
+
+def exec_in(container: Any, command: list[str]) -> tuple[int, bytes]:
+    result = container.exec_run(command)
+    return int(result.exit_code), cast(bytes, result.output).strip()
+
+
+def test_agent_runs_non_root_with_the_compose_settings(
+    make_agent_container: ContainerFactory,
+    dockerd: PrivateDockerd,
+    docker_client: docker.DockerClient,
+    agent_image: str,
+) -> None:
+    """deploy/docker-compose.yml's settings, as far as the private dockerd allows them."""
+    compose = yaml.safe_load((REPO_ROOT / "deploy" / "docker-compose.yml").read_text())
+    spec = compose["services"]["agent"]
+    assert docker_client.api.inspect_image(agent_image)["Config"]["User"] == "1000:1000"
+    volume = docker_client.volumes.create(labels={"dockmon-test": "1"})
+    try:
+        with FakeHub() as hub:
+            hub.add_registration_token(REGISTRATION_TOKEN)
+            agent = make_agent_container(  # removed by the factory after the test
+                None,
+                network_mode="host",  # reaches the hub on 127.0.0.1 only
+                restart_policy={"Name": spec["restart"]},
+                environment={"DOCKMON_URL": hub.url, "REGISTRATION_TOKEN": REGISTRATION_TOKEN},
+                volumes={
+                    dockerd.socket_path: {"bind": "/var/run/docker.sock", "mode": "rw"},
+                    str(volume.name): {"bind": "/data", "mode": "rw"},
+                },
+                healthcheck={  # the compose test command, at a test-friendly pace
+                    "test": spec["healthcheck"]["test"],
+                    "interval": 500_000_000,
+                    "retries": 3,
+                },
+            )
+            cid = str(agent.id)
+            hub.wait_registered(timeout=60)
+            assert exec_in(agent, ["id", "-u"]) == (0, b"1000")
+            wait_for(
+                lambda: (
+                    docker_client.api.inspect_container(cid)["State"]
+                    .get("Health", {})
+                    .get("Status")
+                    == "healthy"
+                ),
+                30,
+                "the container to turn healthy",
+            )
+            stat_out = exec_in(agent, ["stat", "-c", "%a %u", "/data/permanent_token"])
+            assert stat_out == (0, b"600 1000")
+            assert hub.command("list_containers").ok
+            hub.assert_clean()
+            agent.remove(force=True)
+    finally:
+        volume.remove(force=True)

@@ -1,0 +1,500 @@
+"""Benchmarks for dockmon-agent, each figure beside a raw docker-py baseline from the same run.
+
+The agent runs as a real process (``python -m agent_cli``) against a private dockerd and the fake
+DockMon hub from tests/, exactly as in production but on loopback. Usage:
+
+    python bench/run.py              # full run (about 15 minutes, including a 10-minute soak)
+    python bench/run.py --smoke      # small counts, seconds: checks that every benchmark runs
+    python bench/run.py --json out.json
+
+Benchmarks are measurements, not tests: targets are printed beside the figures, and a missed
+target is reported, never hidden. Run as root (private dockerd).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import docker  # noqa: E402
+
+from tests.dockerenv import PrivateDockerd, make_busybox_image  # noqa: E402
+from tests.hub import FakeHub  # noqa: E402
+
+TOKEN = "0b6d1c2e-7f3a-4c19-8e2b-5a4d3c2b1a09"
+LABEL = {"dockmon-bench": "1"}
+GRACEFUL = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+
+
+@dataclass
+class Row:
+    name: str
+    agent: str
+    baseline: str
+    target: str
+    met: bool | None
+    note: str = ""
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+@dataclass
+class ProcStats:
+    rss_mb: float
+    threads: int
+    cpu_s: float
+
+
+def proc_stats(pid: int) -> ProcStats:
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return ProcStats(
+        rss_mb=int(fields["VmRSS"].split()[0]) / 1024,
+        threads=int(fields["Threads"]),
+        cpu_s=(int(stat[11]) + int(stat[12])) / ticks,
+    )
+
+
+class Bench:
+    """A private dockerd, the hub, and the agent as a subprocess."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.daemon = PrivateDockerd()
+        self.hub = FakeHub()
+        self.agent: subprocess.Popen[bytes] | None = None
+        self.client: docker.DockerClient | None = None
+
+    def __enter__(self) -> Bench:
+        self.daemon.start()
+        self.client = self.daemon.client()
+        self.image = make_busybox_image(self.client)
+        self.hub.start()
+        self.hub.add_registration_token(TOKEN, multi_use=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_agent()
+        self.hub.stop()
+        if self.client is not None:
+            for c in self.client.containers.list(all=True, filters={"label": "dockmon-bench"}):
+                with contextlib.suppress(docker.errors.DockerException):
+                    c.remove(force=True)
+            self.client.close()
+        self.daemon.close()
+
+    @property
+    def docker(self) -> docker.DockerClient:
+        assert self.client is not None
+        return self.client
+
+    def start_agent(self, **env: str) -> int:
+        data = self.workdir / "data"
+        data.mkdir(exist_ok=True)
+        environ = {
+            **{k: v for k, v in os.environ.items() if not k.endswith("_PROXY")},
+            "DOCKMON_URL": self.hub.url,
+            "REGISTRATION_TOKEN": TOKEN,
+            "DATA_PATH": str(data),
+            "DOCKER_HOST": self.daemon.base_url,
+            "LOG_JSON": "false",
+            "LOG_LEVEL": "warning",
+            "RECONNECT_INITIAL": "100ms",
+            "RECONNECT_MAX": "1s",
+            **env,
+        }
+        log = open(self.workdir / "agent.log", "ab")  # noqa: SIM115 (closed with the process)
+        self.agent = subprocess.Popen(
+            [sys.executable, "-m", "agent_cli"], cwd=REPO, env=environ, stdout=log, stderr=log
+        )
+        count = self.hub.connection_count
+        self.hub.wait_registered(count=max(1, count), timeout=30)
+        return self.agent.pid
+
+    def stop_agent(self) -> None:
+        if self.agent is not None and self.agent.poll() is None:
+            self.agent.terminate()
+            self.agent.wait(15)
+        self.agent = None
+
+    @property
+    def pid(self) -> int:
+        assert self.agent is not None
+        return self.agent.pid
+
+    def containers(self, n: int, *, start: bool) -> list[Any]:
+        made = []
+        for _ in range(n):
+            c = self.docker.containers.create(
+                self.image, GRACEFUL, network_mode="none", labels=LABEL
+            )
+            if start:
+                c.start()
+            made.append(c)
+        return made
+
+    def clear(self) -> None:
+        for c in self.docker.containers.list(all=True, filters={"label": "dockmon-bench"}):
+            c.remove(force=True)
+
+
+@contextlib.contextmanager
+def raw_listener(client: docker.DockerClient) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+    """docker-py's own event stream: (arrival ns, event) — the baseline for event latency."""
+    seen: list[tuple[int, dict[str, Any]]] = []
+    stream = client.api.events(filters={"type": ["container"]}, decode=True)
+
+    def pump() -> None:
+        with contextlib.suppress(Exception):
+            for event in stream:
+                seen.append((time.time_ns(), event))
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stream.close()
+        thread.join(2)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+# --- benchmarks ----------------------------------------------------------------------------------
+
+
+def event_latency(b: Bench, events: int) -> list[Row]:
+    cycles = max(1, events // 4)  # create, start, die, destroy (+kill)
+    start_index = len(b.hub.events)
+    with raw_listener(b.docker) as raw:
+        for _ in range(cycles):
+            c = b.docker.containers.create(b.image, GRACEFUL, network_mode="none", labels=LABEL)
+            c.start()
+            c.kill()
+            c.remove(force=True)
+        expected = len([1 for _ in range(cycles)]) * 4
+        wait_until(
+            lambda: sum(1 for _, e in raw if e.get("Action") == "destroy") >= cycles, 60, "raw"
+        )
+        last_id = raw[-1][1]["Actor"]["ID"]
+        wait_until(
+            lambda: any(
+                e["payload"]["container_id"] == last_id and e["payload"]["action"] == "destroy"
+                for e in b.hub.events[start_index:]
+            ),
+            60,
+            "hub events",
+        )
+    by_key: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+    for arrived, e in raw:
+        by_key[(e["Actor"]["ID"], e["Action"])].append((e["timeNano"], arrived))
+    agent_lat, raw_lat, added = [], [], []
+    used: dict[tuple[str, str], int] = defaultdict(int)
+    for arrived, e in b.hub.events_with_arrival()[start_index:]:
+        if e.get("command") != "container_event":
+            continue
+        key = (e["payload"]["container_id"], e["payload"]["action"])
+        if used[key] >= len(by_key[key]):
+            continue
+        t_event, t_raw = by_key[key][used[key]]
+        used[key] += 1
+        agent_lat.append((arrived - t_event) / 1e9)
+        raw_lat.append((t_raw - t_event) / 1e9)
+        added.append((arrived - t_raw) / 1e9)
+    n = len(added)
+    p50, p99 = pct(added, 50), pct(added, 99)
+    return [
+        Row(
+            f"event latency, added by the agent ({n} events)",
+            f"p50 {ms(p50)}, p99 {ms(p99)}",
+            f"raw docker-py p50 {ms(pct(raw_lat, 50))}, p99 {ms(pct(raw_lat, 99))}",
+            "p50 <= 1 ms, p99 <= 5 ms",
+            p50 <= 0.001 and p99 <= 0.005,
+            f"agent end-to-end p50 {ms(pct(agent_lat, 50))}; expected >= {expected} events",
+        )
+    ]
+
+
+def inspect_roundtrip(b: Bench, n: int) -> list[Row]:
+    (c,) = b.containers(1, start=True)
+    short = c.id[:12]
+    for _ in range(10):  # warm up both paths
+        b.hub.container_op("inspect", short)
+        b.docker.api.inspect_container(short)
+    agent, raw = [], []
+    for _ in range(n):
+        t = time.perf_counter()
+        assert b.hub.container_op("inspect", short).ok
+        agent.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        b.docker.api.inspect_container(short)
+        raw.append(time.perf_counter() - t)
+    ratio = pct(agent, 50) / pct(raw, 50)
+    b.clear()
+    return [
+        Row(
+            f"inspect round trip via hub ({n}x)",
+            f"p50 {ms(pct(agent, 50))}, p99 {ms(pct(agent, 99))}",
+            f"direct p50 {ms(pct(raw, 50))}, p99 {ms(pct(raw, 99))}",
+            "p50 ratio <= 1.3",
+            ratio <= 1.3,
+            f"ratio {ratio:.2f}",
+        )
+    ]
+
+
+def list_roundtrip(b: Bench, containers: int, calls: int) -> list[Row]:
+    b.containers(containers, start=False)
+    b.hub.command("list_containers", timeout=120)  # first call fills the inspect cache
+    agent, raw = [], []
+    for _ in range(calls):
+        t = time.perf_counter()
+        result = b.hub.command("list_containers", timeout=60)
+        agent.append(time.perf_counter() - t)
+        assert result.ok and len(result.data) >= containers
+        t = time.perf_counter()
+        b.docker.api.containers(all=True)
+        raw.append(time.perf_counter() - t)
+    ratio = pct(agent, 50) / pct(raw, 50)
+    b.clear()
+    return [
+        Row(
+            f"list_containers with {containers} containers ({calls}x)",
+            f"p50 {ms(pct(agent, 50))}",
+            f"direct p50 {ms(pct(raw, 50))}",
+            "p50 ratio <= 1.3",
+            ratio <= 1.3,
+            f"ratio {ratio:.2f} (the agent adds RepoDigests, StartedAt, Env from its cache)",
+        )
+    ]
+
+
+def concurrency(b: Bench, inspects: int, stop_seconds: int) -> list[Row]:
+    others = b.containers(10, start=True)
+    slow = b.docker.containers.run(
+        b.image, ["sleep", "3600"], network_mode="none", labels=LABEL, detach=True
+    )
+
+    def run(n: int) -> list[float]:
+        times = []
+        for i in range(n):
+            t = time.perf_counter()
+            assert b.hub.container_op("inspect", others[i % len(others)].id[:12]).ok
+            times.append(time.perf_counter() - t)
+        return times
+
+    idle = run(inspects)
+    stop_id = b.hub.send_container_operation("stop", slow.id[:12], timeout=stop_seconds)
+    busy = run(inspects)
+    b.hub.wait_response(stop_id, timeout=stop_seconds + 30)
+    ratio = pct(busy, 99) / pct(idle, 99)
+    b.clear()
+    return [
+        Row(
+            f"{inspects} inspects during a {stop_seconds} s stop",
+            f"p99 {ms(pct(busy, 99))}",
+            f"idle p99 {ms(pct(idle, 99))}",
+            "p99 <= 1.5x idle",
+            ratio <= 1.5,
+            f"ratio {ratio:.2f}",
+        )
+    ]
+
+
+def memory_idle(b: Bench) -> list[Row]:
+    time.sleep(2)  # let start-up garbage settle; this is a measurement, not a test
+    s = proc_stats(b.pid)
+    return [
+        Row(
+            "RSS idle, connected, no containers",
+            f"{s.rss_mb:.1f} MB, {s.threads} threads",
+            "-",
+            "<= 40 MB",
+            s.rss_mb <= 40,
+        )
+    ]
+
+
+def recovery(b: Bench) -> list[Row]:
+    count = b.hub.connection_count
+    b.hub.refuse(True)
+    b.hub.drop()
+    b.hub.wait_disconnected()
+    time.sleep(3)  # let the backoff grow to its cap (RECONNECT_MAX=1s)
+    registered = sum(1 for a in b.hub.auth_log if a.ok)
+    t = time.monotonic()
+    b.hub.refuse(False)
+    b.hub.wait_registered(count=registered + 1, timeout=30)
+    took = time.monotonic() - t
+    return [
+        Row(
+            "hub back -> agent registered",
+            f"{took * 1000:.0f} ms",
+            "backoff cap 1000 ms",
+            "<= backoff + 100 ms",
+            took <= 1.1,
+            f"{b.hub.connection_count - count} connection attempts while refused",
+        )
+    ]
+
+
+def reconnect_storm(b: Bench, seconds: float, ops: int) -> list[Row]:
+    targets = b.containers(10, start=True)
+    ids = {c.id for c in targets}
+    wait_until(  # their own start events are in before the storm's baseline is taken
+        lambda: (
+            len(
+                {
+                    e["payload"]["container_id"]
+                    for e in b.hub.events
+                    if e.get("command") == "container_event" and e["payload"]["action"] == "start"
+                }
+                & ids
+            )
+            == len(ids)
+        ),
+        30,
+        "start events of the storm's targets",
+    )
+    start_index = len(b.hub.events)
+    stop = threading.Event()
+    drops = 0
+
+    def storm() -> None:
+        nonlocal drops
+        while not stop.wait(0.2):
+            with contextlib.suppress(Exception):
+                b.hub.drop()
+                drops += 1
+
+    with raw_listener(b.docker) as raw:
+        t0 = time.time_ns()
+        storm_thread = threading.Thread(target=storm, daemon=True)
+        storm_thread.start()
+        sent: list[str] = []
+        deadline = time.monotonic() + seconds
+        i = 0
+        while len(sent) < ops or time.monotonic() < deadline:
+            if len(sent) < ops:
+                c = targets[i % len(targets)]
+                with contextlib.suppress(Exception):
+                    sent.append(b.hub.send_container_operation("restart", c.id[:12], timeout=1))
+                i += 1
+            time.sleep(seconds / max(ops, 1))
+        stop.set()
+        storm_thread.join()
+        done = 0
+        for request in sent:
+            with contextlib.suppress(Exception):
+                if b.hub.wait_response(request, timeout=60).ok:
+                    done += 1
+        time.sleep(2)  # trailing events reach both listeners
+        want = sorted(
+            (e["Actor"]["ID"], e["Action"]) for at, e in raw if e["Actor"]["ID"] in ids and at > t0
+        )
+    got = sorted(
+        (e["payload"]["container_id"], e["payload"]["action"])
+        for e in b.hub.events[start_index:]
+        if e.get("command") == "container_event" and e["payload"]["container_id"] in ids
+    )
+    lost = len([1 for k in set(want) if want.count(k) > got.count(k)])
+    dup = len([1 for k in set(got) if got.count(k) > want.count(k)])
+    b.clear()
+    return [
+        Row(
+            f"reconnect storm ({drops} drops in {seconds:.0f} s, {len(sent)} restarts sent)",
+            f"{done}/{len(sent)} replies delivered; events lost {lost}, duplicated {dup}",
+            f"raw listener saw {len(want)} events",
+            "all complete, 0 lost, 0 duplicated",
+            done == len(sent) and lost == 0 and dup == 0,
+            "a reply is lost if its connection died after the agent wrote it (no acks)",
+        )
+    ]
+
+
+def soak(b: Bench, seconds: float) -> list[Row]:
+    (c,) = b.containers(1, start=True)
+    before = proc_stats(b.pid)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        b.hub.container_op("restart", c.id[:12], timeout=30)
+        b.hub.command("list_containers")
+        time.sleep(0.5)
+    after = proc_stats(b.pid)
+    drift = after.rss_mb - before.rss_mb
+    b.clear()
+    return [
+        Row(
+            f"RSS drift over a {seconds / 60:.1f}-minute soak (restarts + lists)",
+            f"{drift:+.1f} MB ({before.rss_mb:.1f} -> {after.rss_mb:.1f})",
+            "-",
+            "<= 2 MB",
+            drift <= 2,
+            f"threads {before.threads} -> {after.threads}",
+        )
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny counts: check that all run")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args()
+    smoke = args.smoke
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="dmbench-") as tmp, Bench(Path(tmp)) as b:
+        b.start_agent()
+        rows += memory_idle(b)
+        rows += event_latency(b, 20 if smoke else 400)
+        rows += inspect_roundtrip(b, 20 if smoke else 500)
+        rows += list_roundtrip(b, 10 if smoke else 200, 3 if smoke else 20)
+        rows += concurrency(b, 10 if smoke else 100, 2 if smoke else 10)
+        rows += recovery(b)
+        rows += reconnect_storm(b, 2 if smoke else 30, 5 if smoke else 100)
+        rows += soak(b, 3 if smoke else 600)
+    width = max(len(r.name) for r in rows)
+    print(f"\n{'benchmark':<{width}}  {'agent':<40}  {'baseline':<36}  target")
+    for r in rows:
+        verdict = "met" if r.met else ("MISSED" if r.met is False else "-")
+        print(f"{r.name:<{width}}  {r.agent:<40}  {r.baseline:<36}  {r.target} [{verdict}]")
+        if r.note:
+            print(f"{'':<{width}}    {r.note}")
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
