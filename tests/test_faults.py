@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,6 +18,7 @@ import pykka
 import pytest
 import websocket
 
+from actors import stats_streams
 from actors.event_streamer import EventStreamerActor
 from tests.agent_harness import RunningAgent, running_agent
 from tests.conftest import REPO_ROOT
@@ -340,3 +342,50 @@ def test_fuzzed_frames_never_hurt_a_live_agent(agent: RunningAgent) -> None:
     hub.send_raw('{"type": "command", "command": "list_containers", "id": "' + "x" * 100000 + '"}')
     assert hub.command("list_containers").ok
     assert hub.connection_count == 1
+
+
+def test_a_stats_stream_that_hangs_holds_up_nothing(
+    rig: FaultRig,
+    docker_client: docker.DockerClient,
+    busybox_image: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Docker's stats response for one container opens and then never sends a byte."""
+    hung = docker_client.containers.create(
+        busybox_image, ["sleep", "3600"], network_mode="none", labels={"dockmon-test": "1"}
+    )
+    original = stats_streams._request
+
+    async def request(docker_host: str, path: str) -> Any:
+        if str(hung.id) in path and "/stats" in path:
+            return 200, asyncio.StreamReader(), None, None  # headers, then silence forever
+        return await original(docker_host, path)
+
+    monkeypatch.setattr(stats_streams, "_request", request)
+    try:
+        hung.start()
+        other = docker_client.containers.run(
+            busybox_image,
+            ["sleep", "3600"],
+            network_mode="none",
+            labels={"dockmon-test": "1"},
+            detach=True,
+        )
+        hub = rig.agent.hub
+
+        def samples(cid: str) -> int:
+            return sum(
+                1
+                for e in hub.events
+                if e["command"] == "container_stats" and e["payload"]["container_id"] == cid
+            )
+
+        wait_for(lambda: samples(str(other.id)) >= 3, 20, "stats of the healthy container")
+        assert samples(str(hung.id)) == 0
+        rig.workload()  # commands and events still flow
+        hung.kill()  # die: the hung stream is cancelled, nothing leaks
+        other.remove(force=True)
+        hung.remove(force=True)
+    finally:
+        with contextlib.suppress(docker.errors.DockerException):
+            hung.remove(force=True)
