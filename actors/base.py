@@ -7,7 +7,6 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
@@ -227,6 +226,3 @@ def join_thread(thread: threading.Thread | None, timeout: float, what: str) -> N
     thread.join(timeout)
     if thread.is_alive():
         log.warning("%s did not stop within %.1fs", what, timeout)
-
-
-ReleaseHook = Callable[[], None]

@@ -353,7 +353,7 @@ def _failed(fc: FlowContext, stage: str, error: str) -> None:
 
 
 def _tell_connection(fc: FlowContext, message: HandOver | ResumeAfterHandOver) -> None:
-    fc._peers.tell("connection", message)
+    fc.tell("connection", message)
 
 
 def _docker_text(exc: Exception) -> str:

@@ -92,6 +92,10 @@ class FlowContext:
             self._client = self._client_factory()
         return self._client
 
+    def tell(self, role: str, message: Any) -> bool:
+        """Tell another actor (e.g. the Connection during a self-update hand-over)."""
+        return self._peers.tell(role, message)
+
     def emit(self, command: str, payload: dict[str, Any]) -> None:
         """Send an event (``update_progress``, ``selfupdate_progress``, ...) to the backend."""
         self._peers.tell("connection", EventOut(command=command, payload=RawJson.of(payload)))
