@@ -14,7 +14,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import agent_config
-from actors import diagnostics
 from actors.base import Clock, SystemClock
 from actors.connection import ConnectionActor, LinkSettings
 from actors.docker_gateway import DockerGatewayActor, detect_own_container_id
@@ -258,6 +257,8 @@ def doctor_main(argv: Sequence[str]) -> int:
         help="time limit for each network step (default 10)",
     )
     ns = parser.parse_args(argv)
+    from actors import diagnostics  # only `doctor` needs it: keeps the agent's RSS down
+
     return diagnostics.run(
         os.environ,
         config_path=ns.config,

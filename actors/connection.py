@@ -421,7 +421,6 @@ class ConnectionActor(SupervisedActor):
         self._seq = 0  # numbers the frames sent on the current link
         # sent, but no pong proves them read yet: (frame number, frame, event number or 0)
         self._unacked: deque[tuple[int, str, int]] = deque()
-        self._ack_pending = False
         self._sent_events: set[int] = set()  # event numbers sent on the current link
         self._awaiting_replay = False
         self.stats = _Stats()
@@ -794,7 +793,6 @@ class ConnectionActor(SupervisedActor):
         self._unacked.clear()
         self._sent_events.clear()
         self._awaiting_replay = False
-        self._ack_pending = False
         self._attempt += 1  # anything still in flight from that link is now stale
         log.debug("link closed: %s", reason)
 
@@ -838,16 +836,15 @@ class ConnectionActor(SupervisedActor):
 
         WebSocket frames are read in order, so the pong to a ping sent after frame N proves the
         backend read frames up to N. Unconfirmed frames go back to the outbox if the link dies:
-        at-least-once delivery; a duplicate needs the link to die in the few milliseconds
-        between a frame being read and its pong arriving.
+        at-least-once delivery. Every frame is followed by its own ping, in the same burst, so a
+        backend that read the frame almost always read the ping and answered before any close
+        of its own: a duplicate needs the link to die between those two reads.
         """
         assert self._link is not None
         self._seq += 1
         self._link.send(text)
         self._unacked.append((self._seq, text, event_seq))
-        if not self._ack_pending:
-            self._ack_pending = True
-            self._link.ping(self._seq)
+        self._link.ping(self._seq)
 
     def _send_event(self, event: ContainerEventObserved) -> None:
         """Events live in the EventStreamer's cursor until confirmed: never in our outbox.
@@ -869,10 +866,6 @@ class ConnectionActor(SupervisedActor):
             self.ctx.peers.tell(
                 "event_streamer", EventsConfirmed(seqs=tuple(confirmed)), optional=True
             )
-        self._ack_pending = False
-        if self._unacked and self._link is not None:
-            self._ack_pending = True
-            self._link.ping(self._seq)
 
     def _send(self, text: str, *, buffer: bool = True) -> None:
         if self._state == "connected" and self._link is not None:
