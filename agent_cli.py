@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import agent_config
@@ -201,40 +202,43 @@ def _load(ns: argparse.Namespace) -> agent_config.Config | None:
         return None
 
 
-def healthcheck_main(argv: Sequence[str]) -> int:
-    """Docker HEALTHCHECK: 0 when registered (or briefly disconnected), 1 otherwise."""
-    ns = _parser(
-        "dockmon-agent healthcheck", "Exit 0 if the running agent is healthy, 1 if not."
-    ).parse_args(argv)
-    cfg = _load(ns)
+def _agent_status(
+    prog: str, description: str, argv: Sequence[str]
+) -> tuple[dict[str, Any], bool, str] | str:
+    """The running agent's status.json and health verdict, or why there is none."""
+    cfg = _load(_parser(prog, description).parse_args(argv))
     if cfg is None:
-        return 1
+        return "the configuration is invalid (see above)"
     try:
         status = read_status(cfg.data_path)
     except (OSError, ValueError) as exc:
-        print(f"unhealthy: cannot read the agent's status in {cfg.data_path}: {exc}")
-        return 1
+        return f"cannot read the agent's status in {cfg.data_path}: {exc}"
     healthy, reason = health_verdict(
         status, unhealthy_after=cfg.unhealthy_after, stale_after=STATUS_STALE_AFTER
     )
+    return status, healthy, reason
+
+
+def healthcheck_main(argv: Sequence[str]) -> int:
+    """Docker HEALTHCHECK: 0 when registered (or briefly disconnected), 1 otherwise."""
+    result = _agent_status(
+        "dockmon-agent healthcheck", "Exit 0 if the running agent is healthy, 1 if not.", argv
+    )
+    if isinstance(result, str):
+        print(f"unhealthy: {result}")
+        return 1
+    _, healthy, reason = result
     print(f"{'healthy' if healthy else 'unhealthy'}: {reason}")
     return 0 if healthy else 1
 
 
 def status_main(argv: Sequence[str]) -> int:
     """Print the running agent's status for a person."""
-    ns = _parser("dockmon-agent status", "Show the running agent's status.").parse_args(argv)
-    cfg = _load(ns)
-    if cfg is None:
-        return 2
-    try:
-        status = read_status(cfg.data_path)
-    except (OSError, ValueError) as exc:
-        print(f"no status in {cfg.data_path} ({exc}); is the agent running with this DATA_PATH?")
+    result = _agent_status("dockmon-agent status", "Show the running agent's status.", argv)
+    if isinstance(result, str):
+        print(f"no status: {result}; is the agent running with this DATA_PATH?")
         return 1
-    healthy, reason = health_verdict(
-        status, unhealthy_after=cfg.unhealthy_after, stale_after=STATUS_STALE_AFTER
-    )
+    status, healthy, reason = result
     print(f"health: {'healthy' if healthy else 'UNHEALTHY'} ({reason})")
     for key in sorted(status):
         print(f"{key}: {status[key]}")
