@@ -533,8 +533,10 @@ def test_many_small_input_frames_arrive_in_order(agent: RunningAgent, make_conta
     for line in lines:
         for byte in f"echo {line}\n".encode():  # one byte per frame, as fast as the hub can
             type_in(hub, sid, bytes([byte]))
+        # the next line waits for this one's output row: typed-ahead input would be echoed by
+        # the TTY into the middle of the running command's output (a terminal effect, not ours)
+        wait_output(hub, sid, b"\r\n" + line.encode() + b"\r\n", timeout=20)
     expected = b"".join(b"\r\n" + line.encode() + b"\r\n" for line in lines)
-    wait_output(hub, sid, lines[-1].encode() + b"\r\n", timeout=20)
     results = [
         row for row in output(hub, sid).split(b"\r\n") if row.startswith(b"L") and b"# " not in row
     ]
