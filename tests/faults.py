@@ -48,6 +48,8 @@ class FaultRig:
         self._thread: threading.Thread | None = None
         self._token: bytes = b""
         self._threads_before = 0
+        #: duplicates this fault may cause: drops that hit events in flight (at-least-once)
+        self.allowed_duplicates = 0
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -159,17 +161,21 @@ class FaultRig:
         token = self.agent.token_file
         assert token.read_bytes() == self._token, "the permanent token file changed"
         assert stat.S_IMODE(token.stat().st_mode) == 0o600
-        # 2. every container event exactly once
+
+        # 2. every container event exactly once (at least once where the fault hit events in
+        # flight: then each duplicate must be paid for by one of the fault's drops)
+        def delivered() -> bool:
+            hub, raw = self.hub_events(), self.raw_events()
+            extra = sum((hub - raw).values())
+            return bool(raw) and not (raw - hub) and extra <= self.allowed_duplicates
+
         try:
-            wait_for(
-                lambda: self.raw_events() and self.hub_events() == self.raw_events(),
-                20,
-                "the hub's events to equal the raw listener's",
-            )
+            wait_for(delivered, 20, "every event at the hub")
         except TimeoutError:
             hub, raw = self.hub_events(), self.raw_events()
             raise AssertionError(
-                f"events lost: {dict(raw - hub)}; duplicated: {dict(hub - raw)}"
+                f"events lost: {dict(raw - hub)}; duplicated: {dict(hub - raw)} "
+                f"(allowed: {self.allowed_duplicates})"
             ) from None
         # 3. no thread leak: back to the level we started from (actors replaced, not piled up)
         wait_for(

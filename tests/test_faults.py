@@ -204,9 +204,13 @@ def test_reconnect_storm_with_operations_in_flight(rig: FaultRig) -> None:
     hub = rig.agent.hub
     stop = threading.Event()
 
+    drops = 0
+
     def storm() -> None:
+        nonlocal drops
         while not stop.wait(0.2):
             hub.drop()
+            drops += 1
 
     storm_thread = threading.Thread(target=storm, daemon=True)
     storm_thread.start()
@@ -220,6 +224,9 @@ def test_reconnect_storm_with_operations_in_flight(rig: FaultRig) -> None:
     finally:
         stop.set()
         storm_thread.join()
+    # drops land while events are in flight here: a frame the hub read just before a drop but
+    # whose ping it never read is delivered again (at-least-once); nothing may be lost
+    rig.allowed_duplicates = drops
     rig.recovered()
     answered = sum(1 for r in requests if hub.wait_response(r, timeout=30).ok)
     assert answered == len(requests) and len(requests) >= 5
