@@ -768,8 +768,9 @@ class ConnectionActor(SupervisedActor):
             return
         log.warning("connection to DockMon lost: %s; reconnecting", reason)
         self._drop_link(reason)
-        self._notify_link(False)
         self._state = "waiting"
+        self.stats.last_error = reason
+        self._notify_link(False)
         self.actor_ref.tell(Dial())  # first retry after a drop is immediate (PROTOCOL §9)
 
     def _drop_link(self, reason: str) -> None:

@@ -27,6 +27,7 @@ from messages.docker import (
     StartContainer,
 )
 from messages.outbound import EventOut
+from messages.status import ConnectionStatus
 from messages.tokens import GetToken, SaveToken, TokenInfo
 from messages.wire import AgentIdentity
 from tests.fakes import FakeClock, FakeLink, FakeScheduler, ProbeHandle, make_ctx
@@ -352,3 +353,13 @@ def test_stats_are_never_resent(rig: Rig) -> None:
     assert len(link.sent) == 1 and link.acks == []
     rig.ref.tell(ReaderStopped(generation=link.generation, reason="x"))
     assert rig.connect().sent == []
+
+
+def test_a_drop_is_reported_to_the_status_file_as_disconnected(rig: Rig) -> None:
+    status = ProbeHandle()
+    rig.peers.set("status", status.ref)
+    link = rig.connect()
+    assert status.expect(ConnectionStatus, where=lambda s: s.connected).registrations == 1
+    rig.ref.tell(ReaderStopped(generation=link.generation, reason="closed by server: 1001"))
+    down = status.expect(ConnectionStatus, where=lambda s: not s.connected)
+    assert down.last_error == "closed by server: 1001"
