@@ -233,28 +233,21 @@ class WebSocketLink:
         busy = self._busy_since
         return 0.0 if busy is None else now - busy
 
-    def close(self, timeout: float = 2.0) -> list[str]:
-        """Abort the socket, join both threads, return frames that were never handed to it."""
-        with self._lock:
-            self._closed = True
-            ws = self._ws
+    def close(self, timeout: float = 2.0) -> None:
+        """Abort the socket and join both threads.
+
+        Frames it had not written are not returned: the actor keeps every frame it sent in its
+        unconfirmed list until a pong proves it read, and resends those itself.
+        """
+        self.close_from_thread()
+        ws = self._ws
         if ws is not None:
-            with contextlib.suppress(Exception):
-                ws.abort()
             with contextlib.suppress(Exception):
                 ws.close(timeout=0)
         self._outgoing.put(_STOP)
         join_thread(self._reader, timeout, "ConnectionActor-reader")
         if self._writer.is_alive():
             join_thread(self._writer, timeout, "ConnectionActor-writer")
-        unsent: list[str] = []
-        while True:
-            try:
-                item = self._outgoing.get_nowait()
-            except queue.Empty:
-                return unsent
-            if isinstance(item, str):
-                unsent.append(item)
 
     def _tell(self, message: Any) -> bool:
         try:
@@ -343,23 +336,11 @@ class WebSocketLink:
                     assert isinstance(item, str)
                     ws.send(item)
             except (OSError, websocket.WebSocketException) as exc:
-                if isinstance(item, str):  # keep it for the outbox; order is preserved
-                    self._requeue_front(item)
                 log.info("send failed: %s", exc)
                 self.close_from_thread()
                 return
             finally:
                 self._busy_since = None
-
-    def _requeue_front(self, item: str) -> None:
-        rest: list[object] = [item]
-        while True:
-            try:
-                rest.append(self._outgoing.get_nowait())
-            except queue.Empty:
-                break
-        for x in rest:
-            self._outgoing.put(x)
 
 
 def _ack_of(data: bytes | str) -> int | None:
@@ -781,7 +762,7 @@ class ConnectionActor(SupervisedActor):
         link, self._link = self._link, None
         if link is None:
             return
-        link.close()  # what it had not written yet is in _unacked too
+        link.close()
         unconfirmed = [text for _, text, event_seq in self._unacked if not event_seq]
         for text in reversed(unconfirmed):  # events come back by replay instead
             self._outbox.appendleft(text)

@@ -180,6 +180,5 @@ class FakeLink:
     def send_stuck_for(self, now: float) -> float:
         return 0.0 if self.stuck_since is None else now - self.stuck_since
 
-    def close(self, timeout: float = 2.0) -> list[str]:
+    def close(self, timeout: float = 2.0) -> None:
         self.closed = True
-        return []
