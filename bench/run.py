@@ -213,6 +213,7 @@ def event_latency(b: Bench, events: int) -> list[Row]:
             lambda: any(
                 e["payload"]["container_id"] == last_id and e["payload"]["action"] == "destroy"
                 for e in b.hub.events[start_index:]
+                if e["command"] == "container_event"
             ),
             60,
             "hub events",

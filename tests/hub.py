@@ -600,6 +600,8 @@ class FakeHub:
         self._events: list[dict[str, Any]] = []
         self._event_times: list[int] = []  # wall-clock ns when each event arrived
         self._host_stats: list[dict[str, Any]] = []
+        self._host_stats_session: list[int] = []  # auth number of the session each came on
+        self._routing_session = 0
         self._ingest_samples: list[dict[str, Any]] = []  # §1.5, each message whole
         self._ingest_rejected = 0  # ingest upgrades refused with HTTP 401
         self._ingest_accepted = 0  # ingest sockets opened, in total
@@ -816,6 +818,15 @@ class FakeHub:
         """Every raw ``{"type":"stats","stats":{…}}`` message, whole."""
         with self._cond:
             return list(self._host_stats)
+
+    def host_stats_of_session(self, auth_number: int) -> list[dict[str, Any]]:
+        """Host stats received on the session of the ``auth_number``-th successful auth."""
+        with self._cond:
+            return [
+                m
+                for m, n in zip(self._host_stats, self._host_stats_session, strict=True)
+                if n == auth_number
+            ]
 
     @property
     def violations(self) -> list[str]:
@@ -1402,6 +1413,7 @@ class FakeHub:
                 self._close_session(session, CloseCode.INTERNAL_ERROR, INTERNAL_ERROR_REASON)
                 return
             with self._cond:
+                self._routing_session = session.auth_seq
                 self._route(msg)
                 self._cond.notify_all()
 
@@ -1474,6 +1486,7 @@ class FakeHub:
 
     def _on_host_stats(self, msg: dict[str, Any]) -> None:
         self._host_stats.append(msg)
+        self._host_stats_session.append(self._routing_session)
         extra = sorted(set(msg) - {"type", "stats"})
         if extra:
             self._violation(f"host stats message has unexpected keys {extra}", msg)
