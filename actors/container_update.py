@@ -28,6 +28,7 @@ import docker.errors
 import requests
 
 from actors import update_config as uc
+from actors.fsio import write_atomic
 from actors.pull_progress import PullError, PullProgress
 from messages.updates import UpdateContainer
 
@@ -120,29 +121,10 @@ class Journal:
         return data
 
     def save(self, **changes: Any) -> None:
-        """Merge ``changes`` and write atomically: temp file, fsync, rename, fsync dir; 0600."""
+        """Merge ``changes`` and write by the one atomic-write rule (fsio), mode 0600."""
         self.state.update(changes)
         data = json.dumps(self.state, indent=1, sort_keys=True).encode()
-        tmp = self.directory / f".{self.key}.json.tmp-{os.getpid()}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            try:
-                os.fchmod(fd, 0o600)
-                if os.write(fd, data) != len(data):
-                    raise OSError(errno.ENOSPC, "short write")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+        write_atomic(self.path, data, mode=0o600)
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import docker.errors
 import requests
 
+from actors.fsio import create_exclusive, fsync_dir, write_json_atomic, write_temp
 from messages.connection import HandOver, ResumeAfterHandOver
 from messages.updates import SelfUpdate
 
@@ -214,19 +214,7 @@ def build_create_config(
 
 
 def _write_private_json(path: Path, content: dict[str, Any]) -> None:
-    """Atomic 0600 write: temp file in the same directory, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(content, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_json_atomic(path, content, mode=0o600)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -254,29 +242,19 @@ def claim_outcome(data_path: Path, outcome: str, detail: str) -> str:
     ``link(2)`` fails if the name exists, so of two agents racing, exactly one wins.
     """
     path = data_path / OUTCOME_FILE
-    fd, tmp = tempfile.mkstemp(prefix=f".{OUTCOME_FILE}.", dir=data_path)
+    record = json.dumps({"outcome": outcome, "detail": detail, "at": time.time()}).encode()
+    tmp = write_temp(data_path, OUTCOME_FILE, record, mode=0o600)
     try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"outcome": outcome, "detail": detail, "at": time.time()}, f)
-            f.flush()
-            os.fsync(f.fileno())
         try:
             os.link(tmp, path)
-            return outcome
         except FileExistsError:
             pass
         except OSError:  # no hard links on this filesystem: exclusive create instead
-            try:
-                excl = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(excl, "w", encoding="utf-8") as f:
-                    f.write(Path(tmp).read_text(encoding="utf-8"))
-                    f.flush()
-                    os.fsync(f.fileno())
+            if create_exclusive(path, record, mode=0o600):
                 return outcome
+        else:
+            fsync_dir(data_path)
+            return outcome
         for _ in range(20):  # the other side may still be writing it (exclusive-create path)
             held = read_outcome(data_path)
             if held is not None:

@@ -17,25 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from actors.base import ActorContext, SupervisedActor
+from actors.fsio import write_json_atomic
 from messages.status import ActorRestarted, ConnectionStatus, EventForwarded, FlushStatus
 from messages.wire import rfc3339_nano
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
-
-
-def write_json_atomic(path: Path, data: dict[str, Any], mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 class StatusReporterActor(SupervisedActor):
@@ -123,7 +111,7 @@ class StatusReporterActor(SupervisedActor):
 
     def _write(self) -> None:
         state = dict(self._state, updated_at=rfc3339_nano(self.ctx.clock.time_ns()))
-        write_json_atomic(self._path, state)
+        write_json_atomic(self._path, state, mode=0o644, indent=2)
 
 
 def read_status(data_path: str) -> dict[str, Any]:

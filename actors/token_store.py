@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 from actors.base import ActorContext, SupervisedActor
 from actors.errors import ConfigError, FatalError
+from actors.fsio import write_atomic
 from agent_config import register_secret
 from messages.common import Secret
 from messages.tokens import GetToken, SaveToken, TokenInfo
@@ -74,29 +74,11 @@ def resolve_token(
 
 
 def write_token_atomic(data_path: str, token: Secret) -> None:
-    """Temp file, fsync, rename, fsync dir; mode 0600; raw token without newline."""
-    directory = Path(data_path)
-    target = directory / TOKEN_FILE
-    tmp = directory / f".{TOKEN_FILE}.tmp-{os.getpid()}"
+    """The raw token, without newline, mode 0600, by the one atomic-write rule (fsio)."""
+    target = Path(data_path) / TOKEN_FILE
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            data = token.reveal().encode()
-            if os.write(fd, data) != len(data):
-                raise OSError(28, "short write")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(target, token.reveal().encode(), mode=0o600)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise FatalError(
             f"cannot save the permanent token to {target}: {exc.strerror or exc}; the previous "
             "file is untouched. The agent stops rather than run with an identity it cannot keep"

@@ -338,7 +338,7 @@ def test_journal_is_atomic_private_and_locked(tmp_path: Path) -> None:
     journal.save(phase="backup", old_id=OLD_ID)
     journal.save(new_id="n")
     assert stat.S_IMODE(journal.path.stat().st_mode) == 0o600
-    assert not [p for p in os.listdir(directory) if ".tmp-" in p]
+    assert not [p for p in os.listdir(directory) if p.endswith(".tmp") or ".tmp-" in p]
     # a second holder (another flow, or recovery) is refused while the first one lives
     assert Journal.acquire(directory, "3f9a1b2c4d5e") is None
     journal.release()

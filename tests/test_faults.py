@@ -274,7 +274,7 @@ def test_full_disk_during_the_first_token_write(
             assert agent.supervisor.exit_code == 1
             assert [a.ok for a in agent.hub.auth_log] == [True]  # registered, then stopped
         assert not (data / "permanent_token").exists()
-        assert not [p for p in data.iterdir() if ".tmp-" in p.name]
+        assert not [p for p in data.iterdir() if p.name.endswith(".tmp") or ".tmp-" in p.name]
     finally:
         subprocess.run(["umount", str(data)], check=False)
     assert "cannot save the permanent token" in caplog.text
