@@ -1,8 +1,13 @@
 """StatusReporter: keeps ``$DATA_PATH/status.json`` for ``dockmon-agent healthcheck``/``status``.
 
-Other actors tell it facts (connection state, events forwarded, actor restarts). It coalesces
-them and rewrites the file atomically at most once a second, and at least every ``heartbeat``
-seconds, so a reader can tell a live agent from a hung one by ``updated_at``.
+Other actors tell it facts (connection state, events forwarded, actor restarts, writes in
+DATA_PATH that failed soft). It coalesces them and rewrites the file atomically at most once a
+second, and at least every ``heartbeat`` seconds, so a reader can tell a live agent from a hung
+one by ``updated_at``. Exactly one timer is pending at any time (the earliest write due), so
+timers and mailbox traffic stay flat however long the agent runs.
+
+A full or read-only DATA_PATH never stops it: a failed write is logged once (then once an hour
+while it keeps failing), counted in ``status_write_failures`` and retried at the next flush.
 """
 
 from __future__ import annotations
@@ -16,14 +21,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from actors.base import ActorContext, SupervisedActor
+from actors.base import ActorContext, SupervisedActor, TimerHandle
 from actors.fsio import write_json_atomic
-from messages.status import ActorRestarted, ConnectionStatus, EventForwarded, FlushStatus
+from messages.status import (
+    ActorRestarted,
+    ConnectionStatus,
+    EventForwarded,
+    FlushStatus,
+    WriteFailed,
+)
 from messages.wire import rfc3339_nano
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
+#: writes in DATA_PATH that fail soft, each counted as ``<kind>_write_failures``
+SOFT_WRITES = ("audit", "journal", "status")
+#: a write that keeps failing is logged again at most this often
+FAILURE_LOG_INTERVAL = 3600.0
 
 
 class StatusReporterActor(SupervisedActor):
@@ -49,15 +64,23 @@ class StatusReporterActor(SupervisedActor):
             "events_forwarded": 0,
             "actor_restarts": 0,
             "last_restarted_actor": None,
+            **{f"{kind}_write_failures": 0 for kind in SOFT_WRITES},
+            "last_write_error": "",
         }
         self._dirty = True
-        self._last_write = 0.0
-        self._write_failed = False
+        self._last_write = -float("inf")
+        self._failure_logged = -float("inf")  # when a failing status write was last logged
+        self._timer: TimerHandle | None = None
+        self._timer_due = float("inf")
+        self._timer_seq = 0
 
     def on_start(self) -> None:
         self._flush()
 
     def _release(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._dirty:
             with contextlib.suppress(OSError):
                 self._write()
@@ -80,8 +103,13 @@ class StatusReporterActor(SupervisedActor):
                 self._update(last_event_at=rfc3339_nano(at_ns), events_forwarded=total)
             case ActorRestarted(child_id=child_id, total=total):
                 self._update(actor_restarts=total, last_restarted_actor=child_id)
-            case FlushStatus():
+            case WriteFailed(what=what, error=error):
+                self._count_failure(what, error)
+            case FlushStatus(seq=seq) if seq == self._timer_seq:
+                self._timer = None
                 self._flush()
+            case FlushStatus():
+                pass  # from a timer that was replaced by an earlier one
             case _:
                 log.warning("StatusReporter ignored %s", type(message).__name__)
         return None
@@ -90,9 +118,24 @@ class StatusReporterActor(SupervisedActor):
         if self._state.get("connected") and fields.get("connected") is True:
             fields.pop("connected_since", None)  # still the same connection
         self._state.update(fields)
-        if not self._dirty:
-            self._dirty = True
-            self.tell_self_later(1.0, FlushStatus())
+        self._dirty = True
+        # at most one write a second: at once if the last one is older than that
+        self._arm(self._last_write + 1.0 - self.ctx.clock.monotonic())
+
+    def _count_failure(self, what: str, error: str) -> None:
+        key = f"{what}_write_failures"
+        self._update(**{key: int(self._state.get(key) or 0) + 1, "last_write_error": error})
+
+    def _arm(self, delay: float) -> None:
+        """Make sure a flush is due within ``delay`` seconds, keeping a single pending timer."""
+        due = self.ctx.clock.monotonic() + max(0.0, delay)
+        if self._timer is not None:
+            if self._timer_due <= due:
+                return
+            self._timer.cancel()
+        self._timer_seq += 1
+        self._timer_due = due
+        self._timer = self.tell_self_later(max(0.0, delay), FlushStatus(seq=self._timer_seq))
 
     def _flush(self) -> None:
         now = self.ctx.clock.monotonic()
@@ -100,14 +143,23 @@ class StatusReporterActor(SupervisedActor):
             try:
                 self._write()
             except OSError as exc:
-                if not self._write_failed:
-                    log.error("cannot write %s: %s", self._path, exc.strerror or exc)
-                self._write_failed = True
+                self._write_failed(now, exc)
             else:
-                self._write_failed = False
+                if self._failure_logged > -float("inf"):
+                    log.info("%s is written again", self._path)
+                    self._failure_logged = -float("inf")
             self._last_write = now
             self._dirty = False
-        self.tell_self_later(self._heartbeat, FlushStatus())
+        self._arm(self._heartbeat)
+
+    def _write_failed(self, now: float, exc: OSError) -> None:
+        error = f"{self._path}: {exc.strerror or exc}"
+        if now - self._failure_logged >= FAILURE_LOG_INTERVAL:
+            log.error("cannot write %s; the agent keeps running (retried every %gs)", error,
+                      self._heartbeat)  # fmt: skip
+            self._failure_logged = now
+        self._state["status_write_failures"] = int(self._state["status_write_failures"]) + 1
+        self._state["last_write_error"] = error
 
     def _write(self) -> None:
         state = dict(self._state, updated_at=rfc3339_nano(self.ctx.clock.time_ns()))

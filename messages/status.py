@@ -28,8 +28,25 @@ class ActorRestarted:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WriteFailed:
+    """A write in DATA_PATH that fails soft (``what``: audit, journal, status) did not happen.
+
+    The StatusReporter counts them per kind in ``status.json`` (``<what>_write_failures``).
+    """
+
+    what: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FlushStatus:
-    """StatusReporter-internal timer: write the file if something changed (or it is due)."""
+    """StatusReporter-internal timer: write the file if something changed (or it is due).
+
+    ``seq`` names the one pending timer; a FlushStatus from a replaced timer is ignored, so
+    there is only ever one flush chain.
+    """
+
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -40,12 +41,16 @@ class _FakeTimer:
 
 
 class FakeScheduler:
-    """``advance(s)`` moves the clock and tells every timer that came due, in due order."""
+    """``advance(s)`` moves the clock and tells every timer that came due, in due order.
+
+    ``fired`` counts the timers told, by message type (mailbox traffic for soak tests).
+    """
 
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self._lock = threading.Lock()
         self.timers: list[_FakeTimer] = []
+        self.fired: Counter[str] = Counter()
 
     def tell_later(self, delay: float, ref: pykka.ActorRef[Any], message: Any) -> _FakeTimer:
         timer = _FakeTimer(self.clock.now + max(0.0, delay), ref, message)
@@ -63,6 +68,8 @@ class FakeScheduler:
 
     def advance(self, seconds: float) -> None:
         self.clock.now += seconds
+        with self._lock:  # a cancelled timer is gone for good: don't keep it (or its message)
+            self.timers = [t for t in self.timers if not t.cancelled]
         while True:
             with self._lock:
                 due = sorted(
@@ -73,6 +80,7 @@ class FakeScheduler:
                     return
                 timer = due[0]
                 self.timers.remove(timer)
+                self.fired[type(timer.message).__name__] += 1
             with contextlib.suppress(pykka.ActorDeadError):
                 timer.ref.tell(timer.message)
 

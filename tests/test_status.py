@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pykka
 import pytest
 
-from actors.status import health_verdict, read_status
+from actors import status as status_module
+from actors.base import Peers
+from actors.status import StatusReporterActor, health_verdict, read_status
 from agent_cli import main
+from messages.common import Ping
+from messages.status import EventForwarded, FlushStatus, WriteFailed
 from messages.wire import rfc3339_nano
 from tests.agent_harness import running_agent
 from tests.dockerenv import PrivateDockerd
+from tests.fakes import FakeClock, FakeScheduler, make_ctx
 from tests.waiting import wait_for
 
 NOW = 1_800_000_000.0
@@ -100,3 +108,67 @@ def _status(data: Path) -> dict[str, Any]:
         return dict(json.loads((data / "status.json").read_text()))
     except (OSError, ValueError):
         return {}
+
+
+# --- the reporter's timers (fake clock and scheduler) -----------------------------------------
+
+
+@pytest.fixture
+def reporter(tmp_path: Path) -> Iterator[tuple[pykka.ActorRef[Any], FakeScheduler]]:
+    clock = FakeClock()
+    scheduler = FakeScheduler(clock)
+    ref = StatusReporterActor.start(
+        make_ctx(Peers(), scheduler, clock, child_id="status"),
+        data_path=str(tmp_path),
+        version="test",
+        heartbeat=10.0,
+    )
+    yield ref, scheduler
+    ref.stop()
+
+
+def test_updates_after_a_flush_never_start_a_second_flush_chain(
+    reporter: tuple[pykka.ActorRef[Any], FakeScheduler],
+) -> None:
+    ref, scheduler = reporter
+    fired_per_round: list[int] = []
+    for round_ in range(40):
+        before = scheduler.fired["FlushStatus"]
+        for i in range(25):  # an update right after each flush, and some quiet heartbeats
+            ref.tell(EventForwarded(at_ns=scheduler.clock.time_ns(), total=round_ * 25 + i))
+            ref.ask(Ping(), timeout=3)
+            scheduler.advance(1.5 if i % 5 else 12.0)
+            ref.ask(Ping(), timeout=3)
+            assert len(scheduler.pending(FlushStatus)) == 1
+        fired_per_round.append(scheduler.fired["FlushStatus"] - before)
+    assert max(fired_per_round) == min(fired_per_round[1:]), fired_per_round
+
+
+def test_a_failing_status_write_is_counted_and_logged_once(
+    reporter: tuple[pykka.ActorRef[Any], FakeScheduler],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ref, scheduler = reporter
+
+    def full(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(status_module, "write_json_atomic", full)
+    for total in range(1, 6):
+        ref.tell(EventForwarded(at_ns=scheduler.clock.time_ns(), total=total))
+        ref.ask(Ping(), timeout=3)
+        scheduler.advance(11.0)
+        ref.ask(Ping(), timeout=3)
+    ref.tell(WriteFailed(what="audit", error="audit.log: No space left on device"))
+    ref.ask(Ping(), timeout=3)
+    assert caplog.text.count("cannot write") == 1
+    monkeypatch.undo()
+    scheduler.advance(11.0)
+    ref.ask(Ping(), timeout=3)
+    status = read_status(str(tmp_path))
+    assert status["status_write_failures"] == 5
+    assert status["audit_write_failures"] == 1
+    assert status["events_forwarded"] == 5
+    assert "No space left" in status["last_write_error"]
