@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -178,9 +179,37 @@ class SupervisedActor(pykka.ThreadingActor):
     ``on_failure`` (pykka calls only one of them), and a crash is reported as ``ChildFailed``.
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap each subclass's ``on_start`` so a failure in it releases what it had started.
+
+        pykka runs neither ``on_stop`` nor ``on_failure`` when ``on_start`` raises, so without
+        this a reader thread, a pool or a timer started before the failure would leak.
+        """
+        super().__init_subclass__(**kwargs)
+        start = cls.__dict__.get("on_start")
+        if start is None or getattr(start, "_releases_on_failure", False):
+            return
+
+        @functools.wraps(start)
+        def on_start(self: SupervisedActor) -> None:
+            try:
+                start(self)
+            except BaseException:
+                self._release_after_failed_start()
+                raise
+
+        on_start._releases_on_failure = True  # type: ignore[attr-defined]
+        setattr(cls, "on_start", on_start)  # noqa: B010 (a method, set on the class)
+
     def __init__(self, ctx: ActorContext) -> None:
         super().__init__()
         self.ctx = ctx
+
+    def _release_after_failed_start(self) -> None:
+        try:
+            self._release()
+        except Exception:
+            log.exception("%s: releasing after a failed start failed", self.ctx.child_id)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Ping):

@@ -137,6 +137,7 @@ class EventStreamerActor(SupervisedActor):
         self._stream_lock = threading.Lock()
         self._stream: Any = None
         self._client: docker.APIClient | None = None
+        self._closed_upto = 0  # readers of this generation or older must not keep a stream
         self._timer: TimerHandle | None = None
         self.forwarded = 0
         self._report_pending = False
@@ -219,6 +220,7 @@ class EventStreamerActor(SupervisedActor):
 
     def _close_stream(self) -> None:
         with self._stream_lock:
+            self._closed_upto = self._generation
             stream, self._stream = self._stream, None
             client, self._client = self._client, None
         if stream is not None:
@@ -234,7 +236,15 @@ class EventStreamerActor(SupervisedActor):
             client = self._client_factory()
             stream = client.events(since=since, filters={"type": ["container"]}, decode=True)
             with self._stream_lock:
-                self._stream, self._client = stream, client
+                closed = generation <= self._closed_upto  # released while events() ran
+                if not closed:
+                    self._stream, self._client = stream, client
+            if closed:
+                with contextlib.suppress(Exception):
+                    stream.close()
+                with contextlib.suppress(Exception):
+                    client.close()
+                return
             for raw in stream:
                 event = parse_event(raw)
                 if event is not None:
