@@ -1,25 +1,38 @@
 """HealthChecks: agent-side HTTP health checks (PROTOCOL §4.6, §5.4).
 
-The actor owns the set of configured checks and a small pool of daemon worker threads that make
-the HTTP requests, so a slow or hanging target never blocks the actor or another check. It only
+The actor owns the set of configured checks and a pool of daemon worker threads that make the
+HTTP requests, so a slow or hanging target never blocks the actor or another check. It only
 runs checks while the control connection is up: every ``LinkStateChanged(connected=True)``
 starts a new *loop* (a 1 s tick on the injected scheduler); a disconnect ends it, and a result
 produced by a request that started in an older loop is discarded, like the Go agent does.
 
-Each request has its own timeout (``timeout_seconds``, or 10 s if <= 0). As a second line of
-defence against targets that trickle bytes forever, the actor also arms a hard deadline one
-second after the timeout: a run still going then is reported as ``Timeout after <n>s`` and its
-late result is dropped. A check never overlaps itself.
+A slow target cannot starve the others:
+
+* each check has a hard **total** deadline (``timeout_seconds``, or 10 s if <= 0) over connect,
+  TLS, headers and redirects: when it passes, every socket the check opened is shut down (a
+  target that trickles one byte a second never trips a per-read timeout, so the deadline is
+  enforced by a watchdog, not by socket timeouts alone);
+* the deadline starts when a worker picks the check up, never while it waits for one, so a
+  queue behind busy workers cannot turn a healthy answer into a false timeout;
+* the pool grows on demand to ``workers`` threads (64), enough for one per check on any usual
+  host; a worker held up anyway (a DNS lookup cannot be interrupted) is reported by the actor's
+  own deadline timer, armed when the check starts, one second after the timeout.
+
+The configured set is validated here, on the actor's thread, not on the Connection's
+(:func:`messages.health.parse_sync`), with one summary log line however many configs are bad.
+A check never overlaps itself.
 
 Pure parts, tested without threads: :class:`CheckSchedule` (what is due), :func:`classify_error`
 (exception -> §5.4 error text), :func:`result_payload`, and :func:`perform_check` (the request,
-tested against real local servers).
+tested against real local servers, slowloris ones included).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import queue
@@ -37,11 +50,15 @@ from urllib.parse import urlsplit
 
 import pykka
 import requests
+import requests.adapters
 import urllib3
+import urllib3.connection
+import urllib3.connectionpool
 
 from actors.base import ActorContext, SupervisedActor, TimerHandle
 from messages.common import RawJson
 from messages.health import (
+    BadConfig,
     CheckFinished,
     CheckOutcome,
     CheckOverdue,
@@ -50,6 +67,8 @@ from messages.health import (
     RemoveHealthCheck,
     SetHealthCheck,
     SyncHealthChecks,
+    parse_one,
+    parse_sync,
 )
 from messages.outbound import EventOut, LinkStateChanged
 
@@ -58,7 +77,9 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
 DEADLINE_GRACE_SECONDS = 1.0
 MAX_REDIRECTS = 10  # Go's net/http limit
-DEFAULT_WORKERS = 16
+DEFAULT_WORKERS = 64
+#: a worker with nothing to do for this long exits (the pool shrinks back after a burst)
+WORKER_IDLE_SECONDS = 30.0
 
 Inbox = (
     LinkStateChanged
@@ -274,10 +295,126 @@ def build_request(config: HealthCheckConfig) -> requests.PreparedRequest:
         raise RequestNotBuilt(type(exc).__name__) from None
 
 
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class Deadline:
+    """The hard end of one check: when it passes, every socket the check opened is shut down,
+    which wakes any blocked connect, TLS handshake or read on it at once."""
+
+    def __init__(self, due: float) -> None:
+        self.due = due
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self.expired = False
+        self._done = False
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            if not self.expired:
+                self._socks.append(sock)
+                return
+        _shutdown(sock)
+        raise TimeoutError("the check's deadline has passed")
+
+    def expire(self) -> None:
+        with self._lock:  # shutdown never blocks; under the lock, finish() cannot interleave
+            if self._done:
+                return
+            self.expired = True
+            for sock in self._socks:
+                _shutdown(sock)
+            self._socks.clear()
+
+    def finish(self) -> None:
+        with self._lock:
+            self._done = True
+            self._socks.clear()
+
+
+class _Watchdog:
+    """One daemon thread that expires deadlines in time order; it exits when idle."""
+
+    def __init__(self, idle_exit: float = 10.0) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._idle_exit = idle_exit
+
+    def arm(self, deadline: Deadline) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (deadline.due, next(self._seq), deadline))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="HealthCheck-deadlines", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if not self._heap:
+                        if not self._cond.wait(self._idle_exit) and not self._heap:
+                            self._thread = None
+                            return
+                        continue
+                    wait = self._heap[0][0] - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._cond.wait(wait)
+                _, _, deadline = heapq.heappop(self._heap)
+            deadline.expire()
+
+
+_WATCHDOG = _Watchdog()
+_current = threading.local()  # the Deadline of the check running on this thread
+
+
+def _watch_new_socket(sock: socket.socket) -> socket.socket:
+    deadline: Deadline | None = getattr(_current, "deadline", None)
+    if deadline is not None:
+        deadline.watch(sock)
+    return sock
+
+
+class _GuardedHTTPConnection(urllib3.connection.HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        return _watch_new_socket(super()._new_conn())
+
+
+class _GuardedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        return _watch_new_socket(super()._new_conn())
+
+
+class _GuardedHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+class _GuardedAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter whose every socket is watched by the running check's Deadline."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {  # type: ignore[attr-defined]
+            "http": _GuardedHTTPPool,
+            "https": _GuardedHTTPSPool,
+        }
+
+
 def perform_check(
     config: HealthCheckConfig, monotonic: Callable[[], float] = time.monotonic
 ) -> CheckOutcome:
-    """One HTTP check, blocking for at most about ``effective_timeout`` per phase.
+    """One HTTP check, over within ``effective_timeout`` in total, whatever the target does.
 
     Waits for the response headers only (the body is never read). No proxy is used (the Go
     agent's health-check transport has none), redirects are capped at 10 like Go's.
@@ -301,6 +438,12 @@ def perform_check(
     session = requests.Session()
     session.trust_env = False
     session.max_redirects = MAX_REDIRECTS
+    adapter = _GuardedAdapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    deadline = Deadline(time.monotonic() + timeout)
+    _WATCHDOG.arm(deadline)
+    _current.deadline = deadline
     try:
         response = session.send(
             prepared,
@@ -313,9 +456,13 @@ def perform_check(
         return CheckOutcome(
             healthy=False,
             response_time_ms=elapsed_ms(),
-            error_message=classify_error(exc, timeout),
+            error_message=timeout_text(timeout)
+            if deadline.expired
+            else classify_error(exc, timeout),
         )
     finally:
+        _current.deadline = None
+        deadline.finish()
         session.close()
     spent = elapsed_ms()
     response.close()
@@ -333,19 +480,25 @@ Checker = Callable[[HealthCheckConfig], CheckOutcome]
 
 
 class WorkerPool:
-    """Up to ``size`` daemon threads fed from a queue, started on demand.
+    """Daemon threads fed from a FIFO queue: a new one whenever every thread has a job, up to
+    ``size``; one that has been idle for ``idle_s`` exits (down to ``keep``).
 
     Daemon threads, so a target that never answers can never hold up process exit.
     """
 
-    def __init__(self, size: int, name: str) -> None:
+    def __init__(
+        self, size: int, name: str, *, keep: int = 1, idle_s: float = WORKER_IDLE_SECONDS
+    ) -> None:
         self._size = size
         self._name = name
+        self._keep = keep
+        self._idle_s = idle_s
         self._queue: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._busy = 0
         self._closed = False
+        self._serial = itertools.count()
 
     def submit(self, job: Callable[[], object]) -> bool:
         with self._lock:
@@ -354,7 +507,7 @@ class WorkerPool:
             self._busy += 1  # queued or running; a new thread when every thread has a job
             if self._busy > len(self._threads) and len(self._threads) < self._size:
                 thread = threading.Thread(
-                    target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True
+                    target=self._run, name=f"{self._name}-{next(self._serial)}", daemon=True
                 )
                 self._threads.append(thread)
                 thread.start()
@@ -366,6 +519,12 @@ class WorkerPool:
         with self._lock:
             return sum(t.is_alive() for t in self._threads)
 
+    @property
+    def busy(self) -> int:
+        """Jobs queued or running."""
+        with self._lock:
+            return self._busy
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -376,8 +535,16 @@ class WorkerPool:
             self._queue.put(None)
 
     def _run(self) -> None:
+        me = threading.current_thread()
         while True:
-            job = self._queue.get()
+            try:
+                job = self._queue.get(timeout=self._idle_s)
+            except queue.Empty:
+                with self._lock:  # under the lock: a job submitted now still finds a thread
+                    if self._busy < len(self._threads) and len(self._threads) > self._keep:
+                        self._threads.remove(me)
+                        return
+                continue
             if job is None:
                 return
             try:
@@ -484,16 +651,17 @@ class HealthCheckActor(SupervisedActor):
                 self._start_loop()
             case LinkStateChanged():
                 self._stop_loop()
-            case SyncHealthChecks(configs=configs):
-                self._schedule.replace_all(configs)
-                log.info("health checks synced: %d check(s)", len(configs))
-                for config in configs:
-                    self._log_config("configured", config)
-                self._remember()
-            case SetHealthCheck(config=config):
-                self._schedule.put(config)
-                self._log_config("updated", config)
-                self._remember()
+            case SyncHealthChecks():
+                self._sync(message)
+            case SetHealthCheck(config=raw):
+                try:
+                    config = parse_one(raw)
+                except BadConfig as exc:
+                    log.warning("ignored health_check_config for %s", exc)
+                else:
+                    self._schedule.put(config)
+                    self._log_config("updated", config, logging.INFO)
+                    self._remember()
             case RemoveHealthCheck(container_id=container_id):
                 if self._schedule.remove(container_id):
                     log.info("health check for %s removed", container_id)
@@ -512,6 +680,26 @@ class HealthCheckActor(SupervisedActor):
             case _:
                 log.warning("HealthChecks ignored %s", type(message).__name__)
         return None
+
+    def _sync(self, message: SyncHealthChecks) -> None:
+        parsed = parse_sync(message.configs)
+        self._schedule.replace_all(parsed.configs)
+        for gone in [c for c in self._healthy if self._schedule.get(c) is None]:
+            del self._healthy[gone]  # containers come and go: forget removed checks
+        ignored = ""
+        if parsed.problems:
+            shown = "; ".join(parsed.problems[:3])
+            more = f" (and {len(parsed.problems) - 3} more)" if len(parsed.problems) > 3 else ""
+            ignored = f"; ignored {len(parsed.problems)} bad config(s): {shown}{more}"
+        log.log(
+            logging.WARNING if parsed.problems else logging.INFO,
+            "health checks synced: %d check(s)%s",
+            len(parsed.configs),
+            ignored,
+        )
+        for config in parsed.configs:
+            self._log_config("configured", config, logging.DEBUG)
+        self._remember()
 
     # --- loop -----------------------------------------------------------------------------------
 
@@ -541,13 +729,28 @@ class HealthCheckActor(SupervisedActor):
     def _run_due(self) -> None:
         now = self.ctx.clock.monotonic()
         for config, run_id in self._schedule.due(now):
-            self._submit(config, run_id, now)
+            self._submit(config, run_id)
 
-    def _submit(self, config: HealthCheckConfig, run_id: int, now: float) -> None:
+    def _submit(self, config: HealthCheckConfig, run_id: int) -> None:
         assert self._pool is not None
         ref, loop, checker = self.actor_ref, self._loop, self._checker
+        clock, scheduler, grace = self.ctx.clock, self.ctx.scheduler, self._grace
 
         def job() -> None:
+            # The deadline starts now, when a worker has the check, not when it was queued.
+            started = clock.monotonic()
+            backstop = scheduler.tell_later(
+                config.effective_timeout + grace,
+                ref,
+                CheckOverdue(
+                    loop=loop,
+                    run_id=run_id,
+                    container_id=config.container_id,
+                    host_id=config.host_id,
+                    timeout_seconds=config.effective_timeout,
+                    started=started,
+                ),
+            )
             try:
                 outcome = checker(config)
             except Exception as exc:  # a checker bug must not lose the run
@@ -555,6 +758,8 @@ class HealthCheckActor(SupervisedActor):
                 outcome = CheckOutcome(
                     healthy=False, error_message=f"Connection failed: {str(exc)[:100]}"
                 )
+            finally:
+                backstop.cancel()
             with contextlib.suppress(pykka.ActorDeadError):
                 ref.tell(
                     CheckFinished(
@@ -570,17 +775,6 @@ class HealthCheckActor(SupervisedActor):
             self._schedule.finish(config.container_id, run_id)
             return
         self.stats.started += 1
-        self.tell_self_later(
-            config.effective_timeout + self._grace,
-            CheckOverdue(
-                loop=loop,
-                run_id=run_id,
-                container_id=config.container_id,
-                host_id=config.host_id,
-                timeout_seconds=config.effective_timeout,
-                started=now,
-            ),
-        )
 
     def _finished(self, msg: CheckFinished) -> None:
         if msg.loop != self._loop or not self._connected:
@@ -634,8 +828,9 @@ class HealthCheckActor(SupervisedActor):
             )
 
     @staticmethod
-    def _log_config(what: str, config: HealthCheckConfig) -> None:
-        log.info(
+    def _log_config(what: str, config: HealthCheckConfig, level: int) -> None:
+        log.log(
+            level,
             "health check for %s %s: %s %s every %ds, timeout %ds%s%s",
             config.container_id,
             what,

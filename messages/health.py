@@ -5,6 +5,13 @@ check by ``container_id``) and ``health_check_config_remove``. They carry no id 
 a malformed frame or config is logged and ignored (PROTOCOL §11), never a crash. Config values
 are validated here once, so the actor only ever sees well-typed :class:`HealthCheckConfig`s.
 
+Work per frame is bounded and stays off the Connection's thread: the Connection's decoders only
+check the frame's shape and the number of configs (at most :data:`MAX_HEALTH_CHECKS`; a larger
+sync is refused whole with one log line) and route the configs as raw JSON; the HealthChecks
+actor validates them (:func:`parse_sync`, linear, one summary line however many are bad). Each
+config is bounded too: at most :data:`MAX_HEADERS` headers and :data:`MAX_STATUS_PARTS` parts
+in ``expected_status_codes``, a URL of at most :data:`MAX_URL_LENGTH` characters.
+
 Credentials (``auth_config_json``, and every header value, since headers often carry API keys)
 travel as :class:`Secret` and never appear in a log line or an error text.
 """
@@ -18,12 +25,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from messages.common import Secret
+from messages.common import RawJson, Secret
 from messages.decoding import CommandDecoder
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STATUS_RANGES: tuple[tuple[int, int], ...] = ((200, 200),)
+#: checks one agent runs at most (one per container is the usual case)
+MAX_HEALTH_CHECKS = 1000
+#: per config: headers in ``headers_json``, parts of ``expected_status_codes``, URL length
+MAX_HEADERS = 64
+MAX_STATUS_PARTS = 64
+MAX_URL_LENGTH = 8192
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,16 +74,18 @@ class HealthCheckConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SyncHealthChecks:
-    """Replace the whole set (bad entries were already logged and left out)."""
+    """Replace the whole set with ``configs``: a JSON list of at most MAX_HEALTH_CHECKS config
+    objects as received, validated by the HealthChecks actor (:func:`parse_sync`)."""
 
-    configs: tuple[HealthCheckConfig, ...]
+    configs: RawJson
+    count: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SetHealthCheck:
-    """Add or replace the check of ``config.container_id``."""
+    """Add or replace one check: ``config`` is the config object as received (JSON)."""
 
-    config: HealthCheckConfig
+    config: RawJson
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,8 +145,11 @@ _INT = re.compile(r"[+-]?\d+")
 def parse_status_codes(text: str) -> tuple[tuple[int, int], ...]:
     """Go's ``parseStatusCodes``: comma list of codes and ``a-b`` ranges; nothing usable -> 200.
 
-    Unparsable parts and reversed ranges are skipped, like the Go agent does.
+    Unparsable parts and reversed ranges are skipped, like the Go agent does; more than
+    MAX_STATUS_PARTS parts is a BadConfig (every check would scan them all).
     """
+    if text.count(",") >= MAX_STATUS_PARTS:
+        raise BadConfig(f"expected_status_codes has more than {MAX_STATUS_PARTS} parts")
     ranges: list[tuple[int, int]] = []
     for raw_part in text.split(","):
         part = raw_part.strip()
@@ -200,6 +218,8 @@ def _headers(cfg: Mapping[str, Any]) -> tuple[tuple[str, Secret], ...]:
     obj = _json_object(cfg, "headers_json")
     if obj is None:
         return ()
+    if len(obj) > MAX_HEADERS:
+        raise BadConfig(f"headers_json has {len(obj)} headers, at most {MAX_HEADERS} allowed")
     headers: list[tuple[str, Secret]] = []
     for name, value in obj.items():
         if not isinstance(value, str):
@@ -246,6 +266,8 @@ def parse_config(value: Any) -> HealthCheckConfig:
     url = value.get("url")
     if not isinstance(url, str):
         raise BadConfig("url must be a string")
+    if len(url) > MAX_URL_LENGTH:
+        raise BadConfig(f"url is longer than {MAX_URL_LENGTH} characters")
     codes = _str(value, "expected_status_codes")
     return HealthCheckConfig(
         container_id=container_id,
@@ -282,6 +304,7 @@ def _payload(frame: Mapping[str, Any], kind: str) -> dict[str, Any] | None:
 
 
 def decode_sync(frame: Mapping[str, Any]) -> SyncHealthChecks | None:
+    """Shape and count only (the Connection's thread); the configs are validated by the actor."""
     payload = _payload(frame, "health_check_configs_sync")
     if payload is None:
         return None
@@ -291,26 +314,53 @@ def decode_sync(frame: Mapping[str, Any]) -> SyncHealthChecks | None:
     if not isinstance(items, list):
         log.warning("ignored health_check_configs_sync: configs must be a list")
         return None
-    configs: dict[str, HealthCheckConfig] = {}
-    for item in items:
-        try:
-            config = parse_config(item)
-        except BadConfig as exc:
-            log.warning("ignored health check config for %s: %s", _container_label(item), exc)
-            continue
-        configs[config.container_id] = config  # later duplicates win, like Go's map
-    return SyncHealthChecks(configs=tuple(configs.values()))
+    if len(items) > MAX_HEALTH_CHECKS:
+        log.error(
+            "refused health_check_configs_sync with %d configs: this agent runs at most %d health "
+            "checks; the current checks stay as they are",
+            len(items),
+            MAX_HEALTH_CHECKS,
+        )
+        return None
+    return SyncHealthChecks(configs=RawJson.of(items), count=len(items))
 
 
 def decode_config(frame: Mapping[str, Any]) -> SetHealthCheck | None:
     payload = _payload(frame, "health_check_config")
     if payload is None:
         return None
+    return SetHealthCheck(config=RawJson.of(payload))
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedSync:
+    configs: tuple[HealthCheckConfig, ...]
+    #: "<container>: <reason>" for each config left out (never a credential)
+    problems: tuple[str, ...]
+
+
+def parse_sync(configs: RawJson) -> ParsedSync:
+    """Validate a synced set (the actor's thread): linear, later duplicates win like Go's map."""
+    items = configs.value()
+    valid: dict[str, HealthCheckConfig] = {}
+    problems: list[str] = []
+    for item in items if isinstance(items, list) else ():
+        try:
+            config = parse_config(item)
+        except BadConfig as exc:
+            problems.append(f"{_container_label(item)}: {exc}")
+            continue
+        valid[config.container_id] = config
+    return ParsedSync(configs=tuple(valid.values()), problems=tuple(problems))
+
+
+def parse_one(config: RawJson) -> HealthCheckConfig:
+    """Validate one ``health_check_config``; BadConfig names the container and the reason."""
+    value = config.value()
     try:
-        return SetHealthCheck(config=parse_config(payload))
+        return parse_config(value)
     except BadConfig as exc:
-        log.warning("ignored health check config for %s: %s", _container_label(payload), exc)
-        return None
+        raise BadConfig(f"{_container_label(value)}: {exc}") from None
 
 
 def decode_remove(frame: Mapping[str, Any]) -> RemoveHealthCheck | None:

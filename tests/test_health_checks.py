@@ -8,6 +8,7 @@ real agent, the strict FakeHub sending ``health_check_configs_sync`` after auth,
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 import logging
@@ -26,7 +27,7 @@ import pytest
 import requests
 import urllib3
 
-from actors.base import Peers
+from actors.base import Peers, SystemClock, ThreadScheduler
 from actors.connection import ROUTES
 from actors.health_checks import (
     CheckSchedule,
@@ -37,8 +38,9 @@ from actors.health_checks import (
     perform_check,
     result_payload,
 )
-from messages.common import Ping
+from messages.common import Ping, RawJson
 from messages.health import (
+    MAX_HEALTH_CHECKS,
     BadConfig,
     CheckOutcome,
     HealthCheckConfig,
@@ -46,7 +48,9 @@ from messages.health import (
     SetHealthCheck,
     SyncHealthChecks,
     parse_config,
+    parse_one,
     parse_status_codes,
+    parse_sync,
 )
 from messages.outbound import EventOut, LinkStateChanged
 from messages.wire import IgnoredFrame, decode_frame
@@ -86,6 +90,38 @@ def raw_config(url: str = "http://127.0.0.1:9/health", **overrides: Any) -> dict
 
 def config(url: str = "http://127.0.0.1:9/health", **overrides: Any) -> HealthCheckConfig:
     return parse_config(raw_config(url, **overrides))
+
+
+def sync(*configs: dict[str, Any] | HealthCheckConfig) -> SyncHealthChecks:
+    """A ``health_check_configs_sync`` as the Connection routes it (decoded by the frame codec)."""
+    raw = [c if isinstance(c, dict) else _raw_of(c) for c in configs]
+    frame = {"type": "health_check_configs_sync", "payload": {"configs": raw}}
+    decoded = decode_frame(json.dumps(frame))
+    assert isinstance(decoded, SyncHealthChecks), decoded
+    return decoded
+
+
+def set_check(cfg: dict[str, Any] | HealthCheckConfig) -> SetHealthCheck:
+    raw = cfg if isinstance(cfg, dict) else _raw_of(cfg)
+    decoded = decode_frame(json.dumps({"type": "health_check_config", "payload": raw}))
+    assert isinstance(decoded, SetHealthCheck), decoded
+    return decoded
+
+
+def _raw_of(cfg: HealthCheckConfig) -> dict[str, Any]:
+    assert not cfg.headers and cfg.auth is None, "build configs with secrets as raw_config()"
+    return raw_config(
+        cfg.url,
+        container_id=cfg.container_id,
+        host_id=cfg.host_id,
+        enabled=cfg.enabled,
+        method=cfg.method,
+        expected_status_codes=cfg.expected_status_codes,
+        timeout_seconds=cfg.timeout_seconds,
+        check_interval_seconds=cfg.check_interval_seconds,
+        follow_redirects=cfg.follow_redirects,
+        verify_ssl=cfg.verify_ssl,
+    )
 
 
 # ================================================================================================
@@ -184,6 +220,81 @@ def server() -> Iterator[LocalServer]:
     srv = LocalServer()
     yield srv
     srv.stop()
+
+
+class Slowloris:
+    """A TCP server on 127.0.0.1 that answers every connection with one byte of an HTTP response
+    every ``interval`` seconds, forever: no read timeout ever fires, the headers never end.
+
+    ``phase`` picks where it stalls: ``headers`` (status line and headers trickle), ``accept``
+    (the connection is accepted, nothing is ever sent), ``tls`` (a TLS handshake that never
+    completes: the ServerHello never comes) or ``redirect`` (every response, after
+    ``interval``, is a redirect to itself: each hop is quick, the chain is endless).
+    """
+
+    def __init__(self, interval: float = 0.2, phase: str = "headers") -> None:
+        self.interval = interval
+        self.phase = phase
+        self.stopped = threading.Event()
+        self.lock = threading.Lock()
+        self.open = 0
+        self.accepted = 0
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._accept, name="slowloris", daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "/health") -> str:
+        return f"{'https' if self.phase == 'tls' else 'http'}://127.0.0.1:{self.port}{path}"
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.open += 1
+                self.accepted += 1
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        body = b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"z" * 100_000
+        try:
+            with conn:
+                conn.settimeout(0.05)
+                for i in range(len(body)):
+                    if self.stopped.wait(self.interval):
+                        return
+                    try:  # a closed client shows up as EOF (or a reset) on a read
+                        if conn.recv(65536) == b"":
+                            return
+                    except TimeoutError:
+                        pass
+                    if self.phase == "headers":
+                        conn.sendall(body[i : i + 1])
+                    elif self.phase == "redirect":  # each hop quick enough, the chain is not
+                        conn.sendall(
+                            b"HTTP/1.1 302 Found\r\nLocation: /again\r\n"
+                            b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+                        )
+                        return
+        except OSError:
+            return
+        finally:
+            with self.lock:
+                self.open -= 1
+
+    def connections(self) -> int:
+        with self.lock:
+            return self.open
+
+    def stop(self) -> None:
+        self.stopped.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self.sock.close()
+        self.thread.join(5)
 
 
 def closed_port() -> int:
@@ -296,10 +407,12 @@ def test_frames_decode_to_typed_messages_routed_to_health_checks() -> None:
             }
         )
     )
-    assert isinstance(sync, SyncHealthChecks)  # the bad entries are left out, the rest kept
-    assert [c.container_id for c in sync.configs] == [CID, CID2]
+    assert isinstance(sync, SyncHealthChecks) and sync.count == 4
+    parsed = parse_sync(sync.configs)  # on the actor's thread: bad entries left out, rest kept
+    assert [c.container_id for c in parsed.configs] == [CID, CID2]
+    assert len(parsed.problems) == 2 and parsed.problems[0].startswith("?: container_id")
     one = decode_frame(json.dumps({"type": "health_check_config", "payload": good}))
-    assert isinstance(one, SetHealthCheck) and one.config.container_id == CID
+    assert isinstance(one, SetHealthCheck) and parse_one(one.config).container_id == CID
     gone = decode_frame(
         json.dumps({"type": "health_check_config_remove", "payload": {"container_id": CID}})
     )
@@ -307,7 +420,7 @@ def test_frames_decode_to_typed_messages_routed_to_health_checks() -> None:
     for kind in (SyncHealthChecks, SetHealthCheck, RemoveHealthCheck):
         assert ROUTES[kind] == "health_checks"
     empty = decode_frame('{"type":"health_check_configs_sync","payload":{"configs":[]}}')
-    assert empty == SyncHealthChecks(configs=())
+    assert empty == SyncHealthChecks(configs=RawJson("[]"), count=0)
 
 
 @pytest.mark.parametrize(
@@ -316,8 +429,6 @@ def test_frames_decode_to_typed_messages_routed_to_health_checks() -> None:
         {"type": "health_check_configs_sync"},
         {"type": "health_check_configs_sync", "payload": {"configs": {"a": 1}}},
         {"type": "health_check_config", "payload": [1]},
-        {"type": "health_check_config", "payload": {"container_id": CID, "url": 5}},
-        {"type": "health_check_config", "payload": raw_config(headers_json="{bad")},
         {"type": "health_check_config_remove", "payload": {}},
         {"type": "health_check_config_remove", "payload": {"container_id": 7}},
     ],
@@ -328,6 +439,68 @@ def test_malformed_frames_are_ignored(
     with caplog.at_level(logging.WARNING):
         assert isinstance(decode_frame(json.dumps(frame)), IgnoredFrame)
     assert caplog.records  # and said why
+
+
+def test_decoding_a_sync_only_checks_its_shape_and_count(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Connection's thread never validates configs; too many are refused whole, at once."""
+
+    def not_here(_value: Any) -> HealthCheckConfig:
+        raise AssertionError("configs are validated by the HealthChecks actor")
+
+    monkeypatch.setattr("messages.health.parse_config", not_here)
+    frame = {"type": "health_check_configs_sync", "payload": {"configs": [{}] * 1000}}
+    decoded = decode_frame(json.dumps(frame))
+    assert isinstance(decoded, SyncHealthChecks) and decoded.count == MAX_HEALTH_CHECKS
+    frame["payload"]["configs"] = [{}] * (MAX_HEALTH_CHECKS + 1)  # type: ignore[index]
+    with caplog.at_level(logging.WARNING):
+        assert isinstance(decode_frame(json.dumps(frame)), IgnoredFrame)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"refused health_check_configs_sync with {MAX_HEALTH_CHECKS + 1} configs: this agent runs "
+        f"at most {MAX_HEALTH_CHECKS} health checks; the current checks stay as they are"
+    ]
+
+
+def test_many_bad_configs_cost_one_summary_line(
+    make_rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = make_rig()
+    bad = [
+        raw_config(container_id=f"{n:012x}", enabled="yes") for n in range(MAX_HEALTH_CHECKS - 1)
+    ]
+    with caplog.at_level(logging.DEBUG, logger="actors.health_checks"):
+        rig.tell(sync(*bad, raw_config()))
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(lines) == 1, lines[:5]
+    assert lines[0].startswith(f"health checks synced: 1 check(s); ignored {len(bad)} bad")
+    assert "(and 996 more)" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"expected_status_codes": ",".join(["200"] * 65)}, "more than 64 parts"),
+        ({"headers_json": json.dumps({f"X-{n}": "v" for n in range(65)})}, "at most 64"),
+        ({"url": "http://127.0.0.1/" + "a" * 9000}, "longer than 8192"),
+    ],
+)
+def test_each_config_is_bounded(overrides: dict[str, Any], problem: str) -> None:
+    with pytest.raises(BadConfig, match=problem):
+        parse_config(raw_config(**overrides))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"container_id": CID, "url": 5}, raw_config(headers_json="{bad")],
+)
+def test_a_bad_single_config_is_refused_by_the_actor_with_its_container(
+    payload: dict[str, Any],
+) -> None:
+    decoded = decode_frame(json.dumps({"type": "health_check_config", "payload": payload}))
+    assert isinstance(decoded, SetHealthCheck)  # the Connection only checked the shape
+    with pytest.raises(BadConfig, match=f"^{CID}: "):
+        parse_one(decoded.config)
 
 
 # ================================================================================================
@@ -493,6 +666,35 @@ def test_timeout_against_a_slow_server(server: LocalServer) -> None:
     )
     assert 0.9 <= took < 2.5, took
     assert 900 <= outcome.response_time_ms < 2500
+
+
+@pytest.mark.parametrize("phase", ["headers", "accept", "tls", "redirect"])
+def test_a_check_has_a_hard_total_deadline_whatever_phase_stalls(phase: str) -> None:
+    slow = Slowloris(interval=0.6 if phase == "redirect" else 0.2, phase=phase)
+    done: list[CheckOutcome] = []
+    try:
+        started = time.monotonic()
+        worker = threading.Thread(
+            target=lambda: done.append(
+                perform_check(config(slow.url(), timeout_seconds=1, verify_ssl=False))
+            ),
+            daemon=True,
+        )
+        worker.start()
+        worker.join(6)
+        took = time.monotonic() - started
+        assert done, f"the check was still running after {took:.1f}s (timeout 1s)"
+        outcome = done[0]
+        assert (outcome.healthy, outcome.status_code, outcome.error_message) == (
+            False,
+            0,
+            "Timeout after 1s",
+        ), outcome
+        assert took < 1.8, took
+        assert 900 <= outcome.response_time_ms < 1800
+        wait_for(lambda: slow.connections() == 0, 5, "the check's connections to be closed")
+    finally:
+        slow.stop()
 
 
 def test_connection_refused_on_a_closed_port() -> None:
@@ -673,7 +875,7 @@ class Rig:
 
 @pytest.fixture
 def make_rig() -> Iterator[Callable[..., Rig]]:
-    def make(memory: HealthCheckMemory | None = None) -> Rig:
+    def make(memory: HealthCheckMemory | None = None, workers: int = 4) -> Rig:
         clock = FakeClock()
         scheduler = FakeScheduler(clock)
         connection = ProbeHandle()
@@ -685,7 +887,7 @@ def make_rig() -> Iterator[Callable[..., Rig]]:
             make_ctx(peers, scheduler, clock, child_id="health_checks"),
             checker=checker,
             memory=memory,
-            workers=4,
+            workers=workers,
         )
         return Rig(ref, clock, scheduler, connection, checker, memory, peers)
 
@@ -697,7 +899,7 @@ def test_checks_run_only_while_connected_on_a_one_second_tick(
     make_rig: Callable[..., Rig],
 ) -> None:
     rig = make_rig()
-    rig.tell(SyncHealthChecks(configs=(config(check_interval_seconds=3),)))
+    rig.tell(sync(config(check_interval_seconds=3)))
     rig.advance(5)
     assert rig.started() == 0 and rig.checker.calls == []
     rig.tell(LinkStateChanged(connected=True))
@@ -727,7 +929,7 @@ def test_disconnect_stops_checks_and_discards_results_in_flight(
 ) -> None:
     rig = make_rig()
     rig.tell(LinkStateChanged(connected=True))
-    rig.tell(SyncHealthChecks(configs=(config(),)))
+    rig.tell(sync(config()))
     rig.checker.hold(CID)
     rig.advance(1)
     rig.checker.wait_calls(CID, 1)
@@ -746,14 +948,14 @@ def test_disconnect_stops_checks_and_discards_results_in_flight(
 def test_sync_replaces_config_replaces_and_remove_stops(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig()
     rig.tell(LinkStateChanged(connected=True))
-    rig.tell(SyncHealthChecks(configs=(config(), config(container_id=CID2))))
+    rig.tell(sync(config(), config(container_id=CID2)))
     rig.advance(1)
     assert {rig.result()["container_id"], rig.result()["container_id"]} == {CID, CID2}
-    rig.tell(SyncHealthChecks(configs=(config(container_id=CID2),)))
+    rig.tell(sync(config(container_id=CID2)))
     rig.advance(1)
     assert rig.result()["container_id"] == CID2
     assert rig.started() == 3
-    rig.tell(SetHealthCheck(config=config(container_id=CID2, url="http://127.0.0.1:1/v2")))
+    rig.tell(set_check(config(container_id=CID2, url="http://127.0.0.1:1/v2")))
     rig.advance(1)
     rig.result()
     assert rig.checker.calls_for(CID2)[-1].url == "http://127.0.0.1:1/v2"
@@ -761,7 +963,7 @@ def test_sync_replaces_config_replaces_and_remove_stops(make_rig: Callable[..., 
     rig.advance(3)
     assert rig.started() == 4
     assert rig.connection.received == []
-    rig.tell(SetHealthCheck(config=config(enabled=False)))
+    rig.tell(set_check(config(enabled=False)))
     rig.advance(2)
     assert rig.started() == 4  # disabled checks never run
 
@@ -772,7 +974,7 @@ def test_a_hanging_check_delays_neither_others_nor_the_actor(
     rig = make_rig()
     rig.tell(LinkStateChanged(connected=True))
     rig.checker.hold(CID)
-    rig.tell(SyncHealthChecks(configs=(config(timeout_seconds=2), config(container_id=CID2))))
+    rig.tell(sync(config(timeout_seconds=2), config(container_id=CID2)))
     rig.advance(1)
     rig.checker.wait_calls(CID, 1)
     assert rig.result_for(CID2)["healthy"] is True
@@ -790,10 +992,89 @@ def test_a_hanging_check_delays_neither_others_nor_the_actor(
     rig.checker.wait_calls(CID, 2)  # and it is scheduled again
 
 
+@pytest.mark.timeout(120)
+def test_twenty_slowloris_targets_cannot_starve_a_healthy_check(server: LocalServer) -> None:
+    """Real checks, real time: a healthy target beside 20 that trickle their headers forever."""
+    server.routes["/ok"] = Route()
+    slow = [Slowloris() for _ in range(20)]
+    connection = ProbeHandle()
+    peers = Peers()
+    peers.set("connection", connection.ref)
+    clock = SystemClock()
+    scheduler = ThreadScheduler(clock)
+    configs = [
+        raw_config(s.url(), container_id=f"{n:012x}", timeout_seconds=2, check_interval_seconds=2)
+        for n, s in enumerate(slow)
+    ]
+    configs.append(
+        raw_config(server.url("/ok"), container_id=CID, timeout_seconds=2, check_interval_seconds=2)
+    )
+    ref = HealthCheckActor.start(make_ctx(peers, scheduler, clock, child_id="health_checks"))
+    try:
+        ref.tell(sync(*configs))
+        ref.tell(LinkStateChanged(connected=True))
+
+        def results(cid: str) -> list[dict[str, Any]]:
+            return [
+                m.payload.value()
+                for m in connection.received
+                if isinstance(m, EventOut) and m.payload.value()["container_id"] == cid
+            ]
+
+        wait_for(lambda: len(results(CID)) >= 5, 30, "five results for the healthy target")
+        healthy = results(CID)
+        assert all(r["healthy"] for r in healthy), healthy
+        wait_for(lambda: all(len(results(f"{n:012x}")) >= 2 for n in range(20)), 30, "slow results")
+        for n in range(20):
+            for r in results(f"{n:012x}"):
+                assert r["error_message"] == "Timeout after 2s", r
+                assert 1900 <= r["response_time_ms"] < 3500, r
+        assert int(ref.proxy().worker_threads.get(timeout=3)) <= 32
+    finally:
+        ref.stop()
+        scheduler.stop()
+        for s in slow:
+            s.stop()
+        pykka.ActorRegistry.stop_all(block=True, timeout=5)
+
+
+def test_a_check_waiting_for_a_worker_is_not_reported_as_timed_out(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(workers=1)
+    rig.tell(LinkStateChanged(connected=True))
+    rig.checker.hold(CID)
+    rig.tell(sync(config(timeout_seconds=2), config(container_id=CID2, timeout_seconds=2)))
+    rig.advance(1)
+    rig.checker.wait_calls(CID, 1)  # CID holds the only worker; CID2 waits for it
+    for _ in range(3):
+        rig.advance(1)
+    stuck = rig.result_for(CID)  # its own deadline passed: reported
+    assert stuck["error_message"] == "Timeout after 2s"
+    assert rig.stat("overdue") == 1 and rig.checker.calls_for(CID2) == []
+    rig.checker.release(CID)  # the worker is free: CID2 runs now, and is healthy
+    assert rig.result_for(CID2)["healthy"] is True
+
+
+def test_worker_pool_grows_for_a_burst_and_shrinks_when_idle() -> None:
+    pool = WorkerPool(8, "test-pool", keep=1, idle_s=0.1)
+    gate = threading.Event()
+    for _ in range(6):
+        pool.submit(functools.partial(gate.wait, 5))
+    assert pool.threads == 6
+    gate.set()
+    wait_for(lambda: pool.busy == 0, 5, "the burst to finish")
+    wait_for(lambda: pool.threads == 1, 5, "idle workers to exit")
+    done = threading.Event()
+    pool.submit(done.set)
+    assert done.wait(2)
+    pool.close()
+
+
 def test_a_restarted_actor_resumes_from_memory(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig()
     rig.tell(LinkStateChanged(connected=True))
-    rig.tell(SyncHealthChecks(configs=(config(),)))
+    rig.tell(sync(config()))
     rig.ref.stop()
     again = make_rig(memory=rig.memory)
     again.advance(1)
@@ -807,13 +1088,11 @@ def test_the_actor_logs_no_secrets(
     with caplog.at_level(logging.DEBUG):
         rig.tell(LinkStateChanged(connected=True))
         rig.tell(
-            SyncHealthChecks(
-                configs=(
-                    config(
-                        "http://user:" + SECRET_PASSWORD + "@127.0.0.1/h?token=" + SECRET_TOKEN,
-                        headers_json=json.dumps({"X-Api-Key": SECRET_HEADER}),
-                        auth_config_json=json.dumps({"type": "bearer", "token": SECRET_TOKEN}),
-                    ),
+            sync(
+                raw_config(
+                    "http://user:" + SECRET_PASSWORD + "@127.0.0.1/h?token=" + SECRET_TOKEN,
+                    headers_json=json.dumps({"X-Api-Key": SECRET_HEADER}),
+                    auth_config_json=json.dumps({"type": "bearer", "token": SECRET_TOKEN}),
                 )
             )
         )

@@ -1,0 +1,429 @@
+"""A month of uptime in seconds: every actor that schedules timers, on a fake clock.
+
+:class:`MonthRig` runs the real supervisor and the real Connection, StatusReporter,
+EventStreamer, Stats, HealthChecks and TokenStore actors, with fakes only at their I/O seams
+(the WebSocket link, the Docker clients, the stats streams, the HTTP checker), all on one
+:class:`FakeClock` / :class:`FakeScheduler`. :meth:`MonthRig.run` drives ordinary traffic through
+simulated time in steps (container events, stats samples, health checks, pongs, a reconnect
+every hour, an actor crash and restart every day) and samples, once per simulated day, what
+must stay flat: pending timers, timers fired (mailbox traffic), the deepest mailbox seen, and
+the objects the process retains.
+
+Used by tests/test_soak_month.py (assertions) and bench/hardening.py (figures).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import queue
+import threading
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+from actors.base import Peers, SupervisedActor
+from actors.connection import ConnectionActor, LinkSettings
+from actors.event_streamer import EventCursor, EventStreamerActor
+from actors.health_checks import HealthCheckActor, HealthCheckMemory
+from actors.stats import StatsActor, StatsSettings
+from actors.status import StatusReporterActor
+from actors.token_store import TokenStoreActor
+from messages.common import Ping, Secret
+from messages.connection import FrameReceived, LinkOpened, PongReceived, ReaderStopped
+from messages.docker import DescribeHost, HostDescribed, HostInfo
+from messages.health import CheckOutcome, HealthCheckConfig
+from messages.wire import AgentIdentity
+from supervisor import ChildSpec, Supervisor
+from tests.fakes import FakeClock, FakeLink, FakeScheduler
+
+DAY = 86_400.0
+IDENT = AgentIdentity(
+    version="0.1.0",
+    proto_version="1.1",
+    capabilities=(("container_operations", True),),
+    agent_name=None,
+    force_unique_registration=False,
+    os_hostname="soak",
+    agent_os="linux",
+    agent_arch="amd64",
+)
+HOST = HostInfo(engine_id="ENGINE:SOAK", daemon_name="soak", docker_version="20.10")
+AUTH_OK = '{"type":"auth_success","agent_id":"A1","host_id":"H1","permanent_token":"perm-A1"}'
+CONTAINERS = tuple(f"{n:012x}" * 1 + "0" * 52 for n in range(1, 6))
+ROLES = ("token_store", "docker_gateway", "connection", "event_streamer", "stats", "health_checks")
+
+
+def _health_sync(day: int) -> str:
+    """The backend's set of checks; containers are recreated (new ids) every day."""
+    configs = [
+        {
+            "container_id": f"{day:06x}{n:06x}",
+            "host_id": "H1",
+            "url": f"http://127.0.0.1:9/{n}",
+            "check_interval_seconds": 30,
+            "timeout_seconds": 5,
+        }
+        for n in range(len(CONTAINERS))
+    ]
+    return json.dumps({"type": "health_check_configs_sync", "payload": {"configs": configs}})
+
+
+class FakeGateway(SupervisedActor):
+    """Answers the Connection's DescribeHost; swallows the events the streamer forwards."""
+
+    def handle(self, message: Any) -> Any:
+        if isinstance(message, DescribeHost):
+            self.ctx.peers.tell(
+                "connection", HostDescribed(attempt=message.attempt, info=HOST), optional=True
+            )
+        return None
+
+
+class _EventStream:
+    """docker-py's events() generator: yields what the rig feeds until it is closed."""
+
+    def __init__(self, feed: queue.Queue[Any]) -> None:
+        self._feed = feed
+
+    def __iter__(self) -> Iterator[Any]:
+        while (item := self._feed.get()) is not None:
+            yield item
+
+    def close(self) -> None:
+        self._feed.put(None)
+
+
+class FakeDockerEvents:
+    """One per EventStreamer subscription (like a fresh docker.APIClient)."""
+
+    def __init__(self, rig: MonthRig) -> None:
+        self._rig = rig
+
+    def events(self, **_kwargs: Any) -> _EventStream:
+        feed: queue.Queue[Any] = queue.Queue()
+        self._rig.event_feeds.append(feed)
+        return _EventStream(feed)
+
+    def close(self) -> None:
+        pass
+
+
+class FakeStreams:
+    """The StatsStreams seam: the rig answers listings and produces samples."""
+
+    def __init__(self, docker_host: str, *, on_sample: Any, on_ended: Any, on_listed: Any) -> None:
+        self.on_sample, self.on_listed = on_sample, on_listed
+        self.opened: dict[str, int] = {}
+        self.listings: list[int] = []
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        pass
+
+    def open(self, container_id: str, token: int) -> None:
+        with self.lock:
+            self.opened[container_id] = token
+
+    def close(self, container_id: str) -> None:
+        with self.lock:
+            self.opened.pop(container_id, None)
+
+    def list_running(self, request: int) -> None:
+        with self.lock:
+            self.listings.append(request)
+
+    def stop(self) -> None:
+        pass
+
+
+SAMPLE = {
+    "read": "2026-01-01T00:00:00Z",
+    "cpu_stats": {"cpu_usage": {"total_usage": 2}, "system_cpu_usage": 20, "online_cpus": 1},
+    "precpu_stats": {"cpu_usage": {"total_usage": 1}, "system_cpu_usage": 10},
+    "memory_stats": {"usage": 100, "limit": 1000, "stats": {}},
+    "networks": {"eth0": {"rx_bytes": 1, "tx_bytes": 1}},
+    "blkio_stats": {},
+}
+
+
+def _healthy(_config: HealthCheckConfig) -> CheckOutcome:
+    return CheckOutcome(healthy=True, status_code=200, response_time_ms=1)
+
+
+def _table_entries(obj: Any, depth: int) -> int:
+    total = 0
+    values = list(vars(obj).values()) if hasattr(obj, "__dict__") else []
+    for value in values:
+        if isinstance(value, dict | list | set | frozenset | deque | tuple):
+            total += len(value)
+        elif depth > 0 and type(value).__module__.startswith("actors."):
+            total += _table_entries(value, depth - 1)
+    return total
+
+
+@dataclass
+class DaySample:
+    day: int
+    pending: Counter[str]
+    fired: Counter[str]
+    max_inbox: int
+    objects: int
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pending_total(self) -> int:
+        return sum(self.pending.values())
+
+
+class MonthRig:
+    def __init__(self, data_path: Path, *, step: float = 600.0) -> None:
+        self.step = step
+        self.clock = FakeClock()
+        self.scheduler = FakeScheduler(self.clock)
+        self.peers = Peers()
+        self.event_feeds: list[queue.Queue[Any]] = []
+        self.streams: list[FakeStreams] = []
+        self._answered: set[int] = set()
+        self._event_n = 0
+        self._data = str(data_path)
+        self.cursor = EventCursor(self.clock.time_ns(), memory=128)  # full on day 1
+        self.memory = HealthCheckMemory()
+        self._started = self.clock.now
+        FakeLink.instances.clear()
+        self.supervisor = Supervisor(
+            self._specs(),
+            peers=self.peers,
+            scheduler=self.scheduler,
+            clock=self.clock,
+            restart_delay=(0.05, 0.5),
+        )
+
+    def _specs(self) -> list[ChildSpec]:
+        def streams(*args: Any, **kwargs: Any) -> FakeStreams:
+            self.streams.append(FakeStreams(*args, **kwargs))
+            del self.streams[:-1]
+            return self.streams[-1]
+
+        def ctx_start(cls: Any, **kwargs: Any) -> Any:
+            return lambda ctx: cls.start(ctx, **kwargs)
+
+        return [
+            ChildSpec(
+                "token_store",
+                ctx_start(
+                    TokenStoreActor,
+                    data_path=self._data,
+                    permanent_token=None,
+                    registration_token=Secret("reg-soak-0123456789"),
+                ),
+            ),
+            ChildSpec("status", ctx_start(StatusReporterActor, data_path=self._data, version="s")),
+            ChildSpec("docker_gateway", lambda ctx: FakeGateway.start(ctx)),
+            ChildSpec(
+                "connection",
+                ctx_start(
+                    ConnectionActor,
+                    settings=LinkSettings(url="ws://127.0.0.1:9/api/agent/ws"),
+                    identity=IDENT,
+                    reconnect_initial=0.1,
+                    reconnect_max=1.0,
+                    link_factory=FakeLink,
+                ),
+            ),
+            ChildSpec(
+                "event_streamer",
+                ctx_start(
+                    EventStreamerActor,
+                    docker_host="unix:///soak.sock",
+                    cursor=self.cursor,
+                    client_factory=lambda: FakeDockerEvents(self),
+                ),
+            ),
+            ChildSpec(
+                "stats",
+                ctx_start(
+                    StatsActor,
+                    settings=StatsSettings(docker_host="unix:///soak.sock", host_roots=None),
+                    streams_factory=streams,
+                ),
+            ),
+            ChildSpec(
+                "health_checks",
+                ctx_start(HealthCheckActor, memory=self.memory, checker=_healthy),
+            ),
+        ]
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def refs(self) -> list[pykka.ActorRef[Any]]:
+        return [r for r in pykka.ActorRegistry.get_all()]
+
+    def barrier(self) -> None:
+        """Every actor has handled everything told so far (twice: replies cause tells)."""
+        for _ in range(3):
+            for ref in self.refs():
+                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                    ref.ask(Ping(), timeout=5)
+
+    def retained(self) -> int:
+        """Entries in every table the live actors (and their helper objects) hold."""
+        total = 0
+        for ref in self.refs():
+            actor = ref._actor_weakref()
+            if isinstance(actor, SupervisedActor):
+                total += _table_entries(actor, depth=2)
+        return total
+
+    def inbox_depth(self) -> int:
+        return max((ref.actor_inbox.qsize() for ref in self.refs()), default=0)  # type: ignore[attr-defined]
+
+    def link(self) -> FakeLink:
+        del FakeLink.instances[:-1]  # the rig keeps only the current link
+        return FakeLink.instances[-1]
+
+    def connection(self) -> pykka.ActorRef[Any]:
+        ref = self.peers.get("connection")
+        assert ref is not None
+        return ref
+
+    def start(self) -> None:
+        self.supervisor.start()
+        self.barrier()
+        self.connect()
+
+    def stop(self) -> None:
+        self.supervisor.stop("soak finished")
+
+    def connect(self) -> None:
+        self.barrier()
+        link = self.link()
+        conn = self.connection()
+        conn.tell(LinkOpened(generation=link.generation))
+        conn.tell(FrameReceived(generation=link.generation, data=AUTH_OK))
+        day = int((self.clock.now - self._started) // DAY)
+        conn.tell(FrameReceived(generation=link.generation, data=_health_sync(day)))
+        self.barrier()
+        assert conn.proxy().state.get(timeout=5) == "connected"
+
+    def reconnect(self) -> None:
+        link = self.link()
+        self.connection().tell(ReaderStopped(generation=link.generation, reason="server restart"))
+        self.barrier()
+        self.scheduler.advance(0)
+        self.barrier()
+        self.connect()
+
+    def pong(self) -> None:
+        """The backend read everything: answer the newest ping."""
+        link = self.link()
+        ack = link.acks[-1] if link.acks else None
+        link.acks.clear()
+        link.sent.clear()
+        self.connection().tell(PongReceived(generation=link.generation, ack=ack))
+
+    def container_events(self, count: int) -> None:
+        if not self.event_feeds:
+            return
+        feed = self.event_feeds[-1]
+        for _ in range(count):
+            self._event_n += 1
+            n = self._event_n
+            cid = CONTAINERS[n % len(CONTAINERS)]
+            action = "start" if n % 2 else "die"
+            t = self.clock.time_ns() + n
+            feed.put(
+                {
+                    "Type": "container",
+                    "Action": action,
+                    "Actor": {"ID": cid, "Attributes": {"name": f"c{n % 5}", "image": "img"}},
+                    "time": t // 1_000_000_000,
+                    "timeNano": t,
+                }
+            )
+        del self.event_feeds[:-1]
+
+    def stats_traffic(self) -> None:
+        if not self.streams:
+            return
+        streams = self.streams[-1]
+        with streams.lock:
+            listings = [r for r in streams.listings if r not in self._answered]
+            streams.listings.clear()
+            opened = dict(streams.opened)
+        for request in listings:
+            self._answered.add(request)
+            streams.on_listed(request, tuple((c, f"c{i}") for i, c in enumerate(CONTAINERS)), "")
+        if len(self._answered) > 16:
+            self._answered = set(sorted(self._answered)[-8:])
+        for cid, token in opened.items():
+            streams.on_sample(cid, token, SAMPLE)
+
+    def crash(self, role: str) -> None:
+        ref = self.peers.get(role)
+        if ref is not None:
+            ref.tell(pykka.messages.ProxyCall(attr_path=("no_such_handler",), args=(), kwargs={}))
+
+    # --- the month ------------------------------------------------------------------------------
+
+    def one_step(self, n: int) -> int:
+        """One step of ordinary traffic; returns the deepest mailbox seen meanwhile."""
+        self.clock.now += self.step
+        self.pong()
+        self.container_events(2)
+        self.stats_traffic()
+        self.barrier()
+        self.scheduler.advance(0)  # every timer due in this step fires
+        depth = self.inbox_depth()
+        self.barrier()
+        self.pong()
+        per_hour = max(1, round(3600 / self.step))
+        if n % per_hour == 0:
+            self.reconnect()
+        if n % round(DAY / self.step) == round(DAY / self.step) // 2:
+            self.crash(
+                ("stats", "health_checks", "event_streamer")[(n // round(DAY / self.step)) % 3]
+            )
+            self.barrier()
+            self.scheduler.advance(1.0)  # the supervisor's restart backoff
+            self.barrier()
+        return depth
+
+    def sample(self, day: int, fired_before: Counter[str], max_inbox: int) -> DaySample:
+        gc.collect()
+        fired = self.scheduler.fired.copy()
+        fired.subtract(fired_before)
+        conn = self.connection().proxy()
+        return DaySample(
+            day=day,
+            pending=Counter(type(t.message).__name__ for t in self.scheduler.pending()),
+            fired=+fired,
+            max_inbox=max_inbox,
+            objects=len(gc.get_objects()),
+            sizes={
+                "timers kept by the scheduler": len(self.scheduler.timers),
+                "connection unconfirmed": int(conn.unconfirmed.get(timeout=5)),
+                "events unconfirmed": len(self.cursor.unconfirmed()),
+                "threads": threading.active_count(),
+                "actors": len(self.refs()),
+                "table entries held by actors": self.retained(),
+            },
+        )
+
+    def run(self, days: int) -> list[DaySample]:
+        samples: list[DaySample] = []
+        steps_per_day = round(DAY / self.step)
+        n = 0
+        for day in range(1, days + 1):
+            fired_before = self.scheduler.fired.copy()
+            deepest = 0
+            for _ in range(steps_per_day):
+                n += 1
+                deepest = max(deepest, self.one_step(n))
+            samples.append(self.sample(day, fired_before, deepest))
+        return samples
