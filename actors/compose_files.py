@@ -61,6 +61,10 @@ DEFAULT_SCAN_ROOTS = ("/opt", "/srv", "/var/lib/docker-compose", "/var/lib/docke
 OPTIONAL_SCAN_ROOTS = ("/stacks", "/docker", "/mnt", "/data", "/compose")
 #: a scan stops walking (and answers with what it found) after this long; the backend waits 60 s
 SCAN_BUDGET_S = 45.0
+#: a scan reports at most this many compose files (the answer must fit in one frame)
+MAX_SCAN_RESULTS = 5000
+#: read_compose_file reads at most this many env files (each up to 1 MiB) for one compose file
+MAX_ENV_FILES = 64
 
 PATH_NOT_ALLOWED = "Path not allowed"
 NOT_A_COMPOSE_FILE = "Not a compose file"
@@ -286,12 +290,10 @@ def scan_paths(requested: Iterable[str], roots: Sequence[str]) -> list[str]:
 
     A requested path outside the roots or in a system directory raises ``Refused``.
     """
-    paths = list(roots)
+    paths = dict.fromkeys(roots)  # ordered, and a membership test in O(1)
     for path in requested:
-        resolved = confine(path, roots)
-        if resolved not in paths:
-            paths.append(resolved)
-    return paths
+        paths.setdefault(confine(path, roots))
+    return list(paths)
 
 
 def scan_compose_dirs(
@@ -348,6 +350,12 @@ def scan_compose_dirs(
                         seen.add(entry.path)
                         if info := describe_compose_file(entry.path, roots):
                             found.append(info)
+                            if len(found) >= MAX_SCAN_RESULTS:
+                                log.warning(
+                                    "compose scan stopped at %d compose files; results are partial",
+                                    MAX_SCAN_RESULTS,
+                                )
+                                return found
                 except OSError:
                     continue
             stack.extend((sub, depth + 1) for sub in reversed(subdirs))
@@ -372,18 +380,18 @@ def env_file_refs(compose: Any) -> list[str]:
 
     A reference is a string, a ``{path: ...}`` object, or a list of either.
     """
-    refs: list[str] = []
+    refs: dict[str, None] = {}  # ordered, and a membership test in O(1)
     services = compose.get("services") if isinstance(compose, dict) else None
     if not isinstance(services, dict):
-        return refs
+        return []
     for service in services.values():
         value = service.get("env_file") if isinstance(service, dict) else None
         items = value if isinstance(value, list) else [value]
         for item in items:
             ref = item.get("path") if isinstance(item, dict) else item
-            if isinstance(ref, str) and ref and ref not in refs:
-                refs.append(ref)
-    return refs
+            if isinstance(ref, str) and ref:
+                refs.setdefault(ref)
+    return list(refs)
 
 
 def read_env_files(
@@ -391,26 +399,37 @@ def read_env_files(
 ) -> tuple[dict[str, str], list[str]]:
     """``env_files`` and ``skipped_env_files`` of §8.3 for a compose file in ``directory``."""
     env_files: dict[str, str] = {}
-    skipped: list[str] = []
+    skipped: dict[str, None] = {}  # ordered, and a membership test in O(1)
     dot_env = read_guarded(os.path.join(directory, ".env"), roots)
     if dot_env.data is not None:
         env_files[".env"] = _text(dot_env.data)
+    over = 0
     for ref in env_file_refs(compose):
         name = _bare_name(ref)
         if name is None:
-            if ref not in skipped:
-                skipped.append(ref)
+            skipped.setdefault(ref)
             continue
         if name in env_files:
+            continue
+        if name != ".env" and len(env_files) >= MAX_ENV_FILES:
+            skipped.setdefault(ref)  # the answer must stay one readable frame
+            over += 1
             continue
         read = dot_env if name == ".env" else read_guarded(os.path.join(directory, name), roots)
         if read.data is not None:
             env_files[name] = _text(read.data)
         elif read.missing:
             env_files[name] = ""
-        elif ref not in skipped:
-            skipped.append(ref)
-    return env_files, skipped
+        else:
+            skipped.setdefault(ref)
+    if over:
+        log.warning(
+            "read_compose_file: %s references more than %d env files; %d skipped",
+            directory,
+            MAX_ENV_FILES,
+            over,
+        )
+    return env_files, list(skipped)
 
 
 def read_compose_file(path: str, roots: Sequence[str]) -> dict[str, Any]:

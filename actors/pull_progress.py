@@ -22,6 +22,8 @@ STATUS_PRIORITY = {
     "Pulling fs layer": 7,
 }
 MAX_LAYERS = 20
+#: distinct layers followed per pull (dockerd stops at 128; a stream with more is hostile)
+MAX_TRACKED_LAYERS = 512
 THROTTLE_S = 0.5
 THROTTLE_POINTS = 5
 SPEED_SAMPLE_S = 1.0
@@ -49,6 +51,8 @@ class PullProgress:
     def __init__(self, container_id: str, now: float) -> None:
         self._container_id = container_id
         self._layers: dict[str, _Layer] = {}
+        self._sum_done = 0
+        self._sum_total = 0
         self._last_emit: float | None = None
         self._last_percent = 0
         self._speed_at = now
@@ -72,16 +76,22 @@ class PullProgress:
         layer_id = line.get("id")
         if not layer_id or not isinstance(layer_id, str) or not _is_layer_status(status):
             return None
-        layer = self._layers.setdefault(layer_id, _Layer(layer_id))
+        layer = self._layers.get(layer_id)
+        if layer is None:
+            if len(self._layers) >= MAX_TRACKED_LAYERS:
+                return None
+            layer = self._layers[layer_id] = _Layer(layer_id)
+        self._count(layer, -1)
         layer.status = status
         if status in ("Pull complete", "Already exists"):
             layer.current = layer.total
         else:
             detail = line.get("progressDetail") or {}
-            layer.current = int(detail.get("current") or 0) if isinstance(detail, dict) else 0
-            total = int(detail.get("total") or 0) if isinstance(detail, dict) else 0
+            layer.current = _int(detail.get("current")) if isinstance(detail, dict) else 0
+            total = _int(detail.get("total")) if isinstance(detail, dict) else 0
             if total > 0:
                 layer.total = total
+        self._count(layer, +1)
         percent = self.overall_percent()
         self._sample_speed(now)
         completion = "complete" in status.lower() or status == "Already exists"
@@ -97,10 +107,14 @@ class PullProgress:
         self._last_percent = percent
         return self.payload()
 
+    def _count(self, layer: _Layer, sign: int) -> None:
+        """Running sums over the layers whose size is known: O(1) per line, not O(layers)."""
+        if layer.total > 0:
+            self._sum_total += sign * layer.total
+            self._sum_done += sign * layer.current
+
     def _downloaded(self) -> tuple[int, int]:
-        total = sum(layer.total for layer in self._layers.values() if layer.total > 0)
-        done = sum(layer.current for layer in self._layers.values() if layer.total > 0)
-        return done, total
+        return self._sum_done, self._sum_total
 
     def overall_percent(self) -> int:
         done, total = self._downloaded()
@@ -161,6 +175,13 @@ class PullProgress:
                 for la in shown
             ],
         }
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _is_layer_status(status: str) -> bool:

@@ -15,6 +15,8 @@ from messages.docker import CommandFailed
 
 #: max_depth when the payload gives none, 0 or a negative number (§8.2)
 DEFAULT_MAX_DEPTH = 5
+#: extra paths one scan_compose_dirs may ask for (each is walked: the work per request is bounded)
+MAX_SCAN_PATHS = 256
 DEPLOY_UNSUPPORTED = "compose deployments are not supported by this agent"
 
 
@@ -51,13 +53,12 @@ def _paths(payload: Mapping[str, Any]) -> tuple[str, ...]:
         return ()
     if not isinstance(value, list):
         raise BadPayload(f"paths must be a list of strings or null, got {type(value).__name__}")
-    paths: list[str] = []
+    if len(value) > MAX_SCAN_PATHS:
+        raise BadPayload(f"{len(value)} paths given, at most {MAX_SCAN_PATHS} allowed")
     for item in value:
         if not isinstance(item, str):
             raise BadPayload(f"paths must contain only strings, got {type(item).__name__}")
-        if item.strip() and item not in paths:
-            paths.append(item)
-    return tuple(paths)
+    return tuple(dict.fromkeys(item for item in value if item.strip()))  # in order, once each
 
 
 def _scan_compose_dirs(request_id: str, payload: Any) -> ScanComposeDirs:

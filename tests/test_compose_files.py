@@ -22,6 +22,7 @@ from actors import compose_files
 from actors.compose_files import (
     IS_A_DIRECTORY,
     IS_A_SYMLINK,
+    MAX_ENV_FILES,
     MAX_FILE_SIZE,
     NOT_A_COMPOSE_FILE,
     NOT_A_REGULAR_FILE,
@@ -40,7 +41,13 @@ from actors.compose_files import (
     scan_compose_dirs,
 )
 from actors.docker_tools import HandlerSettings
-from messages.compose import DEPLOY_UNSUPPORTED, ReadComposeFile, ScanComposeDirs
+from messages import compose
+from messages.compose import (
+    DEPLOY_UNSUPPORTED,
+    MAX_SCAN_PATHS,
+    ReadComposeFile,
+    ScanComposeDirs,
+)
 from messages.docker import CommandFailed
 from messages.wire import RejectedRequest, decode_frame
 from tests.agent_harness import RunningAgent, running_agent
@@ -478,6 +485,82 @@ def test_decoders() -> None:
         assert isinstance(rejected.reply, CommandFailed)
         assert rejected.reply.error.startswith(f"invalid payload for {name}: ")
         assert problem in rejected.reply.error
+
+
+# --- bounded work per request -----------------------------------------------------------------
+
+
+class Counted(str):
+    """A str that counts how often it is compared for equality (a linear pass compares O(n))."""
+
+    comparisons = 0
+
+    def __eq__(self, other: object) -> bool:
+        Counted.comparisons += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def _comparisons_of(work: Any) -> int:
+    Counted.comparisons = 0
+    work()
+    return Counted.comparisons
+
+
+def test_scan_paths_are_capped_and_deduplicated_in_linear_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    too_many = decode_frame(command("scan_compose_dirs", {"paths": ["/opt/x"] * 100_000}))
+    assert isinstance(too_many, RejectedRequest) and isinstance(too_many.reply, CommandFailed)
+    assert too_many.reply.error == (
+        "invalid payload for scan_compose_dirs: 100000 paths given, at most 256 allowed"
+    )
+    paths = [Counted(f"/opt/app{n % 200}") for n in range(MAX_SCAN_PATHS)]
+    decoded: list[Any] = []
+    count = _comparisons_of(
+        lambda: decoded.append(compose._scan_compose_dirs("r1", {"paths": paths}))
+    )
+    assert decoded[0].paths == tuple(f"/opt/app{n}" for n in range(200))
+    assert count <= 2 * MAX_SCAN_PATHS, count
+    # the handler's own de-duplication of the resolved paths
+    monkeypatch.setattr(compose_files, "confine", lambda path, roots: Counted(path))
+    resolved: list[list[str]] = []
+    count = _comparisons_of(lambda: resolved.append(compose_files.scan_paths(paths, ("/opt",))))
+    assert resolved[0] == ["/opt", *(f"/opt/app{n}" for n in range(200))]
+    assert count <= 2 * MAX_SCAN_PATHS, count
+
+
+def test_env_file_references_are_collected_in_linear_work() -> None:
+    refs = [Counted(f"e{n % 3000}.env") for n in range(6000)]
+    doc = {"services": {f"s{n}": {"env_file": refs[n * 10 : n * 10 + 10]} for n in range(600)}}
+    found: list[list[str]] = []
+    count = _comparisons_of(lambda: found.append(env_file_refs(doc)))
+    assert found[0] == [f"e{n}.env" for n in range(3000)]
+    assert count <= 2 * len(refs), count
+
+
+def test_read_reads_at_most_max_env_files(root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    names = [f"e{n}.env" for n in range(MAX_ENV_FILES + 10)]
+    for name in names:
+        (root / name).write_text("A=1\n")
+    refs = "".join(f"      - {name}\n" for name in names)
+    compose_file = write(root / "compose.yaml", f"services:\n  web:\n    env_file:\n{refs}")
+    result = read(compose_file, root)
+    assert result["success"] is True
+    assert list(result["env_files"]) == names[:MAX_ENV_FILES]
+    assert result["skipped_env_files"] == names[MAX_ENV_FILES:]
+    assert f"more than {MAX_ENV_FILES} env files; 10 skipped" in caplog.text
+
+
+def test_scan_reports_at_most_max_scan_results(
+    root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(compose_files, "MAX_SCAN_RESULTS", 3)
+    for n in range(5):
+        write(root / f"app{n}" / "compose.yaml")
+    assert len(scan(root)) == 3
+    assert "compose scan stopped at 3 compose files" in caplog.text
 
 
 def test_deploy_compose_is_refused_honestly() -> None:

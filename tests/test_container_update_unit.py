@@ -12,7 +12,7 @@ import pytest
 
 from actors import update_config as uc
 from actors.container_update import Journal
-from actors.pull_progress import PullError, PullProgress
+from actors.pull_progress import MAX_TRACKED_LAYERS, PullError, PullProgress
 from tests.hub_events import (
     update_complete_problem,
     update_layer_progress_problem,
@@ -326,6 +326,23 @@ def test_in_band_pull_error_raises() -> None:
         p.feed({"error": "manifest unknown", "errorDetail": {"message": "manifest unknown"}}, 0)
     with pytest.raises(PullError, match="denied"):
         p.feed({"errorDetail": {"message": "denied"}}, 0)
+
+
+def test_pull_progress_work_and_memory_are_bounded_by_the_layers_it_follows() -> None:
+    """A hostile stream naming 100,000 layers: followed are at most MAX_TRACKED_LAYERS, and the
+    running totals always equal a full recount."""
+    p = PullProgress("3f9a1b2c4d5e", now=0.0)
+    for n in range(100_000):
+        line = {
+            "status": "Downloading" if n % 3 else "Pull complete",
+            "id": f"layer{n % 150_000}",
+            "progressDetail": {"current": n % 97, "total": 100 if n % 5 else "junk"},
+        }
+        p.feed(line, now=n / 1000)
+    assert len(p._layers) == MAX_TRACKED_LAYERS
+    layers = [la for la in p._layers.values() if la.total > 0]
+    assert p._downloaded() == (sum(la.current for la in layers), sum(la.total for la in layers))
+    assert p.payload()["total_layers"] == MAX_TRACKED_LAYERS
 
 
 # ---------------------------------------------------------------- journal
