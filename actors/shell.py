@@ -12,10 +12,18 @@ Each session is an exec with a TTY whose hijacked Docker socket is owned by a
   stdin never stalls it, and input is written in exactly the order the frames arrived (§3.6; the Go
   agent handles each frame in its own goroutine and may reorder keystrokes).
 
-Closing a session (``close``, connection loss, actor stop) shuts the socket down. Docker keeps a
-TTY exec running when its attach stream closes, so the writer then hangs up the shell: a one-off
-exec sends SIGHUP to every process of the session, found by a random marker in its environment
-(``DOCKMON_SHELL_SESSION``), which needs ``sh`` and ``grep`` in the image.
+Closing a session (``close``, connection loss, actor stop) shuts the socket down; both threads
+end at once and the session's sockets (the exec stream, its Docker client's connections) are
+closed right away, so 200 closed sessions cost no thread and no descriptor a moment later.
+Docker keeps a TTY exec running when its attach stream closes, so the shell is then hung up: a
+one-off exec sends SIGHUP to every process of the session, found by a random marker in its
+environment (``DOCKMON_SHELL_SESSION``), which needs ``sh`` and ``grep`` in the image. Hang-ups
+are queued to one :class:`HangUps` worker (one thread, one Docker client, started on demand and
+gone when idle) that ends every closed session of a container with a single exec, however many
+closed at once.
+
+Input waiting for a shell that does not read is bounded by frames (``max_backlog``) and by bytes
+(``max_backlog_bytes``): beyond either, the session is closed.
 
 ``shell_data`` events are sent with ``buffer=False``: on a disconnect the backend closes the
 browser terminals of this agent and the agent closes every session, so output kept for a later
@@ -34,7 +42,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -65,12 +73,14 @@ SHELL_COMMAND = (
     "if command -v bash >/dev/null 2>&1; then exec bash; else exec sh; fi",
 )
 MARKER_VARIABLE = "DOCKMON_SHELL_SESSION"
-#: SIGHUP every process whose environment carries the session's marker (exit 1 if none found)
+#: SIGHUP every process whose environment carries one of the markers (exit 1 if none found);
+#: one grep pass over the container's processes for the whole batch
 _HANGUP_SCRIPT = (
-    "found=1; for f in $(grep -l '" + MARKER_VARIABLE + "={marker}' /proc/[0-9]*/environ "
-    '2>/dev/null); do p=${{f#/proc/}}; kill -HUP "${{p%/environ}}" 2>/dev/null && found=0; done; '
-    "exit $found"
+    "found=1; for f in $(grep -l {patterns} /proc/[0-9]*/environ 2>/dev/null); do "
+    'p=${{f#/proc/}}; kill -HUP "${{p%/environ}}" 2>/dev/null && found=0; done; exit $found'
 )
+#: sessions ended by one hang-up exec at most (keeps its command line short)
+HANGUP_BATCH = 100
 #: the backend uses an ``error`` text as a WebSocket close reason, which is capped at 123 bytes
 ERROR_LIMIT = 120
 
@@ -104,8 +114,11 @@ class ShellBackend(Protocol):
 
     def resize(self, exec_id: str, rows: int, cols: int) -> None: ...
 
-    def hang_up(self, exec_id: str, container_id: str, marker: str) -> bool | None:
-        """End the exec's processes if it still runs: None = not running, else success."""
+    def hang_up(self, container_id: str, sessions: Sequence[tuple[str, str]]) -> bool | None:
+        """End the processes of ``sessions`` ((exec id, marker) pairs) in one container.
+
+        None: none of them runs any more; True: hung up; False: some still run, not hung up.
+        """
         ...
 
     def close(self) -> None: ...
@@ -171,18 +184,21 @@ class DockerShellBackend:
     def resize(self, exec_id: str, rows: int, cols: int) -> None:
         self._client().exec_resize(exec_id, height=rows, width=cols)
 
-    def hang_up(self, exec_id: str, container_id: str, marker: str) -> bool | None:
+    def hang_up(self, container_id: str, sessions: Sequence[tuple[str, str]]) -> bool | None:
         api = self._client()
-        if not api.exec_inspect(exec_id).get("Running"):
-            return None
+        patterns = " ".join(f"-e '{MARKER_VARIABLE}={marker}'" for _, marker in sessions)
         killer = api.exec_create(
             container_id,
-            ["/bin/sh", "-c", _HANGUP_SCRIPT.format(marker=marker)],
+            ["/bin/sh", "-c", _HANGUP_SCRIPT.format(patterns=patterns)],
             stdout=True,
             stderr=True,
         )
         api.exec_start(killer["Id"])  # waits for the (short) script to finish
-        return api.exec_inspect(killer["Id"]).get("ExitCode") == 0
+        if api.exec_inspect(killer["Id"]).get("ExitCode") == 0:
+            return True
+        # nothing found: fine if the shells ended by themselves; a problem if one still runs
+        running = any(api.exec_inspect(exec_id).get("Running") for exec_id, _ in sessions)
+        return False if running else None
 
     def close(self) -> None:
         api, self._api = self._api, None
@@ -205,6 +221,85 @@ def _shutdown(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
+class HangUps:
+    """Hangs up the shells of closed sessions, batched per container, on one worker thread.
+
+    The thread (and its Docker client) exists only while there is work: it is started by the
+    first :meth:`submit` and ends when the queue is empty, so closing many sessions at once
+    costs one thread and one exec per container, not a thread and an exec per session.
+    """
+
+    def __init__(
+        self,
+        backend_factory: Callable[[], ShellBackend],
+        describe_error: Callable[[str, BaseException], str],
+    ) -> None:
+        self._factory = backend_factory
+        self._describe_error = describe_error
+        self._lock = threading.Lock()
+        self._pending: dict[str, list[tuple[str, str]]] = {}  # container -> (exec id, marker)
+        self._thread: threading.Thread | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+
+    def submit(self, container_id: str, exec_id: str, marker: str) -> None:
+        with self._lock:
+            self._pending.setdefault(container_id, []).append((exec_id, marker))
+            self._idle.clear()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="ShellActor-hangups", daemon=True
+                )
+                self._thread.start()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once every submitted hang-up was tried (for the actor's stop)."""
+        return self._idle.wait(timeout)
+
+    def _run(self) -> None:
+        backend: ShellBackend | None = None
+        try:
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        self._thread = None
+                        self._idle.set()
+                        return
+                    container_id = next(iter(self._pending))
+                    queued = self._pending[container_id]
+                    batch, rest = queued[:HANGUP_BATCH], queued[HANGUP_BATCH:]
+                    if rest:
+                        self._pending[container_id] = rest
+                    else:
+                        del self._pending[container_id]
+                if backend is None:
+                    backend = self._factory()
+                self._hang_up(backend, container_id, batch)
+        finally:
+            if backend is not None:
+                backend.close()
+
+    def _hang_up(
+        self, backend: ShellBackend, container_id: str, batch: list[tuple[str, str]]
+    ) -> None:
+        try:
+            hung_up = backend.hang_up(container_id, batch)
+        except Exception as exc:
+            log.info(
+                "shell sessions in container %s: could not check or end the shell processes: %s",
+                container_id[:12],
+                _short(self._describe_error("end shell", exc)),
+            )
+            return
+        if hung_up is False:
+            log.warning(
+                "%d shell session(s) in container %s still run after their stream closed and "
+                "could not be hung up (the image needs sh and grep)",
+                len(batch),
+                container_id[:12],
+            )
+
+
 def _short(text: str) -> str:
     raw = text.encode("utf-8")
     if len(raw) <= ERROR_LIMIT:
@@ -225,6 +320,7 @@ class ShellSession:
         emit: Callable[[dict[str, str]], None],
         ended: Callable[[], None],
         describe_error: Callable[[str, BaseException], str],
+        hang_up: Callable[[str, str, str], None],
         policy: Policy | None = None,
         join_timeout: float = 2.0,
     ) -> None:
@@ -236,9 +332,11 @@ class ShellSession:
         self._emit = emit
         self._ended = ended
         self._describe_error = describe_error
+        self._hang_up = hang_up
         self._policy = policy or Policy()
         self._join_timeout = join_timeout
         self._pending: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._pending_bytes = 0  # input queued for the writer, not written yet
         self._lock = threading.Lock()
         self._closing = False
         self._stream: ExecStream | None = None
@@ -253,7 +351,13 @@ class ShellSession:
     def backlog(self) -> int:
         return self._pending.qsize()
 
+    def backlog_bytes(self) -> int:
+        with self._lock:
+            return self._pending_bytes
+
     def write(self, data: bytes) -> None:
+        with self._lock:
+            self._pending_bytes += len(data)
         self._pending.put(data)
 
     def resize(self, rows: int, cols: int) -> None:
@@ -346,6 +450,8 @@ class ShellSession:
                         )
                     continue
                 assert isinstance(item, bytes)
+                with self._lock:
+                    self._pending_bytes -= len(item)
                 try:
                     stream.sock.sendall(item)
                 except OSError as exc:
@@ -360,26 +466,13 @@ class ShellSession:
             self._finish(stream)
 
     def _finish(self, stream: ExecStream) -> None:
-        """Hang up the shell if it still runs, then release the socket and the client."""
+        """Release the socket and the client now; the shell is hung up by the HangUps worker."""
         try:
-            hung_up = self._backend.hang_up(stream.exec_id, self.container_id, self.marker)
-            if hung_up is False:
-                log.warning(
-                    "shell session %s: the shell in container %s still runs after its stream "
-                    "closed and could not be hung up (the image needs sh and grep)",
-                    self.session_id,
-                    self.container_id[:12],
-                )
-        except Exception as exc:
-            log.info(
-                "shell session %s: could not check or end the shell process: %s",
-                self.session_id,
-                _short(self._describe_error("end shell", exc)),
-            )
-        finally:
-            self._backend.close()
             self._reader.join(self._join_timeout)  # never close the fd under a running recv()
             stream.close()
+            self._backend.close()
+        finally:
+            self._hang_up(self.container_id, stream.exec_id, self.marker)
 
 
 BackendFactory = Callable[[], ShellBackend]
@@ -396,20 +489,23 @@ class ShellActor(SupervisedActor):
         backend_factory: BackendFactory | None = None,
         policy: Policy | None = None,
         max_backlog: int = 4096,
+        max_backlog_bytes: int = 4 * 1024 * 1024,
         stop_timeout: float = 2.0,
     ) -> None:
         super().__init__(ctx)
-        if max_backlog < 1:
-            raise ValueError("max_backlog must be positive")
+        if max_backlog < 1 or max_backlog_bytes < 1:
+            raise ValueError("max_backlog and max_backlog_bytes must be positive")
         self._docker_host = docker_host
         self._backend_factory: BackendFactory = backend_factory or (
             lambda: DockerShellBackend(docker_host)
         )
         self._policy = policy or Policy()
         self._max_backlog = max_backlog
+        self._max_backlog_bytes = max_backlog_bytes
         self._stop_timeout = stop_timeout
         self._sessions: dict[str, ShellSession] = {}
         self._serial = 0
+        self._hangups = HangUps(self._backend_factory, self._describe_error)
 
     @property
     def session_ids(self) -> tuple[str, ...]:
@@ -426,6 +522,8 @@ class ShellActor(SupervisedActor):
         stuck = sum(1 for s in sessions if s.alive)
         if stuck:
             log.warning("%d shell session thread(s) did not stop in time", stuck)
+        if not self._hangups.wait_idle(max(0.1, deadline - time.monotonic())):
+            log.warning("the shells of closed sessions were not all hung up in time")
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -485,6 +583,7 @@ class ShellActor(SupervisedActor):
             emit=emit,
             ended=ended,
             describe_error=self._describe_error,
+            hang_up=self._hangups.submit,
             policy=self._policy,
         )
         self._sessions[session_id] = session
@@ -502,11 +601,13 @@ class ShellActor(SupervisedActor):
         if not data:
             return
         if session.backlog() >= self._max_backlog:
-            log.warning(
-                "shell session %s: more than %d input frames wait for the shell; closing it",
-                session_id,
-                self._max_backlog,
-            )
+            too_much = f"more than {self._max_backlog} input frames"
+        elif session.backlog_bytes() + len(data) > self._max_backlog_bytes:
+            too_much = f"more than {self._max_backlog_bytes} bytes of input"
+        else:
+            too_much = ""
+        if too_much:
+            log.warning("shell session %s: %s wait for the shell; closing it", session_id, too_much)
             del self._sessions[session_id]
             session.close()
             return

@@ -6,11 +6,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from tests.hub_events import shell_data_problem
 from tests.waiting import wait_for
 
 SID = "8d3c1c9e-0d5e-4c1b-9a53-7f0f3b7a1e11"
+SESSIONS = 100
 
 
 def b64(data: bytes) -> str:
@@ -138,6 +140,10 @@ def test_raw_socket_accepts_a_socket_or_a_socketio_and_nothing_else() -> None:
 # --- ShellActor with a socketpair standing in for the exec --------------------------------
 
 
+#: every fake exec by id, so the hang-up worker's backend can reach the session it ends
+EXECS: dict[str, FakeBackend] = {}
+
+
 class FakeBackend:
     """The exec is one end of a socketpair; the test plays the shell on the other end."""
 
@@ -150,6 +156,7 @@ class FakeBackend:
         self.hung_up = threading.Event()
         self.closed = threading.Event()
         self.running = True
+        self.batches: list[int] = []  # sessions per hang-up call (the hang-up worker's backend)
 
     def identify(self, container_id: str) -> tuple[str, dict[str, str]]:
         return f"/{container_id}", {"tier": "prod" if container_id.startswith("prod") else "dev"}
@@ -161,16 +168,22 @@ class FakeBackend:
             raise self.fail
         ours, self.peer = socket.socketpair()
         self.opened.set()
-        return ExecStream(exec_id=f"exec-{container_id}", sock=ours)
+        exec_id = f"exec-{container_id}-{uuid.uuid4().hex[:8]}"
+        EXECS[exec_id] = self
+        return ExecStream(exec_id=exec_id, sock=ours)
 
     def resize(self, exec_id: str, rows: int, cols: int) -> None:
         self.resizes.append((rows, cols))
 
-    def hang_up(self, exec_id: str, container_id: str, marker: str) -> bool | None:
-        if not self.running:
-            return None
-        self.hung_up.set()
-        return True
+    def hang_up(self, container_id: str, sessions: Sequence[tuple[str, str]]) -> bool | None:
+        self.batches.append(len(sessions))
+        hung_up = None
+        for exec_id, _marker in sessions:
+            session = EXECS[exec_id]
+            if session.running:
+                session.hung_up.set()
+                hung_up = True
+        return hung_up
 
     def close(self) -> None:
         self.closed.set()
@@ -187,15 +200,25 @@ class FakeBackend:
 
 
 class Rig:
-    def __init__(self, *, max_backlog: int = 4096, policy: Policy | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_backlog: int = 4096,
+        max_backlog_bytes: int = 4 * 1024 * 1024,
+        policy: Policy | None = None,
+    ) -> None:
         self.connection = ProbeHandle()
         self.peers = Peers()
         self.peers.set("connection", self.connection.ref)
         clock = FakeClock()
         self.backends: list[FakeBackend] = []
         self.next_backend: FakeBackend | None = None
+        self.hangup_backends: list[FakeBackend] = []
 
         def factory() -> FakeBackend:
+            if threading.current_thread().name == "ShellActor-hangups":
+                self.hangup_backends.append(FakeBackend())
+                return self.hangup_backends[-1]
             backend = self.next_backend or FakeBackend()
             self.next_backend = None
             self.backends.append(backend)
@@ -206,6 +229,7 @@ class Rig:
             docker_host="unix:///nonexistent.sock",
             backend_factory=factory,
             max_backlog=max_backlog,
+            max_backlog_bytes=max_backlog_bytes,
             policy=policy,
         )
 
@@ -323,6 +347,37 @@ def test_an_input_backlog_beyond_the_limit_closes_the_session() -> None:
         assert r.ref.proxy().session_ids.get(timeout=2) == ()
     finally:
         pykka.ActorRegistry.stop_all()
+
+
+def test_input_bytes_waiting_beyond_the_limit_close_the_session(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    r = Rig(max_backlog_bytes=1024 * 1024)
+    try:
+        backend = r.start()  # the shell never reads: the writer blocks once the socket is full
+        for _ in range(64):  # 64 frames of 64 KiB, far below the frame limit
+            r.tell(ShellInput(session_id=SID, data=b"z" * 65536))
+        r.wait_action("closed")
+        wait_for(backend.closed.is_set, 5, "the session to release its backend")
+        assert "bytes of input wait for the shell; closing it" in caplog.text
+        assert r.ref.proxy().session_ids.get(timeout=2) == ()
+    finally:
+        pykka.ActorRegistry.stop_all()
+
+
+def test_sessions_closed_together_are_hung_up_in_one_batch(rig: Rig) -> None:
+    backends = [rig.start(f"s{n}", "c1") for n in range(50)]
+    rig.tell(LinkStateChanged(connected=False))  # closes them all at once
+    for backend in backends:
+        wait_for(backend.hung_up.is_set, 5, "every shell hung up")
+    calls = [n for b in rig.hangup_backends for n in b.batches]
+    assert sum(calls) == 50 and len(calls) <= 10, calls  # batched, not one exec per session
+    helpers = ("ShellActor-reader", "ShellActor-writer", "ShellActor-hangups")
+    wait_for(
+        lambda: not [t for t in threading.enumerate() if t.name in helpers],
+        5,
+        "no session or hang-up thread left",
+    )
 
 
 def test_close_ends_the_stream_hangs_up_and_forgets_the_session(rig: Rig) -> None:
@@ -594,6 +649,34 @@ def test_close_hangs_up_the_shell(
     # a second start with the same id after close opens a new session
     send_shell(hub, action="start", session_id=sid, container_id=c.id)
     wait_for(lambda: [p["action"] for p in shell_events(hub, sid)].count("started") == 2, 10, "")
+
+
+def _descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.timeout(180)
+def test_closed_sessions_give_back_their_threads_and_descriptors_within_two_seconds(
+    agent: RunningAgent, make_container: Any, docker_client: docker.DockerClient
+) -> None:
+    hub = agent.hub
+    c = make_container(["sleep", "3600"])
+    assert hub.command("list_containers").ok  # the audit log is open: part of the baseline
+    threads, fds = threading.active_count(), _descriptors()
+    sessions = [open_shell(hub, c.id) for _ in range(SESSIONS)]
+    assert threading.active_count() >= threads + SESSIONS  # each session costs threads...
+    assert _descriptors() >= fds + SESSIONS  # ... and descriptors while it is open
+    for sid in sessions:
+        send_shell(hub, action="close", session_id=sid)
+    wait_for(
+        lambda: threading.active_count() <= threads and _descriptors() <= fds,
+        2.0,
+        f"threads back to {threads} and descriptors to {fds} within 2 s of the closes",
+    )
+    assert all(shell_events(hub, sid)[-1]["action"] == "closed" for sid in sessions)
+    ids = exec_ids(docker_client.api, c.id)
+    wait_for(lambda: not any(running(docker_client.api, e) for e in ids), 15, "the shells to end")
+    wait_for(lambda: processes(docker_client.api, c.id) == ["sleep 3600"], 10, "no shell left")
 
 
 def test_a_second_start_with_the_same_id_is_ignored(
