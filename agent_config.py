@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import json
 import logging
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -133,7 +135,8 @@ _DOCKER_TLS = (
     "TLS to the Docker daemon is not supported by this agent yet; "
     "unset DOCKER_TLS_VERIFY/DOCKER_CERT_PATH or use a unix socket"
 )
-_TOKEN = re.compile(r"[A-Za-z0-9_:-]{1,255}")
+#: the backend's token grammar (settings, secret files and the token file)
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_:-]{1,255}")
 _USERINFO = re.compile(r"//([^/@:]*):([^/@]*)@")
 
 
@@ -324,13 +327,26 @@ def _read_secret_file(name: str, path: str, problems: list[str]) -> str | None:
     """A ``*_FILE`` secret (Docker secrets style): the file's text without trailing whitespace.
 
     Appends a problem naming the setting, the path and the fix, and returns None, when the file
-    is missing, unreadable, too large, not UTF-8 or empty. The value is never put in a problem.
+    is missing, unreadable, not a regular file, too large, not UTF-8 or empty. The value is
+    never put in a problem. Opened without blocking (a FIFO cannot hang startup) and checked to
+    be a regular file before a byte is read; a symlink is followed, since Kubernetes mounts
+    every secret as one.
     """
     value = name.removesuffix("_FILE")
     where = f"{name}: {path!r}"
     otherwise = f"or set {value} directly, or unset {name}"
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, "is a directory")
+            if not stat.S_ISREG(st.st_mode):
+                problems.append(
+                    f"{where} is not a regular file (a FIFO, device or socket); point {name} at "
+                    f"the file that holds the token, {otherwise}"
+                )
+                return None
             data = f.read(_SECRET_FILE_LIMIT + 1)
     except FileNotFoundError:
         problems.append(
@@ -453,7 +469,7 @@ def load_config(
                 label = f"{file_name} ({file_path!r})"
         if token:
             register_secret(token)
-            if not _TOKEN.fullmatch(token):
+            if not TOKEN_PATTERN.fullmatch(token):
                 problems.append(
                     f"{label}: invalid token of {len(token)} characters; the server accepts only "
                     "letters, digits, '_', ':' and '-', at most 255 (check for quotes or spaces)"

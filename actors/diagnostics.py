@@ -44,7 +44,7 @@ from websocket._url import get_proxy_info
 import agent_config
 from actors.connection import LinkSettings
 from actors.errors import ConfigError
-from actors.token_store import TOKEN_FILE
+from actors.token_store import TOKEN_FILE, TokenFileError, inspect_token_file
 
 EXPIRY_WARN_DAYS = 14
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
@@ -309,9 +309,11 @@ def check_data_path(cfg: agent_config.Config) -> Finding:
 def _token_file_finding(cfg: agent_config.Config, token_file: Path) -> Finding:
     sources = dict(cfg.sources)
     prefix = f"DATA_PATH {token_file.parent} is writable"
-    try:
-        st = token_file.stat()
-    except FileNotFoundError:
+    try:  # the agent's own safe reader, without its repairs: the doctor changes nothing
+        found = inspect_token_file(str(token_file.parent), repair=False)
+    except TokenFileError as exc:
+        return Finding("data-path", Verdict.FAIL, f"{prefix}; but {exc}", str(exc))
+    if not found.exists:
         if cfg.permanent_token:
             where = sources.get("PERMANENT_TOKEN", "env")
             return Finding("data-path", Verdict.OK, f"{prefix}; PERMANENT_TOKEN is set ({where})")
@@ -331,27 +333,10 @@ def _token_file_finding(cfg: agent_config.Config, token_file: Path) -> Finding:
             "set REGISTRATION_TOKEN (or REGISTRATION_TOKEN_FILE) to a token from DockMon "
             "(Hosts -> Add agent) for the first run",
         )
-    except OSError as exc:
-        return Finding(
-            "data-path",
-            Verdict.FAIL,
-            f"{prefix}; cannot stat {token_file}: {exc.strerror}",
-            f"make {token_file} readable by the agent's user",
-        )
-    mode = stat.S_IMODE(st.st_mode)
-    try:
-        empty = not token_file.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        return Finding(
-            "data-path",
-            Verdict.FAIL,
-            f"{prefix}; {token_file} cannot be read ({_one_line(exc)})",
-            f"chown {token_file} to the agent's user (uid {os.getuid()}), or delete it and "
-            "register again with REGISTRATION_TOKEN",
-        )
+    mode = found.mode or 0
     used = "unused: PERMANENT_TOKEN is set" if cfg.permanent_token else "in use"
     detail = f"{prefix}; {token_file} present (mode {mode:04o}, {used})"
-    if empty:
+    if found.token is None:
         return Finding(
             "data-path",
             Verdict.WARN,
@@ -362,7 +347,8 @@ def _token_file_finding(cfg: agent_config.Config, token_file: Path) -> Finding:
         return Finding(
             "data-path",
             Verdict.WARN,
-            f"{detail}; expected mode 0600 (it is the agent's credential)",
+            f"{detail}; expected mode 0600 (it is the agent's credential; the agent sets it "
+            "when it starts)",
             f"chmod 600 {token_file}",
         )
     return Finding("data-path", Verdict.OK, detail)

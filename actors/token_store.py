@@ -1,16 +1,27 @@
-"""TokenStore: the only code that reads or writes ``$DATA_PATH/permanent_token``."""
+"""TokenStore: the only code that reads or writes ``$DATA_PATH/permanent_token``.
+
+The token file is read defensively (:func:`inspect_token_file`): opened without following a
+symlink and without blocking (a FIFO cannot hang startup), it must be a regular file of at most
+:data:`TOKEN_FILE_LIMIT` bytes whose trimmed content matches the server's token grammar
+(letters, digits, ``_``, ``:``, ``-``; at most 255). Anything else is a :class:`TokenFileError`
+naming the path and the fix, never a silent fallback to another identity. A file readable by
+others (e.g. 0644) is repaired to 0600 with a warning.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from actors.base import ActorContext, SupervisedActor
 from actors.errors import ConfigError, FatalError
 from actors.fsio import write_atomic
-from agent_config import register_secret
+from agent_config import TOKEN_PATTERN, register_secret
 from messages.common import Secret
 from messages.tokens import GetToken, SaveToken, TokenInfo
 
@@ -44,16 +55,119 @@ def check_data_dir(data_path: str) -> None:
         ) from exc
 
 
-def read_token_file(data_path: str) -> Secret | None:
+#: a token file holds one token of at most 255 characters (and a newline or so)
+TOKEN_FILE_LIMIT = 4096
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+class TokenFileError(FatalError):
+    """The token file exists but cannot be used; the message names the path and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenFile:
+    exists: bool
+    token: Secret | None = None  # None: missing or empty
+    mode: int | None = None  # as found (before any repair)
+
+
+def _delete_hint(path: Path) -> str:
+    return (
+        f"delete {path} and set REGISTRATION_TOKEN to register again (the agent writes the "
+        "file itself after registering)"
+    )
+
+
+def inspect_token_file(data_path: str, *, repair: bool) -> TokenFile:
+    """What ``$DATA_PATH/permanent_token`` holds, read safely; raises TokenFileError.
+
+    ``repair``: tighten a mode readable by others to 0600 (with a warning); off for checks
+    that must change nothing (``dockmon-agent doctor``).
+    """
     path = Path(data_path) / TOKEN_FILE
     try:
-        value = path.read_text(encoding="utf-8").strip()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        log.error("cannot read %s: %s; ignoring it", path, exc)
-        return None
-    return Secret(value) if value else None
+        return TokenFile(exists=False)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise TokenFileError(
+                f"{path} is a symbolic link; the agent never follows it (it would send another "
+                f"file's content as its token). Replace it with the token file itself, or "
+                f"{_delete_hint(path)}"
+            ) from None
+        raise TokenFileError(
+            f"cannot read {path}: {exc.strerror or exc}; make it readable by the agent's user "
+            f"(uid {os.getuid()}), or {_delete_hint(path)}"
+        ) from None
+    try:
+        st = os.fstat(fd)
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), None)
+        if kind is not None or not stat.S_ISREG(st.st_mode):
+            raise TokenFileError(
+                f"{path} is {kind or 'not a regular file'}, not a token file; {_delete_hint(path)}"
+            )
+        if st.st_size > TOKEN_FILE_LIMIT:
+            raise TokenFileError(
+                f"{path} is {st.st_size} bytes; a token file holds one token of at most 255 "
+                f"characters. Write the permanent token into it, or {_delete_hint(path)}"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while size <= TOKEN_FILE_LIMIT and (chunk := os.read(fd, TOKEN_FILE_LIMIT + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > TOKEN_FILE_LIMIT:
+            raise TokenFileError(
+                f"{path} holds more than {TOKEN_FILE_LIMIT} bytes; {_delete_hint(path)}"
+            )
+        mode = stat.S_IMODE(st.st_mode)
+        if repair and mode & 0o077:
+            try:
+                os.fchmod(fd, 0o600)
+            except OSError as exc:
+                log.warning(
+                    "%s has mode %04o (readable by others) and cannot be set to 0600: %s; "
+                    "chmod 600 it",
+                    path,
+                    mode,
+                    exc.strerror or exc,
+                )
+            else:
+                log.warning("%s had mode %04o (readable by others); set it to 0600", path, mode)
+    except OSError as exc:
+        raise TokenFileError(
+            f"cannot read {path}: {exc.strerror or exc}; {_delete_hint(path)}"
+        ) from None
+    finally:
+        os.close(fd)
+    try:
+        text = b"".join(chunks).decode("utf-8").strip()
+    except UnicodeDecodeError:
+        text = None
+    if text == "":
+        return TokenFile(exists=True, mode=mode)
+    if text is None or not TOKEN_PATTERN.fullmatch(text):
+        where = (
+            " (a line break inside the token)" if text and any(c in text for c in "\r\n") else ""
+        )
+        raise TokenFileError(
+            f"{path} does not hold a valid token{where}: the server issues only letters, "
+            f"digits, '_', ':' and '-', at most 255 characters. Write the permanent token "
+            f"into it alone, or {_delete_hint(path)}"
+        )
+    return TokenFile(exists=True, token=Secret(text), mode=mode)
+
+
+def read_token_file(data_path: str) -> Secret | None:
+    """The saved permanent token (None if there is none); raises TokenFileError."""
+    return inspect_token_file(data_path, repair=True).token
 
 
 def resolve_token(
@@ -119,7 +233,11 @@ class TokenStoreActor(SupervisedActor):
     def _save(self, token: Secret) -> None:
         register_secret(token.reveal())
         path = Path(self._data_path) / TOKEN_FILE
-        if read_token_file(self._data_path) != token:
+        try:
+            saved = read_token_file(self._data_path)
+        except TokenFileError:
+            saved = None  # whatever is there is replaced (a rename never follows a symlink)
+        if saved != token:
             write_token_atomic(self._data_path, token)
             log.info("saved the permanent token to %s", path)
         self._current = TokenInfo(token=token, kind="permanent", source=str(path))

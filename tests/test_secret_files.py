@@ -7,8 +7,10 @@ import json
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,6 +121,41 @@ def test_directory_binary_and_huge_files(tmp_path: Path) -> None:
     assert problems({"REGISTRATION_TOKEN_FILE": huge}) == [
         f"REGISTRATION_TOKEN_FILE: {huge!r} is larger than 64 KiB; it must contain only the token"
     ]
+
+
+def _problems_within(env: dict[str, str], seconds: float = 5) -> list[str]:
+    """load_config on a thread: a secret file that blocks (a FIFO) must not hang the test."""
+    found: list[list[str]] = []
+    worker = threading.Thread(target=lambda: found.append(problems(env)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert found, f"reading the secret file hung for more than {seconds}s"
+    return found[0]
+
+
+def test_a_fifo_or_a_device_is_refused_without_reading_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    kinds = [str(fifo)]
+    if os.geteuid() == 0:
+        device = tmp_path / "zero"
+        os.mknod(device, stat.S_IFCHR | 0o600, os.makedev(1, 5))  # like /dev/zero
+        kinds.append(str(device))
+    for path in kinds:
+        assert _problems_within({"REGISTRATION_TOKEN_FILE": path}) == [
+            f"REGISTRATION_TOKEN_FILE: {path!r} is not a regular file (a FIFO, device or "
+            "socket); point REGISTRATION_TOKEN_FILE at the file that holds the token, or set "
+            "REGISTRATION_TOKEN directly, or unset REGISTRATION_TOKEN_FILE"
+        ]
+
+
+def test_a_symlinked_secret_is_followed_like_kubernetes_mounts_it(tmp_path: Path) -> None:
+    data = tmp_path / "..data"
+    data.mkdir()
+    secret(data, f"{REG}\n", "token")
+    (tmp_path / "token").symlink_to(data / "token")
+    cfg = load({"REGISTRATION_TOKEN_FILE": str(tmp_path / "token")})
+    assert cfg.registration_token == Secret(REG)
 
 
 def test_invalid_token_in_a_file_names_the_file_not_the_value(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import logging
 import os
 import stat
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from actors.base import Peers
 from actors.errors import ConfigError, FatalError
 from actors.token_store import (
     TOKEN_FILE,
+    TokenFileError,
     TokenStoreActor,
     check_data_dir,
     resolve_token,
@@ -32,6 +34,7 @@ from agent_config import load_config
 from messages.common import Ping, Secret
 from messages.supervision import ChildFailed
 from messages.tokens import GetToken, SaveToken, TokenInfo
+from tests.conftest import REPO_ROOT
 from tests.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
 
 REGISTRATION = "reg-2f0c3d4b5e6f"
@@ -364,3 +367,138 @@ def test_actor_fails_to_start_without_any_token(tmp_path: Path) -> None:
     rig = Rig(tmp_path, registration_token=None)
     with pytest.raises(pykka.ActorDeadError):
         rig.ref.ask(Ping(), timeout=3)
+
+
+# --------------------------------------------------------------------------------------------
+# 6. the token file is read safely: a clear error or a repaired file, never a hang
+
+
+def _resolve_within(data: Path, seconds: float = 5) -> TokenInfo | BaseException:
+    """resolve_token on a thread: a reader that blocks (a FIFO) must not hang the test."""
+    result: list[TokenInfo | BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(resolve_token(str(data), None, Secret(REGISTRATION)))
+        except BaseException as exc:
+            result.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert result, f"reading the token file hung for more than {seconds}s"
+    return result[0]
+
+
+def _refused(data: Path, *needles: str) -> str:
+    outcome = _resolve_within(data)
+    assert isinstance(outcome, TokenFileError), outcome
+    text = str(outcome)
+    assert str(token_path(data)) in text and "delete" in text, text
+    for needle in needles:
+        assert needle in text, text
+    return text
+
+
+def test_a_symlinked_token_file_is_never_followed(tmp_path: Path) -> None:
+    secret = tmp_path / "elsewhere"
+    secret.write_text("someone-elses-secret-value")
+    token_path(tmp_path).symlink_to(secret)
+    text = _refused(tmp_path, "symbolic link", "never follows it")
+    assert "someone-elses-secret-value" not in text
+
+
+def test_a_fifo_token_file_is_refused_at_once(tmp_path: Path) -> None:
+    os.mkfifo(token_path(tmp_path), 0o600)
+    _refused(tmp_path, "FIFO")
+
+
+def test_a_device_token_file_is_refused_without_reading_it(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("creating a device node needs root")
+    os.mknod(token_path(tmp_path), stat.S_IFCHR | 0o600, os.makedev(1, 5))  # like /dev/zero
+    _refused(tmp_path, "character device")
+
+
+def test_a_directory_at_the_token_path_is_refused(tmp_path: Path) -> None:
+    token_path(tmp_path).mkdir()
+    _refused(tmp_path, "a directory")
+
+
+def test_an_oversized_token_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    with open(token_path(tmp_path), "wb") as f:
+        f.truncate(100 * 1024 * 1024)  # 100 MB, sparse
+    _refused(tmp_path, "104857600 bytes")
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"perm-token-part1\nperm-token-part2\n", "a line break inside the token"),
+        (b'"perm-file-4e559a612f0c"', "only letters"),
+        (b"perm token", "only letters"),
+        (b"a" * 256, "at most 255"),
+        (b"\xff\xfeperm", "only letters"),
+    ],
+    ids=["newline", "quotes", "space", "too-long", "not-utf8"],
+)
+def test_a_token_file_with_invalid_characters_is_refused(
+    tmp_path: Path, content: bytes, needle: str
+) -> None:
+    token_path(tmp_path).write_bytes(content)
+    token_path(tmp_path).chmod(0o600)
+    text = _refused(tmp_path, needle)
+    assert content.decode("utf-8", "replace") not in text  # never the content itself
+
+
+def test_a_token_file_readable_by_others_is_repaired_to_0600(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    token_path(tmp_path).write_text(f"{SAVED}\n")
+    token_path(tmp_path).chmod(0o644)
+    outcome = _resolve_within(tmp_path)
+    assert outcome == TokenInfo(
+        token=Secret(SAVED), kind="permanent", source=str(token_path(tmp_path))
+    )
+    assert stat.S_IMODE(token_path(tmp_path).stat().st_mode) == 0o600
+    assert "had mode 0644 (readable by others); set it to 0600" in caplog.text
+
+
+def test_the_agent_stops_with_the_error_instead_of_hanging_on_a_fifo(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    os.mkfifo(token_path(data), 0o600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent_cli"],
+        cwd=REPO_ROOT,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "DOCKMON_URL": "http://127.0.0.1:9",
+            "REGISTRATION_TOKEN": REGISTRATION,
+            "DATA_PATH": str(data),
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert f"{token_path(data)} is a FIFO (named pipe)" in proc.stderr
+
+
+def test_saving_replaces_an_unusable_token_file(tmp_path: Path) -> None:
+    secret = tmp_path / "elsewhere"
+    secret.write_text("do-not-touch")
+    token_path(tmp_path).symlink_to(secret)
+    ref = TokenStoreActor.start(
+        make_ctx(Peers(), FakeScheduler(FakeClock()), FakeClock(), child_id="token_store"),
+        data_path=str(tmp_path),
+        permanent_token=Secret(PERMANENT_ENV),
+        registration_token=None,
+    )
+    try:
+        ref.ask(SaveToken(token=Secret(NEW)), timeout=5)
+    finally:
+        ref.stop()
+    assert secret.read_text() == "do-not-touch"
+    assert not token_path(tmp_path).is_symlink()
+    assert token_path(tmp_path).read_bytes() == NEW.encode()
