@@ -64,7 +64,7 @@ from messages.docker import (
     StopContainer,
 )
 from messages.outbound import EventOut, LinkStateChanged, RawFrameOut
-from messages.status import ConnectionStatus
+from messages.status import ConnectionStatus, WriteFailed
 from messages.tokens import GetToken, SaveToken, TokenInfo
 from messages.wire import (
     AgentIdentity,
@@ -596,7 +596,9 @@ class ConnectionActor(SupervisedActor):
 
     def _record(self, operation: str, target: str | None, result: str) -> None:
         if self._audit is not None:
-            self._audit.record(rfc3339_nano(self.ctx.clock.time_ns()), operation, target, result)
+            at = rfc3339_nano(self.ctx.clock.time_ns())
+            if error := self._audit.record(at, operation, target, result):  # never raises
+                self.ctx.peers.tell("status", WriteFailed(what="audit", error=error), optional=True)
 
     def _audit_reply(self, reply: Reply) -> None:
         entry = self._audit_pending.pop(reply.request_id, None)

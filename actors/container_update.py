@@ -30,6 +30,7 @@ import requests
 from actors import update_config as uc
 from actors.fsio import write_atomic
 from actors.pull_progress import PullError, PullProgress
+from messages.status import WriteFailed
 from messages.updates import UpdateContainer
 
 if TYPE_CHECKING:
@@ -57,6 +58,11 @@ class UpdateFailed(Exception):
     def __init__(self, message: str, *, touched: bool) -> None:
         super().__init__(message)
         self.touched = touched
+
+
+class JournalWriteFailed(UpdateFailed):
+    """The journal could not be written (DATA_PATH full or read-only): the update stops there,
+    and the journal in memory stays what is on disk, so this run and a recovery agree."""
 
 
 class RollbackFailed(Exception):
@@ -121,10 +127,22 @@ class Journal:
         return data
 
     def save(self, **changes: Any) -> None:
-        """Merge ``changes`` and write by the one atomic-write rule (fsio), mode 0600."""
+        """Merge ``changes`` and write by the one atomic-write rule (fsio), mode 0600.
+
+        Raises JournalWriteFailed (the state is left as it was) if the file cannot be written.
+        """
+        state = {**self.state, **changes}
+        data = json.dumps(state, indent=1, sort_keys=True).encode()
+        try:
+            write_atomic(self.path, data, mode=0o600)
+        except OSError as exc:
+            phase = self.state.get("phase")
+            raise JournalWriteFailed(
+                f"cannot write the update journal {self.path}: {exc.strerror or exc} (is "
+                "DATA_PATH full or read-only?)",
+                touched=phase is not None and phase not in UNTOUCHED,
+            ) from exc
         self.state.update(changes)
-        data = json.dumps(self.state, indent=1, sort_keys=True).encode()
-        write_atomic(self.path, data, mode=0o600)
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -246,7 +264,14 @@ def restore_backup(
 def run(fc: FlowContext, request: UpdateContainer) -> None:
     """Pull, recreate, health-gate, roll back on failure; report progress through ``fc.emit``."""
     key = uc.short_id(request.container_id)
-    with _locked(fc.journal_dir, key) as journal:
+    try:
+        journal = Journal.acquire(fc.journal_dir, key)
+    except OSError as exc:
+        error = f"cannot create the update journal in {fc.journal_dir}: {exc.strerror or exc}"
+        _journal_failed(fc, error)
+        _progress(fc, key, "failed", f"{error}; the container was not touched")
+        return
+    try:
         if journal is None:
             _progress(fc, key, "failed", "another update or recovery of this container is running")
             return
@@ -255,6 +280,14 @@ def run(fc: FlowContext, request: UpdateContainer) -> None:
             log.warning("found an interrupted update of %s; recovering it first", key)
             _recover_one(fc, journal, stale)
         _Update(fc, request, journal).run()
+    finally:
+        if journal is not None:
+            journal.release()
+
+
+def _journal_failed(fc: FlowContext, error: str) -> None:
+    """Counted in status.json (``journal_write_failures``); the flow reports it itself."""
+    fc.tell("status", WriteFailed(what="journal", error=error))
 
 
 def _progress(fc: FlowContext, report_id: str, stage: str, message: str) -> None:
@@ -280,18 +313,20 @@ class _Update:
             self.report_id, req.new_image, req.stop_timeout, req.health_timeout,
         )  # fmt: skip
         self.journal.state = {}
-        self.journal.save(
-            version=JOURNAL_VERSION,
-            phase="pulling",
-            request_container_id=req.container_id,
-            report_id=self.report_id,
-            new_image=req.new_image,
-            stop_timeout=req.stop_timeout,
-            health_timeout=req.health_timeout,
-        )
         try:
+            self.journal.save(
+                version=JOURNAL_VERSION,
+                phase="pulling",
+                request_container_id=req.container_id,
+                report_id=self.report_id,
+                new_image=req.new_image,
+                stop_timeout=req.stop_timeout,
+                health_timeout=req.health_timeout,
+            )
             self._run()
         except UpdateFailed as exc:
+            if isinstance(exc, JournalWriteFailed):
+                _journal_failed(self.fc, str(exc))
             self._fail(str(exc), touched=exc.touched)
         except Exception as exc:  # an unexpected bug must still bring the old container back
             log.exception("update of %s failed unexpectedly", self.report_id)

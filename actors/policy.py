@@ -11,14 +11,17 @@ Also the append-only audit log: one JSON line per request (who, what, target, re
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fnmatch
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -156,34 +159,77 @@ def audited(frame: Mapping[str, Any]) -> bool:
     return isinstance(payload, dict) and payload.get("action") in ("start", "close")
 
 
+#: a write that keeps failing is logged again at most this often
+AUDIT_FAILURE_LOG_INTERVAL = 3600.0
+
+
 @dataclass
 class AuditLog:
-    """Append-only JSON lines in ``$DATA_PATH/audit.log``; never payloads, never secrets."""
+    """Append-only JSON lines in ``$DATA_PATH/audit.log``; never payloads, never secrets.
+
+    A full or read-only DATA_PATH never breaks a request: :meth:`record` never raises. A line
+    that cannot be written whole is cut off again (never half a line in the log) and counted;
+    the failure is logged once, then at most once an hour while it lasts, and the recovery is
+    logged with the number of lines lost.
+    """
 
     path: Path
     who: str
-    _file: TextIO | None = field(default=None, repr=False)
-    _failed: bool = False
+    _fd: int | None = field(default=None, repr=False)
+    failures: int = 0  # lines lost since the process started
+    _failing_since: int = 0  # lines lost in the current failure
+    _logged_at: float = field(default=-AUDIT_FAILURE_LOG_INTERVAL, repr=False)
 
-    def record(self, at: str, operation: str, target: str | None, result: str) -> None:
+    def record(self, at: str, operation: str, target: str | None, result: str) -> str | None:
+        """Append one line; returns None, or why the line could not be written."""
         line = {"time": at, "who": self.who, "operation": operation, "result": result}
         if target:
             line["target"] = target
+        data = (json.dumps(line, separators=(",", ":")) + "\n").encode()
         try:
-            if self._file is None:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-                self._file = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
-            self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
-            self._failed = False
+            if self._fd is None:
+                self._fd = os.open(
+                    self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+                )
+            self._append(self._fd, data)
         except OSError as exc:
-            if not self._failed:
-                log.error("cannot write the audit log %s: %s", self.path, exc.strerror or exc)
-            self._failed = True
             self.close()
+            return self._failed(exc)
+        if self._failing_since:
+            log.info(
+                "the audit log %s is written again (%d line(s) were lost)",
+                self.path,
+                self._failing_since,
+            )
+            self._failing_since = 0
+        return None
+
+    @staticmethod
+    def _append(fd: int, data: bytes) -> None:
+        end = os.lseek(fd, 0, os.SEEK_END)
+        written = os.write(fd, data)
+        if written != len(data):  # the disk filled up inside the line: take the part back
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, end)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def _failed(self, exc: OSError) -> str:
+        self.failures += 1
+        self._failing_since += 1
+        error = f"{self.path}: {exc.strerror or exc}"
+        now = time.monotonic()
+        if self._failing_since == 1 or now - self._logged_at >= AUDIT_FAILURE_LOG_INTERVAL:
+            self._logged_at = now
+            log.error(
+                "cannot write the audit log %s; requests are still served (%d line(s) lost so far)",
+                error,
+                self._failing_since,
+            )
+        return error
 
     def close(self) -> None:
-        if self._file is not None:
-            try:
-                self._file.close()
-            finally:
-                self._file = None
+        """Never raises (there is no buffer to flush: each line is one write)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -280,6 +280,79 @@ def test_full_disk_during_the_first_token_write(
     assert "cannot save the permanent token" in caplog.text
 
 
+@pytest.mark.timeout(180)
+def test_a_full_data_path_never_kills_the_agent(
+    tmp_path: Path,
+    dockerd: PrivateDockerd,
+    make_container: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Registered, then DATA_PATH fills up: status, audit and journal writes fail soft, every
+    request is still answered, and the failures are counted once space is back."""
+    data = tmp_path / "tiny"
+    data.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(data)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        c = make_container(["sleep", "3600"])
+        with running_agent(data, dockerd.base_url) as agent:
+            hub = agent.hub
+            hub.wait_registered()
+            wait_for(agent.token_file.exists, 10, "the token file")
+            token = agent.token_file.read_bytes()
+            _fill(data)
+            answered = 0
+            for n in range(50):
+                if n % 2:
+                    response = hub.command("list_containers", timeout=15)
+                else:
+                    response = hub.container_op("inspect", c.id[:12], timeout=15)
+                answered += response.ok
+            assert answered == 50
+            update = hub.command(
+                "update_container", {"container_id": c.id[:12], "new_image": "busybox:next"}
+            )
+            assert update.ok  # acknowledged at once; the flow reports the journal failure
+            hub.wait_event(
+                lambda e: (
+                    e["command"] == "update_progress"
+                    and e["payload"]["stage"] == "failed"
+                    and "update journal" in e["payload"]["message"]
+                ),
+                timeout=15,
+            )
+            wait_for(  # the next heartbeat of status.json fails too, and is only logged
+                lambda: "status.json: No space left on device" in caplog.text,
+                15,
+                "a failed status.json write",
+            )
+            assert agent.supervisor.exit_code is None
+            assert not any("crashed" in r.getMessage() for r in caplog.records)
+            assert caplog.text.count("cannot write the audit log") == 1  # logged once
+            (data / "filler").unlink()  # space is back: the counters reach status.json
+            wait_for(
+                lambda: _status_of(data).get("audit_write_failures", 0) >= 50,
+                15,
+                "the audit failures counted in status.json",
+            )
+            status = _status_of(data)
+            assert status["journal_write_failures"] >= 1
+            assert status["status_write_failures"] >= 1
+            assert agent.token_file.read_bytes() == token
+            assert hub.command("list_containers").ok
+            hub.assert_clean()
+        assert not [p for p in data.iterdir() if p.name.endswith(".tmp")]
+    finally:
+        subprocess.run(["umount", str(data)], check=False)
+
+
+def _status_of(data: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((data / "status.json").read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
 def _fill(directory: Path) -> None:
     fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import stat
@@ -21,7 +22,8 @@ from typing import Any
 import pytest
 
 from actors import fsio, self_update
-from actors.container_update import Journal
+from actors.container_update import Journal, JournalWriteFailed
+from actors.policy import AuditLog
 from actors.status import StatusReporterActor
 from actors.token_store import TOKEN_FILE, write_token_atomic
 from messages.common import Secret
@@ -154,7 +156,8 @@ def full_tmpfs(tmp_path: Path) -> Iterator[Path]:
     try:
         yield target
     finally:
-        subprocess.run(["umount", str(target)], check=False)
+        if subprocess.run(["umount", str(target)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(target)], check=False)  # a file is still open
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(full_tmpfs: Path) -> None:
@@ -172,6 +175,54 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(full_tmpfs: P
     assert info.value.errno == errno.ENOSPC
     assert json.loads(target.read_text()) == {"v": 1}
     assert sorted(os.listdir(full_tmpfs)) == ["filler", "state.json"]
+
+
+def _fill(directory: Path) -> None:
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
+
+
+def test_the_audit_log_fails_soft_on_a_full_disk_and_recovers(
+    full_tmpfs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="actors.policy")
+    audit = AuditLog(full_tmpfs / "audit.log", who="dockmon@test")
+    assert audit.record("t0", "list_containers", None, "ok") is None
+    _fill(full_tmpfs)
+    results = [audit.record(f"t{n}", "inspect", "c1", "ok") for n in range(200)]
+    written = results.index(next(r for r in results if r is not None))  # its last page is full
+    assert written < 100 and all(r and "No space left on device" in r for r in results[written:])
+    audit.close()  # neither the writes nor the close of the broken file raised
+    lost = 200 - written
+    assert audit.failures == lost
+    assert caplog.text.count("cannot write the audit log") == 1
+    (full_tmpfs / "filler").unlink()
+    assert audit.record("t999", "list_containers", None, "ok") is None
+    assert f"is written again ({lost} line(s) were lost)" in caplog.text
+    audit.close()
+    lines = (full_tmpfs / "audit.log").read_text().splitlines()
+    times = [json.loads(line)["time"] for line in lines]  # never half a line, even at ENOSPC
+    assert times == ["t0", *(f"t{n}" for n in range(written)), "t999"]
+
+
+def test_a_journal_that_cannot_be_written_keeps_its_state(full_tmpfs: Path) -> None:
+    journal = Journal.acquire(full_tmpfs / "updates", "3f9a1b2c4d5e")
+    assert journal is not None
+    try:
+        journal.save(phase="backup", old_id="a" * 64)
+        _fill(full_tmpfs)
+        with pytest.raises(JournalWriteFailed, match="cannot write the update journal") as info:
+            journal.save(phase="creating", padding="x" * 8192)
+        assert info.value.touched  # the old container was already stopped in phase "backup"
+        assert journal.state == {"phase": "backup", "old_id": "a" * 64}  # what is on disk
+        assert json.loads(journal.path.read_text()) == journal.state
+    finally:
+        journal.release()
 
 
 def test_create_exclusive_writes_once(tmp_path: Path) -> None:
