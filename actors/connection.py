@@ -13,6 +13,7 @@ import contextlib
 import logging
 import queue
 import random
+import socket
 import ssl
 import threading
 from collections import deque
@@ -106,6 +107,9 @@ for _family in (images, networks, volumes, compose, updates, shell, health, stat
 #: requests whose reply has not gone out yet, remembered for the audit log (oldest dropped)
 AUDIT_PENDING_LIMIT = 10_000
 
+#: the largest frame or message the backend accepts, and so the largest we read (PROTOCOL §1.3)
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
 #: roles told LinkStateChanged when the connection comes up or goes down (if they run)
 LINK_SUBSCRIBERS = ("updater", "stats", "shell", "health_checks")
 
@@ -187,6 +191,72 @@ _STOP = object()
 _FINISH = object()  # send a close frame after everything queued before it
 
 
+class MessageTooBig(websocket.WebSocketProtocolException):
+    """A frame, or a fragmented message, over MAX_MESSAGE_BYTES: refused before buffering."""
+
+
+class _BoundedFrameBuffer(websocket._abnf.frame_buffer):
+    """websocket-client's frame reader, refusing a frame from its header: a frame longer than
+    the limit (or a control frame longer than RFC 6455's 125 bytes) is never read."""
+
+    def __init__(self, recv: Callable[[int], bytes], limit: int) -> None:
+        super().__init__(recv, skip_utf8_validation=True)
+        self.limit = limit
+
+    def recv_length(self) -> None:
+        super().recv_length()
+        length = self.length or 0
+        opcode = self.header[4] if self.header else 0
+        if opcode & 0x8 and length > 125:
+            raise websocket.WebSocketProtocolException(
+                f"a control frame of {length} bytes (at most 125 allowed)"
+            )
+        if length > self.limit:
+            self.clear()  # the reader stops here; nothing of it is read
+            raise MessageTooBig(f"a frame of {length} bytes")
+
+
+class _BoundedMessages(websocket._abnf.continuous_frame):
+    """Reassembles a fragmented message in linear time (websocket-client concatenates bytes,
+    quadratic in the number of fragments) and refuses it once it grows past the limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(fire_cont_frame=False, skip_utf8_validation=True)
+        self.limit = limit
+        self._opcode = 0
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def add(self, frame: websocket.ABNF) -> None:
+        if not self.recving_frames:  # the first frame of a message
+            self._opcode, self._parts, self._size = frame.opcode, [], 0
+            if not frame.fin:
+                self.recving_frames = frame.opcode
+        self._size += len(frame.data)
+        if self._size > self.limit:
+            self._parts, self.recving_frames = [], None
+            raise MessageTooBig(f"a message of more than {self._size} bytes in fragments")
+        data = frame.data
+        self._parts.append(data.encode("latin-1") if isinstance(data, str) else data)
+        if frame.fin:
+            self.recving_frames = None
+
+    def extract(self, frame: websocket.ABNF) -> tuple[int, websocket.ABNF]:
+        frame.data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        self._parts = []
+        return self._opcode, frame
+
+
+class _BoundedWebSocket(websocket.WebSocket):
+    """A WebSocket that reads at most ``limit`` bytes per message, and leaves UTF-8 validation
+    to Python's codec (websocket-client's pure-Python check costs about 0.8 s per MB)."""
+
+    def __init__(self, limit: int, **kwargs: Any) -> None:
+        super().__init__(skip_utf8_validation=True, **kwargs)
+        self.frame_buffer = _BoundedFrameBuffer(self._recv, limit)
+        self.cont_frame = _BoundedMessages(limit)
+
+
 class WebSocketLink:
     """One connection attempt: a reader thread and a writer thread around one WebSocket."""
 
@@ -240,14 +310,14 @@ class WebSocketLink:
         unconfirmed list until a pong proves it read, and resends those itself.
         """
         self.close_from_thread()
-        ws = self._ws
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                ws.close(timeout=0)
         self._outgoing.put(_STOP)
         join_thread(self._reader, timeout, "ConnectionActor-reader")
         if self._writer.is_alive():
             join_thread(self._writer, timeout, "ConnectionActor-writer")
+        ws = self._ws
+        if ws is not None:  # after the joins: never close the descriptor under a running recv
+            with contextlib.suppress(Exception):
+                ws.shutdown()
 
     def _tell(self, message: Any) -> bool:
         try:
@@ -258,23 +328,28 @@ class WebSocketLink:
             return False
 
     def close_from_thread(self) -> None:
+        """Wake both threads: shut the socket down (websocket-client's ``abort`` does nothing
+        once a close frame was sent, and a peer still sending would never notice)."""
         with self._lock:
             self._closed = True
             ws = self._ws
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                ws.abort()
+        sock = ws.sock if ws is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _read(self) -> None:
         reason = "closed"
         try:
-            ws = websocket.WebSocket(
-                sslopt={"context": self._settings.ssl_context()}, enable_multithread=True
+            ws = _BoundedWebSocket(
+                MAX_MESSAGE_BYTES,
+                sslopt={"context": self._settings.ssl_context()},
+                enable_multithread=True,
             )
             ws.connect(self._settings.url, **self._settings.connect_options())
             with self._lock:
                 if self._closed:
-                    ws.abort()
+                    ws.shutdown()
                     return
                 self._ws = ws
             ws.settimeout(self._settings.write_deadline)
@@ -301,6 +376,20 @@ class WebSocketLink:
                     code, text = _close_reason(frame.data)
                     reason = f"closed by server: {code} {text}".rstrip()
                     return
+        except MessageTooBig as exc:
+            log.error(
+                "DockMon sent %s, over the 16 MiB limit (PROTOCOL §1.3); closing the connection "
+                "(1009) and reconnecting",
+                exc,
+            )
+            reason = f"refused {exc}: over the 16 MiB limit"
+            self._refuse(websocket.STATUS_MESSAGE_TOO_BIG, b"message too big")
+        except UnicodeDecodeError as exc:
+            log.warning(
+                "DockMon sent a text frame that is not UTF-8 (%s); reconnecting", exc.reason
+            )
+            reason = "a text frame that is not valid UTF-8"
+            self._refuse(websocket.STATUS_INVALID_PAYLOAD, b"invalid UTF-8")
         except websocket.WebSocketBadStatusException as exc:
             reason = f"handshake rejected: HTTP {exc.status_code}"
         except (OSError, websocket.WebSocketException, ValueError) as exc:
@@ -316,6 +405,16 @@ class WebSocketLink:
             self._outgoing.put(_STOP)
             with contextlib.suppress(pykka.ActorDeadError):
                 self._notify.tell(ReaderStopped(generation=self.generation, reason=reason))
+
+    def _refuse(self, code: int, reason: bytes) -> None:
+        """Tell the server why we drop the link (bounded: the send may not block for long)."""
+        ws = self._ws
+        if ws is None:
+            return
+        with contextlib.suppress(Exception):
+            if ws.sock is not None:
+                ws.sock.settimeout(1.0)
+            ws.send_close(code, reason)
 
     def _write(self) -> None:
         ws = self._ws
@@ -341,6 +440,13 @@ class WebSocketLink:
                 return
             finally:
                 self._busy_since = None
+
+
+def _frame_bytes(text: str) -> int:
+    """The UTF-8 size of a frame, without encoding it when its length alone settles the limit."""
+    if len(text) * 4 <= MAX_MESSAGE_BYTES:
+        return len(text)  # a lower bound, certainly below the limit
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _ack_of(data: bytes | str) -> int | None:
@@ -491,8 +597,7 @@ class ConnectionActor(SupervisedActor):
             case (
                 CommandSucceeded() | CommandFailed() | ContainerOpSucceeded() | ContainerOpFailed()
             ):
-                self._audit_reply(message)
-                self._send(encode_reply(message, self.ctx.clock.time_ns()))
+                self._send(self._bounded_reply(message))
             case _:
                 log.warning("Connection ignored %s", type(message).__name__)
         return None
@@ -851,7 +956,33 @@ class ConnectionActor(SupervisedActor):
                 "event_streamer", EventsConfirmed(seqs=tuple(confirmed)), optional=True
             )
 
+    def _bounded_reply(self, reply: Reply) -> str:
+        """The reply's frame, or an error in its place if the backend could not read it: a
+        frame over 16 MiB closes the connection (1009), and resending it would do so forever."""
+        text = encode_reply(reply, self.ctx.clock.time_ns())
+        size = _frame_bytes(text)
+        if size > MAX_MESSAGE_BYTES:
+            error = (
+                f"response too large: {size} bytes, the server accepts at most 16 MiB per "
+                "message (PROTOCOL §1.3); ask for less (e.g. a smaller log tail)"
+            )
+            log.error("reply to %s not sent: %s", reply.request_id, error)
+            reply = (
+                ContainerOpFailed(request_id=reply.request_id, error=error)
+                if isinstance(reply, ContainerOpSucceeded | ContainerOpFailed)
+                else CommandFailed(request_id=reply.request_id, error=error)
+            )
+            text = encode_reply(reply, self.ctx.clock.time_ns())
+        self._audit_reply(reply)
+        return text
+
     def _send(self, text: str, *, buffer: bool = True) -> None:
+        if _frame_bytes(text) > MAX_MESSAGE_BYTES:  # an event: the backend could never read it
+            log.error(
+                "dropped an outgoing message of %d bytes: over the 16 MiB the server accepts",
+                _frame_bytes(text),
+            )
+            return
         if self._state == "connected" and self._link is not None:
             if buffer:
                 self._transmit(text)

@@ -363,3 +363,18 @@ def test_a_drop_is_reported_to_the_status_file_as_disconnected(rig: Rig) -> None
     rig.ref.tell(ReaderStopped(generation=link.generation, reason="closed by server: 1001"))
     down = status.expect(ConnectionStatus, where=lambda s: not s.connected)
     assert down.last_error == "closed by server: 1001"
+
+
+def test_a_reply_the_backend_could_not_read_is_replaced_by_an_error(rig: Rig) -> None:
+    """Over 16 MiB the backend closes with 1009; resending the frame would loop forever."""
+    link = rig.connect()
+    big = RawJson.of({"logs": "é" * (9 * 1024 * 1024)})  # 9 Mi characters, 18 MiB of UTF-8
+    rig.ref.tell(CommandSucceeded(request_id="r-big", payload=big))
+    rig.ref.tell(EventOut(command="update_progress", payload=big))
+    rig.ref.tell(CommandSucceeded(request_id="r-ok", payload=RawJson.of({"fine": True})))
+    rig.barrier()
+    sent = [json.loads(frame) for frame in link.sent]
+    assert [f.get("id") for f in sent] == ["r-big", "r-ok"]  # the big event was dropped
+    assert sent[0]["error"].startswith("response too large: ")
+    assert "16 MiB" in sent[0]["error"]
+    assert all(len(frame.encode()) < 1024 for frame in link.sent)
