@@ -79,8 +79,10 @@ _HANGUP_SCRIPT = (
     "found=1; for f in $(grep -l {patterns} /proc/[0-9]*/environ 2>/dev/null); do "
     'p=${{f#/proc/}}; kill -HUP "${{p%/environ}}" 2>/dev/null && found=0; done; exit $found'
 )
-#: sessions ended by one hang-up exec at most (keeps its command line short)
-HANGUP_BATCH = 100
+#: sessions ended by one hang-up exec at most (keeps its command line a few KiB)
+HANGUP_BATCH = 256
+#: the hang-up worker waits this long before its first batch: closes come in bursts
+HANGUP_GATHER_S = 0.05
 #: the backend uses an ``error`` text as a WebSocket close reason, which is capped at 123 bytes
 ERROR_LIMIT = 120
 
@@ -258,6 +260,7 @@ class HangUps:
 
     def _run(self) -> None:
         backend: ShellBackend | None = None
+        time.sleep(HANGUP_GATHER_S)  # on the worker thread: a burst of closes is one batch
         try:
             while True:
                 with self._lock:
