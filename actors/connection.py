@@ -361,10 +361,12 @@ class WebSocketLink:
             while True:
                 opcode, frame = ws.recv_data_frame(True)
                 if opcode == websocket.ABNF.OPCODE_TEXT:
-                    data = frame.data
+                    data, frame.data = frame.data, b""
                     text = data.decode("utf-8") if isinstance(data, bytes) else data
+                    del data  # a big frame is held once (as text) while the actor parses it
                     if not self._tell(FrameReceived(generation=self.generation, data=text)):
                         return
+                    del text
                 elif opcode == websocket.ABNF.OPCODE_BINARY:
                     if not self._tell(FrameReceived(generation=self.generation, data=frame.data)):
                         return

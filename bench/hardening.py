@@ -85,15 +85,15 @@ def frames(b: base.Bench) -> list[str]:
         started = time.monotonic()
         threading.Thread(target=blast, daemon=True).start()
         time.sleep(0.05)  # the big frame is on its way first
-        answered = "no answer"
-        for _ in range(3):  # a request lost to the reconnect is asked again
+        answered = "no answer within 180 s"
+        while time.monotonic() - started < 180:  # a request lost to the reconnect is asked again
             try:
                 if b.hub.connected and b.hub.command("list_containers", timeout=60).ok:
                     answered = f"{time.monotonic() - started:.2f} s"
                     break
-            except (TimeoutError, ConnectionError, RuntimeError):
+            except (TimeoutError, ConnectionError, RuntimeError, KeyError):
                 pass
-            b.hub.wait_until(lambda: b.hub.connected, 60, "a connection")
+            time.sleep(0.02)
         sent.wait(120)
         hwm_after = _status(pid, "VmHWM") / 1024
         out.append(

@@ -41,6 +41,7 @@ from messages.health import CheckOutcome, HealthCheckConfig
 from messages.wire import AgentIdentity
 from supervisor import ChildSpec, Supervisor
 from tests.fakes import FakeClock, FakeLink, FakeScheduler
+from tests.waiting import wait_for
 
 DAY = 86_400.0
 IDENT = AgentIdentity(
@@ -265,11 +266,15 @@ class MonthRig:
         return [r for r in pykka.ActorRegistry.get_all()]
 
     def barrier(self) -> None:
-        """Every actor has handled everything told so far (twice: replies cause tells)."""
-        for _ in range(3):
+        """Every actor has handled everything told so far, including what that caused: rounds of
+        pings until a whole round finds every mailbox empty (a message chain takes a round per
+        hop)."""
+        for _ in range(20):
             for ref in self.refs():
                 with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                     ref.ask(Ping(), timeout=5)
+            if self.inbox_depth() == 0:
+                return
 
     def retained(self) -> int:
         """Entries in every table the live actors (and their helper objects) hold."""
@@ -283,7 +288,13 @@ class MonthRig:
     def inbox_depth(self) -> int:
         return max((ref.actor_inbox.qsize() for ref in self.refs()), default=0)  # type: ignore[attr-defined]
 
-    def link(self) -> FakeLink:
+    def link(self, *, not_: FakeLink | None = None) -> FakeLink:
+        """The current link (``not_``: wait for one newer than that)."""
+        wait_for(
+            lambda: FakeLink.instances and FakeLink.instances[-1] is not not_,
+            10,
+            "the Connection to dial",
+        )
         del FakeLink.instances[:-1]  # the rig keeps only the current link
         return FakeLink.instances[-1]
 
@@ -300,9 +311,9 @@ class MonthRig:
     def stop(self) -> None:
         self.supervisor.stop("soak finished")
 
-    def connect(self) -> None:
+    def connect(self, previous: FakeLink | None = None) -> None:
         self.barrier()
-        link = self.link()
+        link = self.link(not_=previous)
         conn = self.connection()
         conn.tell(LinkOpened(generation=link.generation))
         conn.tell(FrameReceived(generation=link.generation, data=AUTH_OK))
@@ -317,7 +328,7 @@ class MonthRig:
         self.barrier()
         self.scheduler.advance(0)
         self.barrier()
-        self.connect()
+        self.connect(previous=link)
 
     def pong(self) -> None:
         """The backend read everything: answer the newest ping."""
