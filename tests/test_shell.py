@@ -673,9 +673,11 @@ def test_closed_sessions_give_back_their_threads_and_descriptors_within_two_seco
     # hang-up worker (a thread, its Docker connection) while dockerd is busy with 200 execs.
     session_threads = ("ShellActor-reader", "ShellActor-writer")
     wait_for(
-        lambda: not [t for t in threading.enumerate() if t.name in session_threads]
-        and threading.active_count() <= threads + 1
-        and _descriptors() <= fds + HANGUP_WORKER_FDS,
+        lambda: (
+            not [t for t in threading.enumerate() if t.name in session_threads]
+            and threading.active_count() <= threads + 1
+            and _descriptors() <= fds + HANGUP_WORKER_FDS
+        ),
         2.0,
         f"threads back to {threads} (+1) and descriptors to {fds} (+{HANGUP_WORKER_FDS}) within "
         f"2 s of the closes (now {threading.active_count()} and {_descriptors()})",
