@@ -44,6 +44,7 @@ import docker.errors
 import requests
 
 from messages.connection import HandOver, ResumeAfterHandOver
+from messages.references import IMAGE_REFERENCE
 from messages.updates import SelfUpdate
 
 if TYPE_CHECKING:
@@ -78,14 +79,7 @@ class SelfUpdateError(Exception):
 
 # --- image references -----------------------------------------------------------------------
 
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*(?::[0-9]+)?"
-_REFERENCE = re.compile(
-    rf"(?P<name>(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*)"
-    r"(?::(?P<tag>\w[\w.-]{0,127}))?"
-    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?"
-)
+_REFERENCE = IMAGE_REFERENCE  # the one grammar the decoders use for server-sent images too
 
 
 @dataclass(frozen=True, slots=True)

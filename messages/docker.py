@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from messages.common import RawJson
+from messages.references import ContainerName, ContainerRef
 
 # --- container operations (PROTOCOL §4.2), one type per action --------------------------------
 
@@ -12,7 +13,7 @@ from messages.common import RawJson
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _ContainerCommand:
     request_id: str
-    container_id: str
+    container_id: ContainerRef
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,7 +43,7 @@ class KillContainer(_ContainerCommand):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RenameContainer(_ContainerCommand):
-    new_name: str
+    new_name: ContainerName
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from messages import compose, health, images, networks, shell, stats, updates, volumes
+from messages import compose, health, images, networks, references, shell, stats, updates, volumes
 from messages.common import RawJson, Secret
 from messages.decoding import BadPayload, CommandDecoder, boolean, command_failed, number
 from messages.docker import (
@@ -194,10 +194,16 @@ def decode_object(frame: Mapping[str, Any]) -> Inbound:
             result = _container_operation(request_id, payload)
             if isinstance(result, ContainerOpFailed):
                 return RejectedRequest(reply=result)
+            if bad := references.problem(result):
+                return RejectedRequest(reply=ContainerOpFailed(request_id=request_id, error=bad))
             return result  # type: ignore[return-value]
         case str() if kind in FRAME_DECODERS:
             decoded = FRAME_DECODERS[kind](frame)
-            return decoded if decoded is not None else IgnoredFrame(reason=f"malformed {kind}")
+            if decoded is None:
+                return IgnoredFrame(reason=f"malformed {kind}")
+            if bad := references.problem(decoded):
+                return IgnoredFrame(reason=f"{kind}: {bad}")
+            return cast(Inbound, decoded)
         case str():
             return IgnoredFrame(reason=f"unsupported message type: {kind}")
         case _:
@@ -236,6 +242,8 @@ def _generic_command(frame: Mapping[str, Any]) -> Inbound:
         return RejectedRequest(reply=command_failed(request_id, name, exc))
     if isinstance(decoded, CommandFailed):
         return RejectedRequest(reply=decoded)
+    if bad := references.problem(decoded):
+        return RejectedRequest(reply=CommandFailed(request_id=request_id, error=bad))
     return cast(Inbound, decoded)
 
 
