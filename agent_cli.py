@@ -172,7 +172,9 @@ def build_specs(
         ),
         ChildSpec(
             "updater",
-            lambda ctx: UpdaterActor.start(ctx, settings=updater_settings, flows=flows),
+            lambda ctx: UpdaterActor.start(
+                ctx, settings=updater_settings, flows=flows, policy=cfg.policy
+            ),
         ),
         ChildSpec("stats", lambda ctx: StatsActor.start(ctx, settings=stats_settings)),
         ChildSpec(

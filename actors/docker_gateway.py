@@ -9,6 +9,7 @@ parallel, so a 10 s ``stop`` holds up nothing else. Workers tell their reply to 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -25,7 +26,7 @@ import docker.errors
 from actors import FAMILIES
 from actors.base import ActorContext, SupervisedActor
 from actors.docker_tools import DockerTools, Handler, HandlerSettings, describe_docker_error
-from actors.policy import CONTAINER_CHANGES, Policy
+from actors.policy import CHANGES, Guard, Policy, Refused
 from messages.common import RawJson
 from messages.docker import (
     ACTION_NAMES,
@@ -60,7 +61,6 @@ for _family in FAMILIES:
     HANDLERS.update(_family.HANDLERS)
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
-_PROTECTED = (StopContainer, RestartContainer, RemoveContainer, KillContainer, RenameContainer)
 _VERBS = {
     "start": "start container",
     "stop": "stop container",
@@ -189,10 +189,9 @@ class DockerGatewayActor(SupervisedActor):
         policy: Policy | None = None,
     ) -> None:
         super().__init__(ctx)
-        self._policy = policy or Policy()
+        self._guard = Guard(policy or Policy(), own_container_id)
         self._docker_host = docker_host
         self._handler_settings = handler_settings or HandlerSettings()
-        self._own_id = own_container_id
         self._workers = workers
         self._client_factory = client_factory or (
             lambda: docker.APIClient(
@@ -297,19 +296,33 @@ class DockerGatewayActor(SupervisedActor):
             return DockerTools(api=cast(Any, None), docker_host=self._docker_host).failed(
                 message.request_id, "connect to Docker", exc
             )
+        try:
+            resolved = self._guard.check(tools.api, message)
+        except Refused as exc:
+            log.warning("refused %s: %s", type(message).__name__, exc)
+            return CommandFailed(
+                request_id=message.request_id, error=str(exc), error_type="permission_denied"
+            )
+        except Exception as exc:
+            return tools.failed(message.request_id, CHANGES[type(message)].what, exc)
+        if resolved is not None:
+            tools = dataclasses.replace(tools, resolved=resolved)
         return handler(tools, message)
 
     def _operate(self, op: ContainerOperation) -> Reply:
         action = ACTION_NAMES[type(op)]
         try:
             api = self._client()
-            refusal = self._refusal(api, op, action)
-            if refusal is not None:
-                log.warning("refused %s %s: %s", action, op.container_id, refusal)
+            try:
+                resolved = self._guard.check(api, op)
+            except Refused as exc:
+                log.warning("refused %s %s: %s", action, op.container_id, exc)
                 return ContainerOpFailed(
-                    request_id=op.request_id, error=refusal, error_type="permission_denied"
+                    request_id=op.request_id, error=str(exc), error_type="permission_denied"
                 )
-            body = self._run(api, op)
+            # act on the id the guard checked: a rename since then cannot redirect the action
+            cid = op.container_id if resolved is None else resolved.container_id
+            body = self._run(api, op, cid)
         except Exception as exc:
             error, error_type = describe_docker_error(_VERBS[action], exc, self._docker_host)
             log.info("%s %s failed: %s", action, op.container_id, error)
@@ -317,41 +330,28 @@ class DockerGatewayActor(SupervisedActor):
         log.info("%s %s: ok", action, op.container_id)
         return ContainerOpSucceeded(request_id=op.request_id, body=RawJson.of(body))
 
-    def _refusal(self, api: docker.APIClient, op: ContainerOperation, action: str) -> str | None:
-        """Why the agent itself refuses ``op``: its own container, or a protected one."""
-        guarded = isinstance(op, _PROTECTED) and self._own_id
-        if not guarded and not (self._policy.protects_containers and action in CONTAINER_CHANGES):
-            return None
-        info = api.inspect_container(op.container_id)
-        if isinstance(op, _PROTECTED) and self._own_id and info["Id"].startswith(self._own_id):
-            return (
-                f"refusing to {action} the agent's own container ({info['Id'][:12]}); "
-                "use self_update to replace the agent"
-            )
-        labels = (info.get("Config") or {}).get("Labels") or {}
-        return self._policy.check_container(action, info.get("Name", ""), labels)
-
-    def _run(self, api: docker.APIClient, op: ContainerOperation) -> dict[str, Any]:
-        cid = op.container_id
+    def _run(self, api: docker.APIClient, op: ContainerOperation, cid: str) -> dict[str, Any]:
+        """Act on ``cid`` (the resolved id for changes); replies echo the request's reference."""
+        echo = op.container_id
         match op:
             case StartContainer():
                 api.start(cid)
-                return {"container_id": cid, "status": "started"}
+                return {"container_id": echo, "status": "started"}
             case StopContainer(timeout=timeout):
                 api.stop(cid, timeout=timeout)
-                return {"container_id": cid, "status": "stopped"}
+                return {"container_id": echo, "status": "stopped"}
             case RestartContainer(timeout=timeout):
                 api.restart(cid, timeout=timeout)
-                return {"container_id": cid, "status": "restarted"}
+                return {"container_id": echo, "status": "restarted"}
             case RemoveContainer(force=force):
                 api.remove_container(cid, force=force, v=False)
-                return {"container_id": cid, "removed": True}
+                return {"container_id": echo, "removed": True}
             case KillContainer():
                 api.kill(cid, signal="SIGKILL")
-                return {"container_id": cid, "status": "killed"}
+                return {"container_id": echo, "status": "killed"}
             case RenameContainer(new_name=new_name):
                 api.rename(cid, new_name)
-                return {"container_id": cid, "status": "renamed"}
+                return {"container_id": echo, "status": "renamed"}
             case GetContainerLogs(tail=tail):
                 return {"logs": self._logs(api, cid, tail)}
             case InspectContainer():

@@ -43,7 +43,7 @@ import pykka
 
 from actors.base import ActorContext, SupervisedActor
 from actors.docker_tools import describe_docker_error
-from actors.policy import Policy
+from actors.policy import Guard, Policy, Refused
 from messages.common import RawJson
 from messages.outbound import EventOut, LinkStateChanged
 from messages.shell import (
@@ -96,8 +96,8 @@ class ExecStream:
 class ShellBackend(Protocol):
     """The Docker side of one session; used by one thread at a time (reader, then writer)."""
 
-    def identify(self, container_id: str) -> tuple[str, dict[str, str]]:
-        """The container's name and labels (for the policy's protected containers)."""
+    def inspect_container(self, container_id: str) -> dict[str, Any]:
+        """Docker's inspect object (the policy's guard resolves the container with it)."""
         ...
 
     def open(self, container_id: str, marker: str) -> ExecStream: ...
@@ -141,10 +141,8 @@ class DockerShellBackend:
             )
         return self._api
 
-    def identify(self, container_id: str) -> tuple[str, dict[str, str]]:
-        info = self._client().inspect_container(container_id)
-        labels = (info.get("Config") or {}).get("Labels") or {}
-        return str(info.get("Name") or ""), {str(k): str(v) for k, v in labels.items()}
+    def inspect_container(self, container_id: str) -> dict[str, Any]:
+        return dict(self._client().inspect_container(container_id))
 
     def open(self, container_id: str, marker: str) -> ExecStream:
         api = self._client()
@@ -225,7 +223,7 @@ class ShellSession:
         emit: Callable[[dict[str, str]], None],
         ended: Callable[[], None],
         describe_error: Callable[[str, BaseException], str],
-        policy: Policy | None = None,
+        guard: Guard | None = None,
         join_timeout: float = 2.0,
     ) -> None:
         self.session_id = session_id
@@ -236,7 +234,7 @@ class ShellSession:
         self._emit = emit
         self._ended = ended
         self._describe_error = describe_error
-        self._policy = policy or Policy()
+        self._guard = guard or Guard()
         self._join_timeout = join_timeout
         self._pending: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -282,12 +280,19 @@ class ShellSession:
     # --- reader thread ---------------------------------------------------------------------------
 
     def _read(self) -> None:
+        denial: str | None = None
+        stream = None
         try:
-            denial = self._check_policy()
-            stream = None if denial else self._backend.open(self.container_id, self.marker)
+            # resolve once, check, then exec in exactly that container (never by name again)
+            start = StartShell(session_id=self.session_id, container_id=self.container_id)
+            resolved = self._guard.check(self._backend, start)
+            assert resolved is not None
+            self.container_id = resolved.container_id
+            stream = self._backend.open(self.container_id, self.marker)
+        except Refused as exc:
+            denial = str(exc)
         except Exception as exc:
             denial = self._describe_error("start shell", exc)
-            stream = None
         if stream is None:
             error = _short(denial or "failed to start shell")
             log.warning("shell session %s: could not open a shell: %s", self.session_id, error)
@@ -317,13 +322,6 @@ class ShellSession:
             self._emit(shell_data(self.session_id, "closed"))
             log.info("shell session %s: closed (%s)", self.session_id, reason)
             self._ended()
-
-    def _check_policy(self) -> str | None:
-        """Why the policy refuses a shell in this container (protected containers), or None."""
-        if not self._policy.protects_containers:
-            return None
-        name, labels = self._backend.identify(self.container_id)
-        return self._policy.check_container("shell_session", name, labels)
 
     # --- writer thread ---------------------------------------------------------------------------
 
@@ -405,7 +403,7 @@ class ShellActor(SupervisedActor):
         self._backend_factory: BackendFactory = backend_factory or (
             lambda: DockerShellBackend(docker_host)
         )
-        self._policy = policy or Policy()
+        self._guard = Guard(policy or Policy())
         self._max_backlog = max_backlog
         self._stop_timeout = stop_timeout
         self._sessions: dict[str, ShellSession] = {}
@@ -485,7 +483,7 @@ class ShellActor(SupervisedActor):
             emit=emit,
             ended=ended,
             describe_error=self._describe_error,
-            policy=self._policy,
+            guard=self._guard,
         )
         self._sessions[session_id] = session
         log.info("shell session %s: opening a shell in %s", session_id, msg.container_id[:64])

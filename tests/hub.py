@@ -111,6 +111,7 @@ HOST_STATS_KEYS = frozenset({"cpu_percent", "mem_percent", "net_bytes_per_sec"})
 _UTC_TIMESTAMP_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?Z")
 _RFC3339_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})")
 _FULL_CONTAINER_ID_RE = re.compile(r"[0-9a-f]{64}")
+_ID12 = re.compile(r"[0-9a-f]{12}")
 
 
 class _NotGiven(enum.Enum):
@@ -1513,8 +1514,31 @@ class FakeHub:
             else EVENT_VALIDATORS.get(str(command))
         )
         problem = validator(payload) if validator is not None else None
+        if problem is None and command == "update_complete":
+            problem = self._unawaited_update(payload)
         if problem is not None:
             self._violation(f"malformed {command}: {problem}", msg)
+
+    def _unawaited_update(self, payload: dict[str, Any]) -> str | None:
+        """The backend's update waiter (§6) matches ``old_container_id`` against the 12-char id
+        it sent: an update_complete for an id no update_container named is never seen (when a
+        test sent a name, the agent's answer is the container's 12-hex id, unknown here)."""
+        sent = [
+            m["payload"].get("container_id")
+            for m in self._sent  # (caller holds _cond)
+            if m.get("type") == "command"
+            and m.get("command") == "update_container"
+            and isinstance(m.get("payload"), dict)
+        ]
+        if not sent or not all(isinstance(c, str) and _ID12.fullmatch(c) for c in sent):
+            return None
+        if payload["old_container_id"] not in sent:
+            return (
+                f"old_container_id {payload['old_container_id']!r} is none of the 12-char ids "
+                f"update_container was sent for {sorted(set(sent))}: the backend waits for "
+                "exactly the id it sent"
+            )
+        return None
 
     # ---------------------------------------------------------------- requests / breaker
 

@@ -204,13 +204,14 @@ def update_layer_progress_problem(payload: dict[str, Any]) -> str | None:
 
 
 def update_complete_problem(payload: dict[str, Any]) -> str | None:
-    """``old_container_id``, ``new_container_id`` (12), ``container_name``; ``failed_dependents``
-    only when non-empty."""
+    """``old_container_id`` (the 12-char id the backend sent), ``new_container_id`` (12),
+    ``container_name``; ``failed_dependents`` only when non-empty."""
     base = {"old_container_id", "new_container_id", "container_name"}
     if set(payload) not in (base, base | {"failed_dependents"}):
         return f"keys must be {sorted(base)} [+ failed_dependents], got {sorted(payload)}"
-    if not isinstance(payload["old_container_id"], str) or not payload["old_container_id"]:
-        return "old_container_id must be a non-empty string"
+    old = payload["old_container_id"]
+    if not isinstance(old, str) or _ID12.fullmatch(old) is None:
+        return f"old_container_id must be a 12-char hex id (the one the backend sent), got {old!r}"
     new = payload["new_container_id"]
     if not isinstance(new, str) or _ID12.fullmatch(new) is None:
         return f"new_container_id must be a 12-char hex id, got {new!r}"

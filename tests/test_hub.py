@@ -78,6 +78,10 @@ def register_frame(
     return frame
 
 
+def update_event(command: str, **payload: Any) -> dict[str, Any]:
+    return {"type": "event", "command": command, "payload": payload, "timestamp": TS}
+
+
 def container_event(**overrides: Any) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "container_id": CONTAINER_ID,
@@ -780,6 +784,21 @@ VIOLATING_MESSAGES: list[tuple[str, dict[str, Any], str]] = [
         {"type": "response", "id": "nobody", "error": "x", "error_type": "oops"},
         "error_type",
     ),
+    (
+        "update progress by name",
+        update_event("update_progress", container_id="web", stage="pulling", message="Pulling"),
+        "container_id must be a 12-char hex id",
+    ),
+    (
+        "update complete for a name",
+        update_event(
+            "update_complete",
+            old_container_id="web",
+            new_container_id="0123456789ab",
+            container_name="web",
+        ),
+        "old_container_id must be a 12-char hex id",
+    ),
 ]
 
 
@@ -798,6 +817,20 @@ def test_violations_are_recorded(
     assert hub.connected  # only malformed frames are fatal
     with pytest.raises(AssertionError, match="protocol violation"):
         hub.assert_clean()
+
+
+def test_update_complete_must_name_the_id_update_container_was_sent_for(
+    hub: FakeHub, connect: Connect
+) -> None:
+    client, _ = authed(hub, connect)
+    hub.send_command("update_container", {"container_id": "3f9a1b2c4d5e", "new_image": "a:2"})
+    done = {"new_container_id": "0123456789ab", "container_name": "web"}
+    client.send(update_event("update_complete", old_container_id="3f9a1b2c4d5e", **done))
+    hub.wait_until(lambda: len(hub.events) == 1)
+    hub.assert_clean()
+    client.send(update_event("update_complete", old_container_id="ffffffffffff", **done))
+    hub.wait_until(lambda: bool(hub.violations))
+    assert "none of the 12-char ids update_container was sent for" in hub.violations[0]
 
 
 def test_event_with_correlation_id_is_routed_as_a_response(hub: FakeHub, connect: Connect) -> None:
