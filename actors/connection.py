@@ -547,6 +547,9 @@ class ConnectionActor(SupervisedActor):
         operation, target = operation_of(frame)
         request_id = request_id_of(frame)
         self._auditing = audited(frame)
+        if request_id is not None and request_id in self._audit_pending:
+            self._refuse_duplicate(frame, request_id, operation, target)
+            return
         if frame.get("type") not in ("auth_success", "auth_error"):
             denial = self._policy.check(operation)
             if denial is not None:
@@ -589,6 +592,26 @@ class ConnectionActor(SupervisedActor):
         )
         self._send(encode_reply(reply, self.ctx.clock.time_ns()))
 
+    def _refuse_duplicate(
+        self, frame: dict[str, Any], request_id: str, operation: str, target: str | None
+    ) -> None:
+        """One request id, one request: a second request under an id still pending never runs.
+
+        Its refusal is audited at once; the first request keeps its own audit line (its result).
+        """
+        first = self._audit_pending[request_id][0]
+        error = (
+            f"duplicate request id {request_id}: a {first} request with this id is still pending"
+        )
+        log.warning("refused %s%s: %s", operation, f" on {target}" if target else "", error)
+        self._audit_now(operation, target, f"rejected: {error}")
+        reply: Reply = (
+            ContainerOpFailed(request_id=request_id, error=error)
+            if frame.get("type") == "container_operation"
+            else CommandFailed(request_id=request_id, error=error)
+        )
+        self._send(encode_reply(reply, self.ctx.clock.time_ns()))
+
     def _audit_now(self, operation: str, target: str | None, result: str) -> None:
         """An audit line for the frame being handled (if that kind of frame gets one)."""
         if self._auditing:
@@ -621,6 +644,7 @@ class ConnectionActor(SupervisedActor):
             if type(command) in ACTION_NAMES
             else CommandFailed(request_id=request_id, error=error)
         )
+        self._audit_reply(reply)  # answered: no longer pending
         self._send(encode_reply(reply, self.ctx.clock.time_ns()))
 
     def _notify_link(self, connected: bool) -> None:

@@ -13,11 +13,13 @@ import pytest
 
 from actors.base import Peers
 from actors.connection import Backoff, ConnectionActor, LinkSettings
+from actors.policy import AuditLog
 from messages.common import Ping, RawJson, Secret
 from messages.connection import Dial, FrameReceived, LinkOpened, PongReceived, ReaderStopped
 from messages.docker import (
     CommandSucceeded,
     ContainerEventObserved,
+    ContainerOpSucceeded,
     DescribeHost,
     EventsConfirmed,
     EventsReplay,
@@ -25,7 +27,9 @@ from messages.docker import (
     HostInfo,
     ReplayEvents,
     StartContainer,
+    StopContainer,
 )
+from messages.images import ListImages
 from messages.outbound import EventOut
 from messages.status import ConnectionStatus
 from messages.tokens import GetToken, SaveToken, TokenInfo
@@ -281,14 +285,72 @@ def test_commands_are_routed_and_a_dead_peer_gets_an_in_band_error(rig: Rig) -> 
     rig.ref.tell(FrameReceived(generation=link.generation, data=json.dumps(frame)))
     assert rig.gateway.expect(StartContainer) == StartContainer(request_id="q1", container_id="abc")
     rig.peers.remove("docker_gateway")
-    rig.ref.tell(FrameReceived(generation=link.generation, data=json.dumps(frame)))
+    again = {**frame, "id": "q2", "correlation_id": "q2"}  # (q1 is still pending)
+    rig.ref.tell(FrameReceived(generation=link.generation, data=json.dumps(again)))
     rig.barrier()
     reply = json.loads(link.sent[-1])
     assert reply == {
-        "correlation_id": "q1",
+        "correlation_id": "q2",
         "success": False,
         "error": "docker_gateway is restarting; try again",
     }
+
+
+def _audited_rig(rig: Rig, path: Any) -> tuple[pykka.ActorRef[Any], AuditLog]:
+    """A second Connection on the rig's peers, with an audit log at ``path``."""
+    audit = AuditLog(path, who="dockmon@test")
+    ref = ConnectionActor.start(
+        make_ctx(rig.peers, rig.scheduler, rig.clock, child_id="connection"),
+        settings=LinkSettings(url="ws://127.0.0.1:9/api/agent/ws"),
+        identity=IDENT,
+        reconnect_initial=1.0,
+        reconnect_max=8.0,
+        link_factory=FakeLink,  # type: ignore[arg-type]
+        audit=audit,
+    )
+    return ref, audit
+
+
+def test_a_duplicate_of_a_pending_request_id_is_refused_and_audited(
+    rig: Rig, tmp_path: Any
+) -> None:
+    rig.ref.stop()
+    ref, _ = _audited_rig(rig, tmp_path / "audit.log")
+    rig.ref = ref
+    link = rig.connect()
+    op = {"type": "container_operation", "id": "q1", "correlation_id": "q1",
+          "payload": {"action": "stop", "container_id": "web"}}  # fmt: skip
+    command = {"type": "command", "command": "list_images", "id": "c1", "correlation_id": "c1",
+               "payload": {}}  # fmt: skip
+    for frame in (op, command, op, command):
+        rig.ref.tell(FrameReceived(generation=link.generation, data=json.dumps(frame)))
+    rig.barrier()
+    assert rig.gateway.expect(StopContainer).request_id == "q1"
+    assert rig.gateway.expect(ListImages).request_id == "c1"
+    assert [m for m in rig.gateway.received if not isinstance(m, DescribeHost)] == []  # ran once
+    replies = [json.loads(text) for text in link.sent[-2:]]
+    assert replies[0] == {
+        "correlation_id": "q1",
+        "success": False,
+        "error": "duplicate request id q1: a stop request with this id is still pending",
+    }
+    assert replies[1]["id"] == "c1" and replies[1]["error"] == (
+        "duplicate request id c1: a list_images request with this id is still pending"
+    )
+    rig.ref.tell(ContainerOpSucceeded(request_id="q1", body=RawJson('{"container_id":"web"}')))
+    rig.ref.tell(CommandSucceeded(request_id="c1", payload=RawJson("[]")))
+    rig.barrier()
+    lines = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+    assert [(x["operation"], x["result"].split(":")[0]) for x in lines] == [
+        ("stop", "rejected"),
+        ("list_images", "rejected"),
+        ("stop", "ok"),
+        ("list_images", "ok"),
+    ]
+    assert "duplicate request id q1" in lines[0]["result"] and lines[0]["target"] == "web"
+    # answered: the id is free again
+    rig.ref.tell(FrameReceived(generation=link.generation, data=json.dumps(op)))
+    assert rig.gateway.expect(StopContainer).request_id == "q1"
 
 
 @pytest.mark.parametrize(
