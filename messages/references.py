@@ -123,15 +123,42 @@ SessionRef = Annotated[str, SESSION]
 @functools.cache
 def reference_fields(cls: type) -> tuple[tuple[str, Grammar], ...]:
     """The fields of the message class ``cls`` typed as a reference, with their grammar."""
+    return _plan(cls)[0]
+
+
+def _dataclasses_in(hint: Any) -> set[type]:
+    found: set[type] = set()
+    todo = [hint]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, type) and dataclasses.is_dataclass(item):
+            found.add(item)
+        todo.extend(typing.get_args(item))
+    return found
+
+
+@functools.cache
+def _plan(cls: type) -> tuple[tuple[tuple[str, Grammar], ...], tuple[str, ...]]:
+    """(reference fields, fields that may hold messages with references) of ``cls``."""
     if not dataclasses.is_dataclass(cls):
-        return ()
+        return (), ()
     hints = typing.get_type_hints(cls, include_extras=True)
-    found = []
+    refs: list[tuple[str, Grammar]] = []
+    nested: list[str] = []
     for f in dataclasses.fields(cls):
-        for extra in getattr(hints.get(f.name), "__metadata__", ()):
-            if isinstance(extra, Grammar):
-                found.append((f.name, extra))
-    return tuple(found)
+        hint = hints.get(f.name)
+        grammars = [x for x in getattr(hint, "__metadata__", ()) if isinstance(x, Grammar)]
+        if grammars:
+            refs.append((f.name, grammars[0]))
+        elif any(c is not cls and _carries_references(c) for c in _dataclasses_in(hint)):
+            nested.append(f.name)
+    return tuple(refs), tuple(nested)
+
+
+@functools.cache
+def _carries_references(cls: type) -> bool:
+    refs, nested = _plan(cls)
+    return bool(refs or nested)
 
 
 def problem(message: Any) -> str | None:
@@ -141,7 +168,8 @@ def problem(message: Any) -> str | None:
     """
     if not dataclasses.is_dataclass(message) or isinstance(message, type):
         return None
-    for name, grammar in reference_fields(type(message)):
+    refs, nested = _plan(type(message))
+    for name, grammar in refs:
         value = getattr(message, name)
         if not isinstance(value, str):
             return f"invalid {grammar.kind}: {name} must be a string"
@@ -149,9 +177,9 @@ def problem(message: Any) -> str | None:
             grammar.check(value, name)
         except BadReference as exc:
             return str(exc)
-    for f in dataclasses.fields(message):
-        value = getattr(message, f.name)
+    for name in nested:
+        value = getattr(message, name)
         for item in value if isinstance(value, tuple) else (value,):
-            if dataclasses.is_dataclass(item) and (found := problem(item)):
+            if found := problem(item):
                 return found
     return None
