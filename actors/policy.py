@@ -152,7 +152,8 @@ class Refused(Exception):
 
 
 #: (Docker client, command, the agent's own container id or None) -> what the command reaches.
-#: The client needs only ``inspect_container``, ``containers`` and ``inspect_network``.
+#: The client needs only ``inspect_container``, ``containers``, ``inspect_network`` and
+#: ``inspect_image``.
 Resolver = Callable[[Any, Any, str | None], Resolved]
 
 
@@ -201,6 +202,21 @@ def _attached(api: Any, command: Any, _own: str | None) -> Resolved:
     return Resolved(tuple(targets), detail=net)
 
 
+def _image_users(api: Any, command: Any, _own: str | None) -> Resolved:
+    """remove_image with force deletes an image only stopped containers use (Docker keeps it
+    for running ones and, without force, for any user): those containers lose their image."""
+    if not command.force:
+        return Resolved(())
+    image_id = str(api.inspect_image(command.image_id)["Id"])
+    how = f"remove_image with force deletes the image it was created from ({image_id[7:19]})"
+    users = tuple(
+        Target.of(summary, how=how)
+        for summary in api.containers(all=True)
+        if summary.get("ImageID") == image_id
+    )
+    return Resolved(users, detail=image_id)
+
+
 def _own_container(api: Any, _command: Any, own: str | None) -> Resolved:
     if not own:
         return Resolved(())
@@ -234,6 +250,13 @@ CHANGES: dict[type, Changes] = {
         "({id12})",
         what="inspect network",
     ),
+    RemoveImage: Changes(
+        "remove_image",
+        _image_users,
+        "refusing to remove_image: with force it would delete the image of the agent's own "
+        "container ({id12})",
+        what="remove image",
+    ),
     # the sanctioned way to replace the agent's own container; a protected one is kept
     SelfUpdate: Changes("self_update", _own_container, None),
 }
@@ -244,16 +267,13 @@ CHANGES_NOTHING: dict[type, str] = {
     InspectContainer: "reads",
     GetContainerLogs: "reads",
     ListImages: "reads",
-    # Docker never removes or alters a container for an image removal: an image a running
-    # container uses cannot be deleted even with force, one only stopped containers use is only
-    # untagged (tests/test_protection.py proves both on the real daemon)
-    RemoveImage: "Docker keeps every image a container uses",
     PruneImages: "removes only images no container uses",
     ListNetworks: "reads",
     CreateNetwork: "creates a network; no container is attached",
     PruneNetworks: "removes only networks no container is attached to",
     ListVolumes: "reads",
-    # Docker refuses to remove a volume a container mounts, force or not (proven likewise)
+    # Docker refuses to remove a volume a container mounts, force or not (proven on the real
+    # daemon by tests/test_protection_e2e.py)
     DeleteVolume: "Docker refuses to remove a volume in use, even with force",
     PruneVolumes: "removes only volumes no container mounts",
     ScanComposeDirs: "reads files",

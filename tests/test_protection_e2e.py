@@ -9,6 +9,7 @@ the code before it too; tests/test_protection.py holds the declaration checks.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,12 +36,13 @@ from messages.docker import (
     StartContainer,
     StopContainer,
 )
+from messages.images import RemoveImage
 from messages.networks import DeleteNetwork
 from messages.outbound import EventOut
 from messages.shell import StartShell
 from messages.updates import SelfUpdate, UpdateContainer
 from tests.agent_harness import RunningAgent, running_agent
-from tests.dockerenv import ContainerFactory, PrivateDockerd
+from tests.dockerenv import DEFAULT_BUSYBOX_TAG, ContainerFactory, PrivateDockerd
 from tests.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
 
 GRACEFUL = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
@@ -135,6 +137,30 @@ def _delete_network(
             net.remove()
 
 
+def _remove_image(agent: RunningAgent, make: ContainerFactory, client: docker.DockerClient) -> None:
+    """Force deletes an image only stopped containers use (they keep running from its layers,
+    but lose their image); without force Docker itself refuses."""
+    tag = f"dmprot-{uuid.uuid4().hex[:8]}:1"
+    dockerfile = f"FROM {DEFAULT_BUSYBOX_TAG}\nLABEL org.dockmon.test.protection={tag}\n"
+    client.images.build(
+        fileobj=io.BytesIO(dockerfile.encode()), tag=tag, network_mode="none", rm=True, pull=False
+    )
+    try:
+        kept = make(GRACEFUL, name=f"keep-{uuid.uuid4().hex[:8]}", image=tag, start=False)
+        before = snapshot(client.api, str(kept.id))
+        reply = agent.hub.command("remove_image", {"image_id": tag, "force": True})
+        refused(reply, "(remove_image with force deletes the image it was created from")
+        plain = agent.hub.command("remove_image", {"image_id": tag})
+        assert not plain.ok and "is using its referenced image" in str(plain.error)
+        client.images.get(tag)  # still there
+        assert snapshot(client.api, str(kept.id)) == before
+    finally:
+        for c in client.containers.list(all=True, filters={"ancestor": tag}):
+            c.remove(force=True)
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.images.remove(tag, force=True)
+
+
 def _self_update(_agent: RunningAgent, make: ContainerFactory, client: docker.DockerClient) -> None:
     """The in-process agent has no container of its own: the Updater plays one that has."""
     kept = make(GRACEFUL, name=f"keep-agent-{uuid.uuid4().hex[:6]}")
@@ -173,6 +199,7 @@ REFUSALS: dict[type, Case] = {
     UpdateContainer: _update,
     StartShell: _shell,
     DeleteNetwork: _delete_network,
+    RemoveImage: _remove_image,
     SelfUpdate: _self_update,
 }
 
@@ -184,34 +211,24 @@ def test_a_protected_container_is_refused_on_every_route(
     REFUSALS[kind](agent, make_container, docker_client)
 
 
-def test_removing_an_image_or_volume_never_changes_a_container(
-    agent: RunningAgent,
-    make_container: ContainerFactory,
-    docker_client: docker.DockerClient,
-    busybox_image: str,
+def test_deleting_a_volume_never_changes_a_container(
+    agent: RunningAgent, make_container: ContainerFactory, docker_client: docker.DockerClient
 ) -> None:
-    """Why remove_image and delete_volume are CHANGES_NOTHING: Docker keeps what containers use."""
-    tag, volume = f"dmprot-{uuid.uuid4().hex[:8]}:1", f"dmprot-{uuid.uuid4().hex[:8]}"
-    docker_client.images.get(busybox_image).tag(tag)
+    """Why delete_volume is CHANGES_NOTHING: Docker refuses a volume in use, even with force."""
+    volume = f"dmprot-{uuid.uuid4().hex[:8]}"
     docker_client.volumes.create(volume)
     try:
-        running = make_container(
-            GRACEFUL, name=f"keep-{uuid.uuid4().hex[:8]}", image=tag,
-            volumes={volume: {"bind": "/v", "mode": "rw"}},
-        )  # fmt: skip
-        stopped = make_container(GRACEFUL, name=f"keep-{uuid.uuid4().hex[:8]}", start=False)
-        image_id = str(docker_client.images.get(tag).id)
-        before = [snapshot(docker_client.api, str(c.id)) for c in (running, stopped)]
-        by_id = agent.hub.command("remove_image", {"image_id": image_id, "force": True})
-        assert not by_id.ok and "being used by running container" in str(by_id.error)
-        reply = agent.hub.command("delete_volume", {"volume_name": volume, "force": True})
-        assert not reply.ok and "volume is in use" in str(reply.error)
-        assert agent.hub.command("remove_image", {"image_id": tag, "force": True}).ok  # untagged
-        assert [snapshot(docker_client.api, str(c.id)) for c in (running, stopped)] == before
-        stopped.start()  # still startable: its image is still there
+        for start in (True, False):
+            kept = make_container(
+                GRACEFUL, name=f"keep-{uuid.uuid4().hex[:8]}", start=start,
+                volumes={volume: {"bind": "/v", "mode": "rw"}},
+            )  # fmt: skip
+            before = snapshot(docker_client.api, str(kept.id))
+            reply = agent.hub.command("delete_volume", {"volume_name": volume, "force": True})
+            assert not reply.ok and "volume is in use" in str(reply.error)
+            assert snapshot(docker_client.api, str(kept.id)) == before
+            kept.remove(force=True)
     finally:
-        for c in docker_client.containers.list(all=True, filters={"volume": volume}):
-            c.remove(force=True)
         docker_client.volumes.get(volume).remove(force=True)
 
 
