@@ -192,29 +192,67 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _load(ns: argparse.Namespace) -> agent_config.Config | None:
+def _report(ns: argparse.Namespace) -> agent_config.ConfigReport:
+    return agent_config.inspect_config(
+        os.environ, config_path=ns.config, overrides=agent_config.overrides_from_args(ns)
+    )
+
+
+def _print_problems(problems: Sequence[str]) -> None:
+    """Every problem, once, as plain text on stderr (logging is not set up yet)."""
+    if len(problems) == 1:
+        print(f"dockmon-agent: cannot start: {problems[0]}", file=sys.stderr)
+        return
+    lines = "\n".join(f"  - {p}" for p in problems)
+    print(f"dockmon-agent: cannot start, {len(problems)} problems:\n{lines}", file=sys.stderr)
+
+
+def startup_problems(report: agent_config.ConfigReport) -> list[str]:
+    """The configuration's problems plus DATA_PATH's and the token's, all at once.
+
+    DATA_PATH and the token are checked only where the settings they depend on are valid and
+    the config file could be read (a token or URL in an unreadable file is not "missing").
+    """
+    problems = list(report.problems)
+    if report.file_failed or report.problems_of("DATA_PATH"):
+        return problems
+    values = report.values
     try:
-        return agent_config.load_config(
-            os.environ, config_path=ns.config, overrides=agent_config.overrides_from_args(ns)
-        )
+        check_data_dir(values["data_path"])
+    except FatalError as exc:
+        return [*problems, str(exc)]
+    token_settings = ("REGISTRATION_TOKEN", "PERMANENT_TOKEN")
+    if any(report.problems_of(n) or report.problems_of(f"{n}_FILE") for n in token_settings):
+        return problems
+    try:
+        resolve_token(values["data_path"], values["permanent_token"], values["registration_token"])
     except ConfigError as exc:
-        print(f"dockmon-agent: {exc}", file=sys.stderr)
-        return None
+        problems.extend(exc.problems)
+    return problems
 
 
 def _agent_status(
     prog: str, description: str, argv: Sequence[str]
 ) -> tuple[dict[str, Any], bool, str] | str:
-    """The running agent's status.json and health verdict, or why there is none."""
-    cfg = _load(_parser(prog, description).parse_args(argv))
-    if cfg is None:
-        return "the configuration is invalid (see above)"
+    """The running agent's status.json and health verdict, or why there is none.
+
+    Only DATA_PATH and UNHEALTHY_AFTER matter here: no DOCKMON_URL or token is needed.
+    """
+    report = _report(_parser(prog, description).parse_args(argv))
+    own = report.problems_of("DATA_PATH") + report.problems_of("UNHEALTHY_AFTER")
+    if report.file_failed:
+        own = [p for p in report.problems if agent_config.problem_setting(p) is None] + own
+    if own:
+        return f"invalid configuration: {'; '.join(own)}"
+    data_path = str(report.values["data_path"])
     try:
-        status = read_status(cfg.data_path)
+        status = read_status(data_path)
     except (OSError, ValueError) as exc:
-        return f"cannot read the agent's status in {cfg.data_path}: {exc}"
+        return f"cannot read the agent's status in {data_path}: {exc}"
     healthy, reason = health_verdict(
-        status, unhealthy_after=cfg.unhealthy_after, stale_after=STATUS_STALE_AFTER
+        status,
+        unhealthy_after=float(report.values["unhealthy_after"]),
+        stale_after=STATUS_STALE_AFTER,
     )
     return status, healthy, reason
 
@@ -296,20 +334,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.version:
         print(f"dockmon-agent {agent_version()}")
         return 0
-    cfg = _load(ns)
-    if cfg is None:
-        return 2
+    report = _report(ns)
     if ns.print_config:
-        print(agent_config.format_config(cfg))
+        print(agent_config.format_report(report))
+        if report.problems:
+            _print_problems(report.problems)
+            return 2
         return 0
-    agent_config.setup_logging(cfg.log_level, cfg.log_json)
-    try:
-        check_data_dir(cfg.data_path)
-        resolve_token(cfg.data_path, cfg.permanent_token, cfg.registration_token)
-    except FatalError as exc:
-        log.error("cannot start: %s", exc)
-        print(f"dockmon-agent: {exc}", file=sys.stderr)
+    problems = startup_problems(report)
+    if problems or report.config is None:
+        _print_problems(problems)
         return 2
+    cfg = report.config
+    agent_config.setup_logging(cfg.log_level, cfg.log_json)
     own_id = detect_own_container_id()
     log.info(
         "dockmon-agent %s starting (docker %s%s)",

@@ -271,31 +271,36 @@ def _yaml_text(setting: Setting, value: object) -> str:
     raise ValueError(f"unsupported YAML {type(value).__name__}{shown}; quote it if it is text")
 
 
-def _read_yaml(path: str, problems: list[str], sections: dict[str, Any]) -> dict[str, str]:
-    """Settings from the file; mapping-valued sections (``policy``) go to ``sections``."""
+def _read_yaml(
+    path: str, problems: list[str], sections: dict[str, Any]
+) -> dict[str, str] | None:
+    """Settings from the file; mapping-valued sections (``policy``) go to ``sections``.
+
+    None (and a problem) when the file cannot be used at all: missing, unreadable, not YAML.
+    """
     where = f"config file {path!r}"
     try:
         with open(path, "rb") as f:
             data = yaml.safe_load(f)
     except FileNotFoundError:
         problems.append(f"{where} does not exist")
-        return {}
+        return None
     except OSError as exc:
         problems.append(f"{where} cannot be read: {exc.strerror}")
-        return {}
+        return None
     except yaml.MarkedYAMLError as exc:
         line = f" at line {exc.problem_mark.line + 1}" if exc.problem_mark else ""
         problems.append(f"{where}: YAML syntax error{line}: {exc.problem}")
-        return {}
+        return None
     except yaml.YAMLError as exc:
         problems.append(f"{where}: invalid YAML: {exc}")
-        return {}
+        return None
     if data is None:
         return {}
     if not isinstance(data, dict):
         kind = type(data).__name__
         problems.append(f"{where}: the top level must be a mapping of settings, not a {kind}")
-        return {}
+        return None
     values: dict[str, str] = {}
     for key, value in data.items():
         if str(key).lower() in SECTIONS:
@@ -389,6 +394,36 @@ def _compose_roots(value: str | None, problems: list[str]) -> tuple[str, ...] | 
     return tuple(roots)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigReport:
+    """What ``inspect_config`` found: the config (None when invalid) and every problem.
+
+    ``values`` holds each ``Config`` field as parsed (the default where its text is invalid),
+    ``texts`` the text each given setting had, ``sources`` where each came from, and
+    ``file_failed`` says the YAML file could not be used at all (so "not set" means nothing).
+    """
+
+    config: Config | None
+    problems: tuple[str, ...]
+    values: Mapping[str, Any]
+    texts: Mapping[str, str]
+    sources: Mapping[str, str]
+    file_failed: bool = False
+
+    def problems_of(self, name: str) -> list[str]:
+        """The problems that name setting ``name`` first."""
+        return [p for p in self.problems if problem_setting(p) == name]
+
+
+_PROBLEM_NAME = re.compile(r"([A-Z][A-Z0-9_]*)\b")
+
+
+def problem_setting(problem: str) -> str | None:
+    """The setting a problem is about, when it starts with that setting's name."""
+    match = _PROBLEM_NAME.match(problem)
+    return match.group(1) if match and match.group(1) in _BY_NAME else None
+
+
 def load_config(
     environ: Mapping[str, str],
     *,
@@ -400,13 +435,31 @@ def load_config(
 
     Raises ``ConfigError`` listing every problem found.
     """
+    report = inspect_config(
+        environ, config_path=config_path, overrides=overrides, path_exists=path_exists
+    )
+    if report.config is None:
+        raise ConfigError(list(report.problems))
+    return report.config
+
+
+def inspect_config(
+    environ: Mapping[str, str],
+    *,
+    config_path: str | None = None,
+    overrides: Mapping[str, str] | None = None,
+    path_exists: Callable[[str], bool] = os.path.exists,
+) -> ConfigReport:
+    """``load_config`` without raising: every problem, and every value it could parse."""
     problems: list[str] = []
     given: dict[str, tuple[str, str]] = {}  # name -> (text, source)
     path = config_path or environ.get("DOCKMON_CONFIG")
     sections: dict[str, Any] = {}
+    file_failed = False
     if path:
         settings = _read_yaml(path, problems, sections)
-        given.update((name, (v, "yaml")) for name, v in settings.items())
+        file_failed = settings is None
+        given.update((name, (v, "yaml")) for name, v in (settings or {}).items())
     for s in SETTINGS:
         value = environ.get(s.name) or (
             environ.get(s.name.lower()) if s.name in _LOWERCASE_TOO else ""
@@ -436,9 +489,11 @@ def load_config(
 
     url = text("DOCKMON_URL")
     if url is None:
-        problems.append(f"DOCKMON_URL is not set; {_URL_HINT}")
+        if not file_failed:  # it may well be in the file we could not read
+            problems.append(f"DOCKMON_URL is not set; {_URL_HINT}")
     elif reason := _url_problem(url, ("http", "https", "ws", "wss")):
         problems.append(f"DOCKMON_URL: invalid URL {_mask_url(url)!r} ({reason}); {_URL_HINT}")
+        url = None
 
     tokens: dict[str, Secret | None] = {}
     for name in ("REGISTRATION_TOKEN", "PERMANENT_TOKEN"):
@@ -548,12 +603,9 @@ def load_config(
     unhealthy_after = parsed("UNHEALTHY_AFTER", _parse_duration)
     policy = parse_policy(sections.get("policy"), f"config file {path!r}", problems)
     compose_roots = _compose_roots(text("COMPOSE_ROOTS"), problems)
-    if problems:
-        raise ConfigError(problems)
-    assert url is not None
-    return Config(
-        dockmon_url=url,
-        ws_url=_ws_url(url),
+    values: dict[str, Any] = dict(
+        dockmon_url=url or "",
+        ws_url=_ws_url(url) if url else "",
         registration_token=tokens["REGISTRATION_TOKEN"],
         permanent_token=tokens["PERMANENT_TOKEN"],
         registration_token_file=text("REGISTRATION_TOKEN_FILE"),
@@ -585,6 +637,14 @@ def load_config(
         sources=tuple(
             (s.name, given[s.name][1] if s.name in given else "default") for s in SETTINGS
         ),
+    )
+    return ConfigReport(
+        config=None if problems else Config(**values),
+        problems=tuple(problems),
+        values=values,
+        texts={name: text for name, (text, _) in given.items()},
+        sources=dict(values["sources"]),
+        file_failed=file_failed,
     )
 
 
@@ -667,6 +727,35 @@ def format_config(cfg: Config) -> str:
     return "\n".join(
         f"{s.name}={_show(s, getattr(cfg, s.name.lower()))}  # {sources[s.name]}" for s in SETTINGS
     )
+
+
+def format_report(report: ConfigReport) -> str:
+    """``--print-config`` for any configuration, valid or not.
+
+    Like ``format_config``, but a setting with a problem shows the text it was given (masked if
+    secret) and ``INVALID: <why>``; problems that name no single setting are listed after.
+    """
+    lines = []
+    for s in SETTINGS:
+        source = report.sources.get(s.name, "default")
+        own = report.problems_of(s.name)
+        if not own:
+            value = _show(s, report.values.get(s.name.lower()))
+            lines.append(f"{s.name}={value}  # {source}")
+            continue
+        given = report.texts.get(s.name)
+        if given is None:
+            shown = ""
+        elif s.secret:
+            shown = Secret(given).masked()
+        else:
+            shown = _mask_url(given) if s.kind == "url" else given
+        reasons = "; ".join(p.removeprefix(f"{s.name}: ") for p in own)
+        lines.append(f"{s.name}={shown}  # {source}; INVALID: {reasons}")
+    for problem in report.problems:
+        if problem_setting(problem) is None:
+            lines.append(f"# INVALID: {problem}")
+    return "\n".join(lines)
 
 
 # --- logging
