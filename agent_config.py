@@ -271,9 +271,7 @@ def _yaml_text(setting: Setting, value: object) -> str:
     raise ValueError(f"unsupported YAML {type(value).__name__}{shown}; quote it if it is text")
 
 
-def _read_yaml(
-    path: str, problems: list[str], sections: dict[str, Any]
-) -> dict[str, str] | None:
+def _read_yaml(path: str, problems: list[str], sections: dict[str, Any]) -> dict[str, str] | None:
     """Settings from the file; mapping-valued sections (``policy``) go to ``sections``.
 
     None (and a problem) when the file cannot be used at all: missing, unreadable, not YAML.

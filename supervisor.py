@@ -28,7 +28,7 @@ import pykka.debug
 
 from actors.base import ActorContext, Clock, Peers, Scheduler, SystemClock, ThreadScheduler
 from messages.common import Ping
-from messages.status import ActorRestarted
+from messages.status import ActorRestarted, AgentStopping
 from messages.supervision import ChildFailed, RestartChildren, Shutdown
 
 log = logging.getLogger(__name__)
@@ -255,6 +255,7 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         self._stopping = True
         (log.error if code else log.info)("shutting down: %s", reason)
+        self._peers.tell("status", AgentStopping(reason=reason, exit_code=code), optional=True)
         for child in reversed(self._children):
             self._stop_child(child)
         self._on_exit(code, reason)

@@ -28,6 +28,14 @@ class ActorRestarted:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AgentStopping:
+    """From the supervisor: the agent is shutting down on purpose (``status.json``: stopped)."""
+
+    reason: str
+    exit_code: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FlushStatus:
     """StatusReporter-internal timer: write the file if something changed (or it is due)."""
 
