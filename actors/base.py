@@ -255,3 +255,37 @@ def join_thread(thread: threading.Thread | None, timeout: float, what: str) -> N
     thread.join(timeout)
     if thread.is_alive():
         log.warning("%s did not stop within %.1fs", what, timeout)
+
+
+class RepeatLimiter:
+    """Log a problem once, then again only at growing intervals while the same one persists.
+
+    ``check(key, now)`` says whether to log now: at once the first time ``key`` is seen (or
+    after a different key, or ``clear()``), then after ``first`` seconds, doubling up to
+    ``maximum``. It returns None to stay quiet, else how many repeats were skipped since the
+    last line (so the line can say so).
+    """
+
+    def __init__(self, first: float = 60.0, maximum: float = 3600.0) -> None:
+        self._first, self._maximum = first, maximum
+        self._key: str | None = None
+        self._next = 0.0
+        self._interval = first
+        self._skipped = 0
+
+    def check(self, key: str, now: float) -> int | None:
+        if key != self._key:
+            self._key, self._interval, self._skipped = key, self._first, 0
+            self._next = now + self._first
+            return 0
+        if now < self._next:
+            self._skipped += 1
+            return None
+        skipped, self._skipped = self._skipped, 0
+        self._interval = min(self._maximum, self._interval * 2)
+        self._next = now + self._interval
+        return skipped
+
+    def clear(self) -> None:
+        self._key = None
+        self._skipped = 0

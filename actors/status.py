@@ -21,6 +21,7 @@ from messages.status import (
     ActorRestarted,
     AgentStopping,
     ConnectionStatus,
+    DockerStatus,
     EventForwarded,
     FlushStatus,
 )
@@ -67,6 +68,9 @@ class StatusReporterActor(SupervisedActor):
             "events_forwarded": 0,
             "actor_restarts": 0,
             "last_restarted_actor": None,
+            "docker_reachable": None,
+            "docker_error": "",
+            "docker_unreachable_since": None,
             "stopped": False,
             "stopped_at": None,
             "stop_reason": "",
@@ -113,6 +117,12 @@ class StatusReporterActor(SupervisedActor):
                 self._update(last_event_at=rfc3339_nano(at_ns), events_forwarded=total)
             case ActorRestarted(child_id=child_id, total=total):
                 self._update(actor_restarts=total, last_restarted_actor=child_id)
+            case DockerStatus(reachable=reachable, since_ns=since_ns, error=error):
+                self._update(
+                    docker_reachable=reachable,
+                    docker_error=error,
+                    docker_unreachable_since=None if reachable else rfc3339_nano(since_ns),
+                )
             case AgentStopping(reason=reason, exit_code=code):
                 self._stop_reason = reason if not code else f"{reason} (exit code {code})"
             case FlushStatus():
@@ -174,6 +184,8 @@ def health_verdict(
     updated = _age(status.get("updated_at"), now)
     if updated is None or updated > stale_after:
         return False, f"status file not updated for {updated or 0:.0f}s: the agent is not running"
+    if status.get("docker_reachable") is False:
+        return False, f"Docker is unreachable: {status.get('docker_error') or 'unknown error'}"
     if status.get("connected"):
         return True, "registered with DockMon"
     down = _age(status.get("disconnected_since"), now) or 0.0

@@ -198,6 +198,26 @@ class OperationDone:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeDocker:
+    """DockerGateway-internal timer: check that the daemon answers (``generation``: current)."""
+
+    generation: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DockerChecked:
+    """DockerGateway-internal: a worker reached Docker (``problem`` empty) or could not.
+
+    ``problem`` is the one-line explanation with its fix; ``kind`` its class (permission_denied,
+    missing_socket, daemon_down, ...), which decides whether it is the same problem again.
+    """
+
+    problem: str = ""
+    kind: str = ""
+    from_probe: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DockerEventReceived:
     """EventStreamer-internal: its reader thread read one container event."""
 
