@@ -116,6 +116,7 @@ def build_specs(
     health_memory = HealthCheckMemory()
     updater_settings = UpdaterSettings(
         docker_host=cfg.docker_host,
+        docker_api_version=cfg.docker_api_version,
         data_path=cfg.data_path,
         own_container_id=own_container_id,
         self_update_image=cfg.self_update_image,
@@ -123,6 +124,7 @@ def build_specs(
     )
     stats_settings = StatsSettings(
         docker_host=cfg.docker_host,
+        docker_api_version=cfg.docker_api_version,
         host_roots=host_roots(own_container_id),
         ingest=ingest_settings(settings, cfg.dockmon_url),
     )
@@ -152,6 +154,7 @@ def build_specs(
                     stacks_dir=cfg.agent_stacks_dir, compose_roots=cfg.compose_roots
                 ),
                 policy=cfg.policy,
+                docker_api_version=cfg.docker_api_version,
             ),
         ),
         ChildSpec(
@@ -168,7 +171,12 @@ def build_specs(
         ),
         ChildSpec(
             "event_streamer",
-            lambda ctx: EventStreamerActor.start(ctx, docker_host=cfg.docker_host, cursor=cursor),
+            lambda ctx: EventStreamerActor.start(
+                ctx,
+                docker_host=cfg.docker_host,
+                cursor=cursor,
+                docker_api_version=cfg.docker_api_version,
+            ),
         ),
         ChildSpec(
             "updater",
@@ -177,7 +185,12 @@ def build_specs(
         ChildSpec("stats", lambda ctx: StatsActor.start(ctx, settings=stats_settings)),
         ChildSpec(
             "shell",
-            lambda ctx: ShellActor.start(ctx, docker_host=cfg.docker_host, policy=cfg.policy),
+            lambda ctx: ShellActor.start(
+                ctx,
+                docker_host=cfg.docker_host,
+                policy=cfg.policy,
+                docker_api_version=cfg.docker_api_version,
+            ),
         ),
         ChildSpec(
             "health_checks",

@@ -25,6 +25,7 @@ import colorlog
 import yaml
 
 from actors.compose_files import is_system_path
+from actors.docker_client import api_version_problem
 from actors.errors import ConfigError
 from actors.policy import Policy, parse_policy
 from actors.self_update import parse_image_ref
@@ -70,6 +71,12 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "Docker daemon, unix:// or tcp:// (default: first existing of /var/run/docker.sock, "
         "/run/docker.sock, /run/podman/podman.sock)",
+    ),
+    Setting(
+        "DOCKER_API_VERSION",
+        "text",
+        None,
+        "Docker API version every Docker client uses, e.g. 1.41 (default: negotiated)",
     ),
     Setting("DOCKER_CERT_PATH", "path", None, "Docker client certificates (TLS not supported)"),
     Setting("DOCKER_TLS_VERIFY", "bool", "false", "TLS to the Docker daemon (not supported)"),
@@ -148,6 +155,7 @@ class Config:
     insecure_skip_verify: bool
     ca_cert: str | None
     docker_host: str
+    docker_api_version: str | None = None
     docker_cert_path: str | None
     docker_tls_verify: bool
     proto_version: str
@@ -534,6 +542,9 @@ def inspect_config(
     docker_host = text("DOCKER_HOST") or next(
         (f"unix://{p}" for p in _DOCKER_SOCKETS if path_exists(p)), f"unix://{_DOCKER_SOCKETS[0]}"
     )
+    docker_api_version = (text("DOCKER_API_VERSION") or "").strip() or None
+    if docker_api_version and (why := api_version_problem(docker_api_version)):
+        problems.append(f"DOCKER_API_VERSION: {why}")
     docker_cert_path = text("DOCKER_CERT_PATH")
     docker_tls_verify = parsed("DOCKER_TLS_VERIFY", _parse_bool)
     if docker_host.startswith("unix://"):
@@ -611,6 +622,7 @@ def inspect_config(
         insecure_skip_verify=insecure_skip_verify,
         ca_cert=ca_cert,
         docker_host=docker_host,
+        docker_api_version=docker_api_version,
         docker_cert_path=docker_cert_path,
         docker_tls_verify=docker_tls_verify,
         proto_version=proto_version,

@@ -26,7 +26,15 @@ import pykka
 from actors import FAMILIES
 from actors.base import ActorContext, RepeatLimiter, SupervisedActor, TimerHandle
 from actors.docker_access import diagnose
+from actors.docker_client import api_client
 from actors.docker_tools import DockerTools, Handler, HandlerSettings, describe_docker_error
+from actors.host_ips import (
+    Interfaces,
+    container_host_ips,
+    native_host_ips,
+    read_host_fib_trie,
+    system_interfaces,
+)
 from actors.policy import CONTAINER_CHANGES, Policy
 from messages.common import RawJson
 from messages.docker import (
@@ -193,8 +201,13 @@ class DockerGatewayActor(SupervisedActor):
         handler_settings: HandlerSettings | None = None,
         policy: Policy | None = None,
         probe_interval: tuple[float, float] = (30.0, 5.0),
+        docker_api_version: str | None = None,
+        host_proc: str = "/host/proc",
+        interfaces: Interfaces = system_interfaces,
     ) -> None:
         super().__init__(ctx)
+        self._host_proc = host_proc
+        self._interfaces = interfaces
         self._policy = policy or Policy()
         # Docker's reachability: probed every probe_interval[0] s while fine, [1] s while not;
         # a problem is logged once, then at a backoff (RepeatLimiter), and told to the status.
@@ -210,9 +223,7 @@ class DockerGatewayActor(SupervisedActor):
         self._own_id = own_container_id
         self._workers = workers
         self._client_factory = client_factory or (
-            lambda: docker.APIClient(
-                base_url=docker_host, version="auto", timeout=int(request_timeout)
-            )
+            lambda: api_client(docker_host, timeout=request_timeout, api_version=docker_api_version)
         )
         self._local = threading.local()
         self._clients: list[docker.APIClient] = []
@@ -516,6 +527,25 @@ class DockerGatewayActor(SupervisedActor):
             if entry[2] is not None:
                 summary["Env"] = entry[2]
 
+    def _host_ips(self, api: docker.APIClient) -> list[str]:
+        """PROTOCOL §2.2: container mode from the host's fib_trie, else the interfaces."""
+        try:
+            if self._own_id:
+                fib_trie = read_host_fib_trie(self._host_proc)
+                if fib_trie is None:
+                    return []
+                subnets = [
+                    str(config.get("Subnet"))
+                    for network in api.networks()
+                    for config in ((network.get("IPAM") or {}).get("Config") or [])
+                    if config.get("Subnet")
+                ]
+                return container_host_ips(fib_trie, subnets)
+            return native_host_ips(self._interfaces)
+        except Exception as exc:  # optional keys: register without them rather than not at all
+            log.warning("registering without host IPs: %s", exc)
+            return []
+
     def _describe_host(self, attempt: int) -> None:
         try:
             api = self._client()
@@ -543,6 +573,7 @@ class DockerGatewayActor(SupervisedActor):
                 "daemon_started_at": started,
                 "total_memory": info.get("MemTotal") or None,
                 "num_cpus": info.get("NCPU") or None,
+                "host_ips": tuple(self._host_ips(api)),
             }
         except Exception as exc:  # system fields are all-or-nothing (PROTOCOL §2.2)
             log.warning("registering without system facts: %s", exc)

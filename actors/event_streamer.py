@@ -21,6 +21,7 @@ import docker
 import pykka
 
 from actors.base import ActorContext, RepeatLimiter, SupervisedActor, TimerHandle, join_thread
+from actors.docker_client import api_client
 from messages.docker import (
     ContainerEventObserved,
     DockerEventReceived,
@@ -128,12 +129,13 @@ class EventStreamerActor(SupervisedActor):
         cursor: EventCursor,
         client_factory: Callable[[], docker.APIClient] | None = None,
         retry_delay: tuple[float, float] = (0.2, 5.0),
+        docker_api_version: str | None = None,
     ) -> None:
         super().__init__(ctx)
         self._docker_host = docker_host
         self._cursor = cursor
         self._client_factory = client_factory or (
-            lambda: docker.APIClient(base_url=docker_host, version="auto", timeout=30)
+            lambda: api_client(docker_host, timeout=30, api_version=docker_api_version)
         )
         self._retry_min, self._retry_max = retry_delay
         self._failures = 0

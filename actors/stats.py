@@ -60,6 +60,7 @@ REMOVE_ACTIONS = frozenset({"die", "stop", "kill"})
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StatsSettings:
     docker_host: str
+    docker_api_version: str | None = None
     #: where host stats come from; None: don't send host stats (in a container without /host)
     host_roots: HostRoots | None
     #: ingest socket settings (URL + the control socket's TLS/proxy); None: never
@@ -109,6 +110,7 @@ class StatsActor(SupervisedActor):
         ref = self.actor_ref
         self._streams = self._streams_factory(
             self._settings.docker_host,
+            api_version=self._settings.docker_api_version,
             on_sample=lambda cid, token, sample: _tell(
                 ref, StatsSampled(container_id=cid, token=token, reading=container_reading(sample))
             ),

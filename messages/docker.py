@@ -141,6 +141,8 @@ class HostInfo:
     daemon_started_at: str | None = None
     total_memory: int | None = None
     num_cpus: int | None = None
+    #: the host's addresses (PROTOCOL §2.2); sent only with the system fields, omitted if empty
+    host_ips: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
