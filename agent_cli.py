@@ -46,6 +46,22 @@ def agent_version() -> str:
         return "dev"
 
 
+#: what ``register`` reports after the package version (README, "The version DockMon shows")
+REGISTERED_SUFFIX = "-python"
+
+
+def registered_version() -> str:
+    """The ``version`` sent at registration: ``0.1.0-python``, not ``0.1.0``.
+
+    DockMon compares it with the Go agent's latest release (PROTOCOL §7.2) using PEP 440
+    (``packaging.version.parse``): a plain ``0.1.0`` would parse as older than every Go release
+    and show "update available" forever, with an Update button that installs the Go agent.
+    ``0.1.0-python`` does not parse, which the backend treats as "no update known": the UI shows
+    the truth, this agent's own version, and no false badge.
+    """
+    return f"{agent_version()}{REGISTERED_SUFFIX}"
+
+
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
@@ -73,7 +89,7 @@ def capabilities(*, self_update: bool = False) -> tuple[tuple[str, bool], ...]:
 
 def identity(cfg: agent_config.Config, own_container_id: str | None = None) -> AgentIdentity:
     return AgentIdentity(
-        version=agent_version(),
+        version=registered_version(),
         proto_version=cfg.proto_version,
         capabilities=capabilities(self_update=bool(own_container_id and cfg.self_update_image)),
         agent_name=cfg.agent_name,

@@ -176,6 +176,12 @@ class UpdaterActor(SupervisedActor):
     def _self_update(self, msg: SelfUpdate) -> None:
         error = self_update.precheck(self._settings, msg)
         if error:
+            log.warning(
+                "refused DockMon's self_update (to %s, version %s): %s",
+                msg.image or "?",
+                msg.version or "?",
+                error,
+            )
             self._reply(msg.request_id, None, error)
             return
         if self._flows.busy("self"):
