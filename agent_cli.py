@@ -23,6 +23,7 @@ from actors.errors import ConfigError, FatalError
 from actors.event_streamer import EventCursor, EventStreamerActor
 from actors.health_checks import HealthCheckActor, HealthCheckMemory
 from actors.policy import AuditLog
+from actors.privileges import PrivilegeError, drop_privileges
 from actors.shell import ShellActor
 from actors.stats import StatsActor, StatsSettings
 from actors.stats_ingest import ingest_settings
@@ -346,6 +347,15 @@ SUBCOMMANDS = {"healthcheck": healthcheck_main, "status": status_main, "doctor":
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    # First of all: started as root (the image's default), become RUN_AS before anything reads
+    # configuration, token files or the Docker socket (actors/privileges.py).
+    try:
+        privileges = drop_privileges(
+            os.environ, repair_data=not args or args[0] not in ("healthcheck", "status")
+        )
+    except PrivilegeError as exc:
+        print(f"dockmon-agent: cannot start: {exc}", file=sys.stderr)
+        return 2
     if args and args[0] in SUBCOMMANDS:
         return SUBCOMMANDS[args[0]](args[1:])
     parser = _parser(
@@ -376,6 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cfg = report.config
     agent_config.setup_logging(cfg.log_level, cfg.log_json)
+    for level, note in privileges.notes:
+        log.log(level, "%s", note)
     own_id = detect_own_container_id()
     log.info(
         "dockmon-agent %s starting (docker %s%s)",

@@ -28,6 +28,7 @@ from actors.compose_files import is_system_path
 from actors.docker_client import api_version_problem
 from actors.errors import ConfigError
 from actors.policy import Policy, parse_policy
+from actors.privileges import DEFAULT_SOCKETS
 from actors.self_update import parse_image_ref
 from messages.common import Secret
 
@@ -134,7 +135,7 @@ _BY_NAME = {s.name: s for s in SETTINGS}
 #: YAML keys that hold a mapping of their own instead of a setting
 SECTIONS = frozenset({"policy"})
 _LOWERCASE_TOO = frozenset({"HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"})
-_DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/podman/podman.sock")
+_DOCKER_SOCKETS = DEFAULT_SOCKETS
 _URL_HINT = "set DOCKMON_URL to the DockMon server address, e.g. https://dockmon.example.com"
 _DOCKER_TLS = (
     "TLS to the Docker daemon is not supported by this agent yet; "

@@ -19,9 +19,6 @@ from urllib.parse import urlsplit
 import docker.errors
 import requests
 
-#: the sockets tried, in order, when DOCKER_HOST is not set (PROTOCOL §10)
-DEFAULT_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/podman/podman.sock")
-
 
 @dataclass(frozen=True, slots=True)
 class AccessProblem:
