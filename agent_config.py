@@ -101,8 +101,9 @@ SETTINGS: tuple[Setting, ...] = (
         "text",
         None,
         "comma-separated absolute directories compose scan/read may use (default: the stacks "
-        "directory plus /opt, /srv, /var/lib/docker-compose, /var/lib/docker/volumes, home, "
-        "/stacks, /docker, /mnt, /data, /compose where they exist)",
+        "directory plus /opt, /srv, /var/lib/docker-compose, /var/lib/docker/volumes, the agent "
+        "user's home directory ($HOME: /data in the image, /home/<user> for a user), /stacks, "
+        "/docker, /mnt, /data, /compose where they exist)",
     ),
     Setting("UPDATE_TIMEOUT", "duration", "120s", "container update timeout (unused, like Go)"),
     Setting(
@@ -125,7 +126,13 @@ SETTINGS: tuple[Setting, ...] = (
         "`dockmon-agent healthcheck` fails once the agent has not been registered this long",
     ),
     Setting("LOG_LEVEL", "level", "info", "debug, info, warning or error"),
-    Setting("LOG_JSON", "bool", "true", "log JSON lines instead of coloured text"),
+    Setting(
+        "LOG_JSON",
+        "bool",
+        None,
+        "JSON lines (true) or coloured text (false); unset: coloured text when stderr is a "
+        "terminal, JSON lines otherwise",
+    ),
     Setting("HTTPS_PROXY", "url", None, "proxy for https:// and wss:// (or https_proxy)"),
     Setting("HTTP_PROXY", "url", None, "proxy for http:// and ws:// (or http_proxy)"),
     Setting("NO_PROXY", "text", None, "hosts that bypass the proxy (or no_proxy)"),
@@ -174,7 +181,7 @@ class Config:
     unhealthy_after: float
     policy: Policy
     log_level: str
-    log_json: bool
+    log_json: bool | None  # None: JSON unless stderr is a terminal
     https_proxy: str | None
     http_proxy: str | None
     no_proxy: str | None
@@ -596,7 +603,12 @@ def inspect_config(
                 problems.append(f"{name}: invalid proxy URL {_mask_url(proxy)!r} ({reason})")
 
     log_level = parsed("LOG_LEVEL", _parse_level)
-    log_json = parsed("LOG_JSON", _parse_bool)
+    log_json: bool | None = None
+    if (log_json_text := text("LOG_JSON")) is not None:
+        try:
+            log_json = _parse_bool(log_json_text)
+        except ValueError as exc:
+            problems.append(f"LOG_JSON: {exc}")
     insecure_skip_verify = parsed("INSECURE_SKIP_VERIFY", _parse_bool)
     update_timeout = parsed("UPDATE_TIMEOUT", _parse_duration)
     self_update_image = (text("SELF_UPDATE_IMAGE") or "").strip() or None
@@ -868,14 +880,19 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def setup_logging(level: str, json_format: bool, stream: TextIO | None = None) -> None:
+def setup_logging(level: str, json_format: bool | None, stream: TextIO | None = None) -> None:
     """Point the root logger at one redacting handler on ``stream`` (default stderr).
+
+    ``json_format`` None: coloured text when ``stream`` is a terminal, JSON lines otherwise.
 
     ``level`` is debug|info|warn|warning|error. pykka, websocket and urllib3 log at WARNING (or
     ``level`` if higher), except at debug, where pykka logs INFO and the others DEBUG.
     """
     name = _parse_level(level)
     stream = sys.stderr if stream is None else stream
+    if json_format is None:
+        isatty = getattr(stream, "isatty", None)
+        json_format = not (callable(isatty) and isatty())
     handler = logging.StreamHandler(stream)
     handler.addFilter(_REDACTOR)
     handler.setFormatter(

@@ -264,9 +264,7 @@ def drop_privileges(environ: Mapping[str, str], *, repair_data: bool = True) -> 
     home = environ.get("DATA_PATH") or "/data"
     os.environ["HOME"] = home  # docker-py looks for ~/.docker/config.json there
     outcome.uid, outcome.gid, outcome.groups, outcome.dropped = uid, gid, tuple(final_groups), True
-    socket_note = (
-        f", Docker socket group {socket_stat.st_gid}" if socket_stat is not None else ""
-    )
+    socket_note = f", Docker socket group {socket_stat.st_gid}" if socket_stat is not None else ""
     outcome.notes.insert(
         0,
         (

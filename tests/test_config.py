@@ -86,7 +86,7 @@ def test_defaults() -> None:
         unhealthy_after=300.0,
         policy=Policy(),
         log_level="info",
-        log_json=True,
+        log_json=None,  # JSON unless stderr is a terminal
         https_proxy=None,
         http_proxy=None,
         no_proxy=None,
