@@ -412,15 +412,28 @@ def test_agent_container_stops_cleanly_on_sigterm(
         hub.assert_clean()
 
 
+def _uncommented_user_variant(text: str) -> str:
+    """The compose file with its commented "uid 1000 from the start" lines switched on."""
+    return re.sub(r"^    # (user: .*|group_add:|  - .*DOCKER_GID.*)$", r"    \1", text, flags=re.M)
+
+
+@pytest.mark.parametrize("variant", ["as written", "user and group_add uncommented"])
 def test_agent_runs_with_the_compose_settings(
     make_agent_container: ContainerFactory,
     dockmon_socket: str,
     volume: str,
     docker_client: docker.DockerClient,
+    variant: str,
 ) -> None:
     """deploy/docker-compose.yml's settings, as far as the private dockerd allows them."""
-    compose = yaml.safe_load((REPO_ROOT / "deploy" / "docker-compose.yml").read_text())
-    spec = compose["services"]["agent"]
+    text = (REPO_ROOT / "deploy" / "docker-compose.yml").read_text()
+    if variant != "as written":
+        text = _uncommented_user_variant(text).replace(
+            '"${DOCKER_GID:?set DOCKER_GID=$(stat -c %g /var/run/docker.sock)}"', str(SOCKET_GID)
+        )
+    spec = yaml.safe_load(text)["services"]["agent"]
+    if variant != "as written":
+        assert spec["user"] == "1000:1000" and spec["group_add"] == [SOCKET_GID]
     with FakeHub() as hub:
         hub.add_registration_token(REGISTRATION_TOKEN)
         agent = make_agent_container(  # removed by the factory after the test
@@ -428,7 +441,7 @@ def test_agent_runs_with_the_compose_settings(
             network_mode="host",  # reaches the hub on 127.0.0.1 only
             restart_policy={"Name": spec["restart"]},
             user=spec.get("user"),  # none: the entrypoint finds the socket's group itself
-            group_add=spec.get("group_add"),
+            group_add=[str(g) for g in spec.get("group_add") or []] or None,
             environment={"DOCKMON_URL": hub.url, "REGISTRATION_TOKEN": REGISTRATION_TOKEN},
             volumes={
                 dockmon_socket: {"bind": SOCKET, "mode": "rw"},
