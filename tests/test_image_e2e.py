@@ -86,12 +86,11 @@ def volume(docker_client: docker.DockerClient) -> Iterator[str]:
     """A fresh named volume for /data, like dockmon-agent-data on a new host."""
     made = docker_client.volumes.create(labels={"dockmon-test": "1"})
     yield str(made.name)
-    for _ in range(50):  # the container using it is removed by the factory after the test
-        try:
-            made.remove(force=True)
-            return
-        except docker.errors.APIError:
-            time.sleep(0.1)
+    # the factory removes its containers only after this teardown: remove the users first
+    for user in docker_client.containers.list(all=True, filters={"volume": str(made.name)}):
+        with contextlib.suppress(docker.errors.NotFound):
+            user.remove(force=True, v=True)
+    made.remove(force=True)
 
 
 def dockmon_run(
