@@ -24,7 +24,14 @@ from urllib.parse import urlsplit
 import pykka
 import websocket
 
-from actors.base import ActorContext, Clock, SupervisedActor, TimerHandle, join_thread
+from actors.base import (
+    ActorContext,
+    Clock,
+    RepeatLimiter,
+    SupervisedActor,
+    TimerHandle,
+    join_thread,
+)
 from actors.errors import FatalError, TransientError
 from actors.policy import AuditLog, Policy, audited, operation_of
 from messages import compose, health, images, networks, shell, stats, updates, volumes
@@ -390,6 +397,7 @@ class ConnectionActor(SupervisedActor):
         self._identity = identity
         self._link_factory = link_factory
         self._backoff = Backoff(reconnect_initial, reconnect_max, rng)
+        self._failure_log = RepeatLimiter(first=60.0, maximum=600.0)  # same reason: not every try
         self._state = "waiting"
         self._attempt = 0
         self._link: WebSocketLink | None = None
@@ -651,6 +659,7 @@ class ConnectionActor(SupervisedActor):
         self._cancel_attempt_timer()
         self._state = "connected"
         self._backoff.reset()
+        self._failure_log.clear()
         self.stats.connects += 1
         if msg.permanent_token and (
             self._token is None
@@ -700,7 +709,14 @@ class ConnectionActor(SupervisedActor):
         self._drop_link(reason)
         delay = self._backoff.next_delay()
         self.stats.last_error = reason
-        getattr(log, level)("connection attempt failed: %s; retrying in %.1fs", reason, delay)
+        skipped = self._failure_log.check(reason, self.ctx.clock.monotonic())
+        if skipped is None:  # the same failure again: logged once, then at a backoff
+            log.debug("connection attempt failed: %s; retrying in %.1fs", reason, delay)
+        else:
+            more = f" ({skipped} more identical failures were not logged)" if skipped else ""
+            getattr(log, level)(
+                "connection attempt failed: %s; retrying in %.1fs%s", reason, delay, more
+            )
         self._state = "waiting"
         self._report_status()
         self.tell_self_later(delay, Dial())

@@ -43,6 +43,7 @@ from websocket._url import get_proxy_info
 
 import agent_config
 from actors.connection import LinkSettings
+from actors.docker_client import api_client
 from actors.errors import ConfigError
 from actors.token_store import TOKEN_FILE
 
@@ -151,13 +152,13 @@ def _is_local(host: str) -> bool:
 # --- Docker
 
 
-def check_docker(docker_host: str, timeout: float) -> Finding:
+def check_docker(docker_host: str, timeout: float, api_version: str | None = None) -> Finding:
     if docker_host.startswith("unix://"):
         problem = _unix_socket_problem(docker_host.removeprefix("unix://"), timeout)
         if problem is not None:
             return problem
     try:
-        api = docker.APIClient(base_url=docker_host, version="auto", timeout=max(1, int(timeout)))
+        api = api_client(docker_host, timeout=timeout, api_version=api_version)
         try:
             version = api.version()
             info = api.info()
@@ -986,7 +987,7 @@ def run(
     if config_finding.verdict is Verdict.FAIL:
         indent = " " * (_VERDICT_WIDTH + 1 + _CHECK_WIDTH)
         out.write(f"{indent}(the checks below use defaults for the settings with problems)\n")
-    report(check_docker(cfg.docker_host, timeout))
+    report(check_docker(cfg.docker_host, timeout, cfg.docker_api_version))
     report(check_data_path(cfg))
     settings = link_settings(cfg)
     route = plan_route(settings)

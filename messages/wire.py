@@ -397,4 +397,8 @@ def encode_register(token: Secret, host: HostInfo, ident: AgentIdentity) -> str:
             frame["total_memory"] = host.total_memory
         if host.num_cpus and 0 < host.num_cpus <= 10_000:
             frame["num_cpus"] = host.num_cpus
+        ips = [ip for ip in host.host_ips if ip and len(ip) <= 45][:50]
+        if ips:
+            frame["host_ips"] = ips
+            frame["host_ip"] = ips[0]  # for older backends
     return _dumps(frame)

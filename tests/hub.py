@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import http
+import ipaddress
 import json
 import logging
 import re
@@ -151,6 +152,8 @@ class AgentRecord:
     version: str | None
     capabilities: dict[str, bool]
     register: dict[str, Any] | None  # the last register frame that authenticated it
+    #: the host's addresses as the backend keeps them: host_ips without non-IP entries
+    host_ips: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,17 @@ def _hostname_source(value: Any) -> tuple[_Loc, str] | None:
     if not isinstance(value, str) or value not in HOSTNAME_SOURCES:
         return (), "Input should be 'agent_name', 'daemon', 'os' or 'engine_id'"
     return None
+
+
+def clean_host_ips(value: Any) -> tuple[str, ...]:
+    """What the backend keeps of a valid ``host_ips``: the entries that are IP addresses."""
+    kept = []
+    for item in value if isinstance(value, list) else []:
+        try:
+            kept.append(str(ipaddress.ip_address(item.strip())))
+        except ValueError:
+            continue  # non-IP entries are silently dropped (PROTOCOL §2.2)
+    return tuple(kept)
 
 
 def _host_ips(value: Any) -> tuple[_Loc, str] | None:
@@ -1346,6 +1360,7 @@ class FakeHub:
                 version=frame["version"],
                 capabilities=capabilities,
                 register=frame,
+                host_ips=clean_host_ips(frame.get("host_ips")) or existing.host_ips,
             )
             self._agents[record.agent_id] = record
             return record, None
@@ -1387,6 +1402,7 @@ class FakeHub:
             version=frame["version"],
             capabilities=capabilities,
             register=frame,
+            host_ips=clean_host_ips(frame.get("host_ips")),
         )
         self._agents[agent_id] = record
         reg.use_count += 1
