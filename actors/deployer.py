@@ -24,7 +24,6 @@ Nothing is lost or reported twice:
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -371,4 +370,6 @@ class DeployerActor(SupervisedActor):
 
 
 def in_container(own_container_id: str | None) -> bool:
-    return own_container_id is not None or os.path.exists("/.dockerenv")
+    """Whether the agent sees the stacks directory through a container's mounts: it runs in a
+    container it could identify (see ``detect_own_container_id``)."""
+    return own_container_id is not None

@@ -49,6 +49,7 @@ def test_running_containers() -> None:
     assert verdict(state(started_at=NOW - 1)) is Verdict.PENDING  # not up for the settle window
     assert verdict(state(health="healthy", started_at=NOW)) is Verdict.OK
     assert verdict(state(health="unhealthy")) is Verdict.FAILED
+    assert verdict(state(health="unhealthy"), waiting=True) is Verdict.PENDING  # may recover
     # health still starting: waits only when asked to (Go calls "Up 2s (health: starting)" up)
     assert verdict(state(health="starting"), waiting=True) is Verdict.PENDING
     assert verdict(state(health="starting"), waiting=False) is Verdict.OK

@@ -10,13 +10,15 @@ the health timeout): every poll judges each container OK, FAILED or PENDING, and
 observation ends as soon as nothing is PENDING.
 
 * FAILED: it restarted during the observation (a crash loop), it is restarting, it exited with
-  a non-zero code, its healthcheck says unhealthy, it never started, or an exited container
-  with ``always``/``unless-stopped`` (it will be restarted: not done).
+  a non-zero code, its healthcheck says unhealthy (while waiting for health: once the health
+  timeout is over), it never started, or an exited container with ``always``/``unless-stopped``
+  (it will be restarted: not done).
 * OK: running with a passing healthcheck; running without one and up for the settle window;
   exited 0 with restart policy ``""``, ``no`` or ``on-failure`` (a one-shot job that is done);
   without ``wait_for_healthy``, running with the healthcheck still starting (Go's rule: "Up …
   (health: starting)" counts as up).
-* PENDING otherwise (up for less than the settle window, health starting while waiting).
+* PENDING otherwise (up for less than the settle window; health starting or failing while
+  waiting for health).
 
 A container still PENDING when the observation ends is FAILED, with the reason.
 """
@@ -149,8 +151,8 @@ def judge(
         return Judgement(Verdict.FAILED, "paused")
     if c.state != "running":
         return Judgement(Verdict.FAILED, f"state {c.state or 'unknown'}")
-    if c.health == "unhealthy":
-        return Judgement(Verdict.FAILED, "healthcheck failing")
+    if c.health == "unhealthy":  # it may still recover: worth waiting for when asked to
+        return Judgement(Verdict.PENDING if waiting else Verdict.FAILED, "healthcheck failing")
     if c.health == "healthy":
         return Judgement(Verdict.OK)
     if c.health == "starting":

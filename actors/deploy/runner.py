@@ -445,15 +445,23 @@ class Runner:
             raise Failed(f"cannot list the stack's containers: {exc}") from exc
 
     def _states(self) -> list[classify.ContainerState]:
-        states: list[classify.ContainerState] = []
-        for summary in self._summaries():
-            try:
-                inspect = self.client().inspect_container(summary["Id"])
-            except docker.errors.NotFound:
-                continue  # removed meanwhile
-            except (docker.errors.DockerException, requests.RequestException) as exc:
-                raise Failed(f"cannot inspect container {_name(summary)}: {exc}") from exc
-            states.append(classify.ContainerState.from_docker(summary, inspect))
+        """Each container's list entry (for Docker's status text) and inspect, consistent: a
+        container that changed state between the two calls is listed again."""
+        for _attempt in range(3):
+            states: list[classify.ContainerState] = []
+            consistent = True
+            for summary in self._summaries():
+                try:
+                    inspect = self.client().inspect_container(summary["Id"])
+                except docker.errors.NotFound:
+                    continue  # removed meanwhile
+                except (docker.errors.DockerException, requests.RequestException) as exc:
+                    raise Failed(f"cannot inspect container {_name(summary)}: {exc}") from exc
+                state = classify.ContainerState.from_docker(summary, inspect)
+                consistent &= summary.get("State") in (None, state.state)
+                states.append(state)
+            if consistent:
+                break
         return states
 
     def _command(
