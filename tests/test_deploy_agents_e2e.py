@@ -23,17 +23,25 @@ pytestmark = pytest.mark.slow
 def test_policy_read_only_and_protected_names_and_host_stacks_dir(
     tmp_path: Path, dockerd: PrivateDockerd, docker_client: docker.DockerClient, busybox_image: str
 ) -> None:
-    read_only = tmp_path / "ro.yaml"
-    read_only.write_text("policy:\n  read_only: true\n")
-    with running_agent(tmp_path / "ro", dockerd.base_url, DOCKMON_CONFIG=str(read_only)) as ro:
-        ro.hub.wait_registered()
-        refused, deployment_id = ro.hub.deploy("site", stack(app=service()))
-        assert not refused.ok and refused.error_type == "permission_denied"
-        assert "read_only is set and deploy_compose changes the host" in (refused.error or "")
-        assert ro.hub.deploy_events(deployment_id) == []
-        audit = (tmp_path / "ro" / "audit.log").read_text()
-        assert '"operation":"deploy_compose"' in audit and '"target":"site"' in audit
-        ro.hub.assert_clean()
+    policies = {
+        "read_only: true": "read_only is set and deploy_compose changes the host",
+        "deny: [deploy_compose]": "deploy_compose is in policy.deny",
+        "allow: [list_containers]": "deploy_compose is not in policy.allow",
+    }
+    for n, (policy, denial) in enumerate(policies.items()):
+        config = tmp_path / f"policy{n}.yaml"
+        config.write_text(f"policy:\n  {policy}\n")
+        data = tmp_path / f"p{n}"
+        with running_agent(data, dockerd.base_url, DOCKMON_CONFIG=str(config)) as denied:
+            denied.hub.wait_registered()
+            refused, deployment_id = denied.hub.deploy("site", stack(app=service()))
+            assert not refused.ok and refused.error_type == "permission_denied"
+            assert refused.error == f"denied by the agent's policy: {denial}"
+            assert denied.hub.deploy_events(deployment_id) == []
+            audit = (data / "audit.log").read_text()
+            assert '"operation":"deploy_compose"' in audit and '"target":"site"' in audit
+            denied.hub.assert_clean()
+    assert project_containers(docker_client, "site") == []
 
     protected = tmp_path / "protected.yaml"
     protected.write_text("policy:\n  protected_containers:\n    names: ['guarded-*']\n")

@@ -120,6 +120,12 @@ def test_named_volume_survives_a_redeploy_restart_and_down(
     assert second["services"]["web"]["image"] == "dockmon-test/deploy:two"
     assert exec_out(docker_client, recreated.id, "cat", "/data/marker") == "first"
 
+    unchanged = deploy(hub, "vol", compose("two"))  # compose recreates only what diverged
+    assert unchanged["services"]["web"]["container_id"] == recreated.id[:12]
+    forced = deploy(hub, "vol", compose("two"), force_recreate=True)
+    assert forced["services"]["web"]["container_id"] != recreated.id[:12]
+    (recreated,) = project_containers(docker_client, "vol")
+
     restarted = deploy(hub, "vol", compose("two"), action="restart")
     assert restarted["success"] is True and restarted["action"] == "restart"
     (again,) = project_containers(docker_client, "vol")
