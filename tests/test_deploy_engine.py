@@ -17,8 +17,9 @@ import pytest
 
 import agent_cli
 from actors.deploy import engine
+from actors.deploy.runner import scrub, secret_values
 from messages.common import Secret
-from messages.deploy import RegistryCredential
+from messages.deploy import DeployCompose, RegistryCredential
 from tests.dockerenv import CACHE_DIR, REPO_ROOT
 
 EM_X86_64, EM_AARCH64 = 62, 183
@@ -217,3 +218,22 @@ def test_the_pinned_aarch64_wheel_carries_an_aarch64_compose_binary() -> None:
             assert _elf_machine(binary.read(64)) == EM_AARCH64
     local = Path(sys.executable).parent / "docker-compose"
     assert _elf_machine(local.read_bytes()[:64]) == EM_X86_64 or os.uname().machine != "x86_64"
+
+
+def test_log_lines_lose_env_values_and_passwords() -> None:
+    request = DeployCompose(
+        request_id="r",
+        deployment_id="d",
+        project_name="site",
+        env_file_content="TAG=1.27\nDB_PASSWORD='hunter2'\n# comment\nX=1\n",
+        env_files=((".db.env", "API_KEY=abc-123-def\n"),),
+        registry_credentials=(
+            RegistryCredential(registry_url="r.example", username="ci", password=Secret("pw")),
+        ),
+    )
+    values = secret_values(request)
+    assert set(values) == {"1.27", "hunter2", "abc-123-def", "pw"}  # "1" is too short to mask
+    text = "pull of r.example failed for ci:pw; env hunter2 and abc-123-def; image nginx:1.27"
+    assert scrub(text, values) == (
+        "pull of r.example failed for ci:****; env **** and ****; image nginx:****"
+    )

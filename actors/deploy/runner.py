@@ -146,8 +146,8 @@ class _Command:
     stdout: str = ""
 
     def error(self, what: str) -> str:
-        detail = self.tracker.error_text() or f"{what} exited with code {self.rc}"
-        return detail
+        """Compose's own words, or at least the exit code."""
+        return self.tracker.error_text() or f"{what} exited with code {self.rc}"
 
 
 class Runner:
@@ -266,12 +266,18 @@ class Runner:
 
     def _prepare_env(self) -> None:
         root = self._journal.temp_root
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
         directory = root / key_of(self.req.deployment_id)
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(mode=0o700)
-        self._config_dir = str(directory)
-        engine.write_docker_config(self._config_dir, self.req.registry_credentials)
+        try:
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(mode=0o700)
+            self._config_dir = str(directory)
+            engine.write_docker_config(self._config_dir, self.req.registry_credentials)
+        except OSError as exc:
+            raise Failed(
+                f"cannot prepare the deployment's private Docker config in {root}: "
+                f"{exc.strerror or exc}"
+            ) from exc
         self._env = engine.compose_env(self.s.docker_host, self._config_dir, self._environ)
 
     def _config(self, project: engine.ProjectArgs) -> model.StackModel:
@@ -538,8 +544,3 @@ def argv_directory(argv: Sequence[str]) -> str | None:
 def _name(summary: Mapping[str, Any]) -> str:
     names = summary.get("Names") or [""]
     return str(names[0]).lstrip("/")
-
-
-def temp_dir_names(deployment_ids: Sequence[str]) -> set[str]:
-    """Names of the temp directories of these (live) deployments."""
-    return {key_of(d) for d in deployment_ids}
