@@ -10,7 +10,7 @@ import json
 import logging
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
@@ -421,6 +421,16 @@ def test_one_deployment_per_stack_at_a_time(agent: RunningAgent) -> None:
     deploy(hub, "nearby", stack(app=service()), action="down")
 
 
+def journal_states(agent: RunningAgent) -> dict[str, str]:
+    directory = Path(agent.config.data_path) / "deployments"
+    entries = (json.loads(p.read_text()) for p in directory.glob("*.json"))
+    return {e["deployment_id"]: e["state"] for e in entries}
+
+
+def journaled_finished(agent: RunningAgent, deployment_id: str) -> Callable[[], bool]:
+    return lambda: journal_states(agent).get(deployment_id) == "finished"
+
+
 def test_the_result_survives_a_dropped_link_and_restarts(agent: RunningAgent) -> None:
     """The Go agent loses a deploy_complete sent while disconnected. Here it arrives once after
     the reconnect, also when the Connection or the Deployer itself restarts meanwhile."""
@@ -432,8 +442,16 @@ def test_the_result_survives_a_dropped_link_and_restarts(agent: RunningAgent) ->
         ack, deployment_id = hub.deploy(f"survive-{fault}", slow, wait_for_healthy=True)
         assert ack.ok
         hub.wait_event(at_stage(deployment_id, "waiting_for_health"))
-        if fault == "drop":
+        if fault == "drop":  # down until the deployment has ended: the result waits for us
+            hub.refuse(True)
             hub.drop()
+            wait_for(
+                journaled_finished(agent, deployment_id),
+                60,
+                "the deployment to end while DockMon is unreachable",
+            )
+            assert hub.deploy_events(deployment_id)[-1]["command"] == "deploy_progress"
+            hub.refuse(False)
         else:
             agent.crash(fault)
         if fault != "deployer":

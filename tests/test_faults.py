@@ -46,7 +46,8 @@ def rig(
 # --- 1. exceptions inside actors -------------------------------------------------------------
 
 ROLES = [
-    "token_store", "status", "docker_gateway", "connection", "event_streamer", "updater", "deployer",
+    "token_store", "status", "docker_gateway", "connection", "event_streamer", "updater",
+    "deployer",
 ]  # fmt: skip
 
 
