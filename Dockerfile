@@ -24,7 +24,8 @@ RUN set -eu; \
     python3 -m venv /opt/dockmon-agent; \
     /opt/dockmon-agent/bin/python -m pip install --no-cache-dir --disable-pip-version-check \
         $PIP_INSTALL_ARGS "$target"; \
-    test -x /opt/dockmon-agent/bin/dockmon-agent
+    test -x /opt/dockmon-agent/bin/dockmon-agent; \
+    /opt/dockmon-agent/bin/docker-compose version
 
 FROM ${BASE_IMAGE}
 # Where the source lives; CI or a release build passes the real repository URL.

@@ -17,6 +17,9 @@ from urllib.parse import urlsplit
 import agent_config
 from actors.base import Clock, SystemClock
 from actors.connection import ConnectionActor, LinkSettings
+from actors.deploy import engine as compose_engine
+from actors.deploy.runner import KILL_GRACE
+from actors.deployer import DeployerActor, DeployerSettings, DeployRuns, in_container
 from actors.docker_gateway import DockerGatewayActor, detect_own_container_id
 from actors.docker_tools import HandlerSettings
 from actors.errors import ConfigError, FatalError
@@ -71,10 +74,13 @@ def agent_arch() -> str:
     return _ARCH.get(machine, "arm" if machine.startswith("arm") else machine)
 
 
-def capabilities(*, self_update: bool = False) -> tuple[tuple[str, bool], ...]:
+def capabilities(
+    *, self_update: bool = False, compose: bool = False
+) -> tuple[tuple[str, bool], ...]:
     """Only what this agent really implements (the backend reads self_update, multi_env_files).
 
     ``self_update``: running in a container with SELF_UPDATE_IMAGE set (see ``identity``).
+    ``compose``: the Docker Compose binary ran at startup (deploy_compose works).
     """
     return (
         ("container_operations", True),
@@ -82,23 +88,32 @@ def capabilities(*, self_update: bool = False) -> tuple[tuple[str, bool], ...]:
         ("event_streaming", True),
         ("stats_collection", True),
         ("self_update", self_update),
-        ("compose_deployments", False),
+        ("compose_deployments", compose),
         ("shell_access", True),
-        ("multi_env_files", False),
+        ("multi_env_files", compose),
     )
 
 
-def identity(cfg: agent_config.Config, own_container_id: str | None = None) -> AgentIdentity:
+def identity(
+    cfg: agent_config.Config, own_container_id: str | None = None, *, compose: bool = False
+) -> AgentIdentity:
     return AgentIdentity(
         version=registered_version(),
         proto_version=cfg.proto_version,
-        capabilities=capabilities(self_update=bool(own_container_id and cfg.self_update_image)),
+        capabilities=capabilities(
+            self_update=bool(own_container_id and cfg.self_update_image), compose=compose
+        ),
         agent_name=cfg.agent_name,
         force_unique_registration=cfg.force_unique_registration,
         os_hostname=socket.gethostname(),
         agent_os=sys.platform if sys.platform != "linux2" else "linux",
         agent_arch=agent_arch(),
     )
+
+
+def shutdown_deadline(cfg: agent_config.Config) -> float:
+    """How long an orderly stop may take: 10 s, plus the wait for running deployments."""
+    return 10.0 + cfg.deploy_stop_timeout + 3 * KILL_GRACE
 
 
 def link_settings_for(cfg: agent_config.Config) -> LinkSettings:
@@ -119,11 +134,20 @@ def build_specs(
     own_container_id: str | None = None,
     clock: Clock | None = None,
     link_settings: LinkSettings | None = None,
+    compose: compose_engine.ComposeProbe | None = None,
 ) -> list[ChildSpec]:
-    """The agent's children in start order (STYLE §3)."""
+    """The agent's children in start order (STYLE §3).
+
+    ``compose``: the compose engine probe; None runs ``docker-compose version`` here, once.
+    """
     cursor = EventCursor((clock or SystemClock()).time_ns())
     settings = link_settings or link_settings_for(cfg)
-    ident = identity(cfg, own_container_id)
+    probe = compose if compose is not None else compose_engine.probe()
+    if probe.available:
+        log.info("deploy_compose runs %s", probe.describe())
+    else:
+        log.warning("deploy_compose is unavailable: %s", probe.describe())
+    ident = identity(cfg, own_container_id, compose=probe.available)
     audit = (
         AuditLog(Path(cfg.data_path) / "audit.log", who=f"dockmon@{urlsplit(cfg.ws_url).netloc}")
         if cfg.policy.audit
@@ -138,6 +162,18 @@ def build_specs(
         own_container_id=own_container_id,
         self_update_image=cfg.self_update_image,
         handover_timeout=cfg.self_update_timeout,
+    )
+    deploy_runs = DeployRuns()
+    deployer_settings = DeployerSettings(
+        docker_host=cfg.docker_host,
+        docker_api_version=cfg.docker_api_version,
+        data_path=cfg.data_path,
+        stacks_dir=cfg.agent_stacks_dir,
+        host_stacks_dir=cfg.host_stacks_dir,
+        own_container_id=own_container_id,
+        in_container=in_container(own_container_id),
+        policy=cfg.policy,
+        stop_timeout=cfg.deploy_stop_timeout,
     )
     stats_settings = StatsSettings(
         docker_host=cfg.docker_host,
@@ -198,6 +234,13 @@ def build_specs(
         ChildSpec(
             "updater",
             lambda ctx: UpdaterActor.start(ctx, settings=updater_settings, flows=flows),
+        ),
+        ChildSpec(
+            "deployer",
+            lambda ctx: DeployerActor.start(
+                ctx, settings=deployer_settings, runs=deploy_runs, engine=probe
+            ),
+            shutdown_timeout=cfg.deploy_stop_timeout + 3 * KILL_GRACE,
         ),
         ChildSpec("stats", lambda ctx: StatsActor.start(ctx, settings=stats_settings)),
         ChildSpec(
@@ -395,7 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg.docker_host,
         f", in container {own_id}" if own_id else "",
     )
-    return Supervisor(build_specs(cfg, own_container_id=own_id)).run()
+    return Supervisor(
+        build_specs(cfg, own_container_id=own_id), shutdown_deadline=shutdown_deadline(cfg)
+    ).run()
 
 
 if __name__ == "__main__":

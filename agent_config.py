@@ -120,6 +120,13 @@ SETTINGS: tuple[Setting, ...] = (
         "how long the new agent may take to register before a self-update is rolled back",
     ),
     Setting(
+        "DEPLOY_STOP_TIMEOUT",
+        "duration",
+        "20s",
+        "on SIGTERM, how long a running deploy_compose may go on before compose is stopped "
+        "(it is then reported failed at the next start)",
+    ),
+    Setting(
         "UNHEALTHY_AFTER",
         "duration",
         "5m",
@@ -178,6 +185,7 @@ class Config:
     update_timeout: float
     self_update_image: str | None = None
     self_update_timeout: float = 120.0
+    deploy_stop_timeout: float = 20.0
     unhealthy_after: float
     policy: Policy
     log_level: str
@@ -622,6 +630,11 @@ def inspect_config(
         problems.append(
             f"SELF_UPDATE_TIMEOUT: must be greater than 0, got {text('SELF_UPDATE_TIMEOUT')}"
         )
+    deploy_stop_timeout = parsed("DEPLOY_STOP_TIMEOUT", _parse_duration)
+    if deploy_stop_timeout < 0 and "DEPLOY_STOP_TIMEOUT" not in failed:
+        problems.append(
+            f"DEPLOY_STOP_TIMEOUT: must not be negative, got {text('DEPLOY_STOP_TIMEOUT')}"
+        )
     unhealthy_after = parsed("UNHEALTHY_AFTER", _parse_duration)
     policy = parse_policy(sections.get("policy"), f"config file {path!r}", problems)
     compose_roots = _compose_roots(text("COMPOSE_ROOTS"), problems)
@@ -650,6 +663,7 @@ def inspect_config(
         update_timeout=update_timeout,
         self_update_image=self_update_image,
         self_update_timeout=self_update_timeout,
+        deploy_stop_timeout=deploy_stop_timeout,
         unhealthy_after=unhealthy_after,
         policy=policy,
         log_level=log_level,

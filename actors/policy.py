@@ -144,7 +144,8 @@ def operation_of(frame: Mapping[str, Any]) -> tuple[str, str | None]:
         name = str(body.get("action"))
     else:
         name = kind
-    target = body.get("container_id")
+    # a deployment's target is its stack; the compose file and env contents are never audited
+    target = body.get("project_name" if name == "deploy_compose" else "container_id")
     return name, target if isinstance(target, str) and target else None
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from messages import compose, health, images, networks, shell, stats, updates, volumes
+from messages import compose, deploy, health, images, networks, shell, stats, updates, volumes
 from messages.common import RawJson, Secret
 from messages.decoding import BadPayload, CommandDecoder, boolean, command_failed, number
 from messages.docker import (
@@ -72,7 +72,7 @@ class IgnoredFrame:
 Command = ContainerOperation | ListContainers
 Inbound = AuthSucceeded | AuthRejected | Command | RejectedRequest | IgnoredFrame
 
-_FAMILIES = (images, networks, volumes, compose, updates, shell, health, stats)
+_FAMILIES = (images, networks, volumes, compose, deploy, updates, shell, health, stats)
 
 #: generic commands this agent implements; everything else is ``unknown command: <name>``
 GENERIC_DECODERS: dict[str, CommandDecoder] = {

@@ -120,6 +120,7 @@ def test_every_env_var_is_parsed(tmp_path: Path) -> None:
         "UPDATE_TIMEOUT": "1m30s",
         "SELF_UPDATE_IMAGE": "registry.example.com/dockmon-agent:2",
         "SELF_UPDATE_TIMEOUT": "45s",
+        "DEPLOY_STOP_TIMEOUT": "1m",
         "UNHEALTHY_AFTER": "2m",
         "LOG_LEVEL": "WARN",
         "LOG_JSON": "false",
@@ -150,6 +151,7 @@ def test_every_env_var_is_parsed(tmp_path: Path) -> None:
     assert cfg.update_timeout == 90.0
     assert cfg.self_update_image == "registry.example.com/dockmon-agent:2"
     assert cfg.self_update_timeout == 45.0
+    assert cfg.deploy_stop_timeout == 60.0
     assert cfg.unhealthy_after == 120.0
     assert cfg.log_level == "warning"
     assert cfg.log_json is False

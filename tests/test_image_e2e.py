@@ -380,6 +380,10 @@ def test_agent_container_stops_cleanly_on_sigterm(
             },
         )
         record = hub.wait_registered(timeout=60)
+        assert record.register is not None
+        capabilities = record.register["capabilities"]  # the compose binary ran in the image
+        assert capabilities["compose_deployments"] is True
+        assert capabilities["multi_env_files"] is True
         token_file = data / "permanent_token"
         wait_for(token_file.exists, 10, "the token file in the /data volume")
         assert token_file.read_text() == record.agent_id
@@ -465,4 +469,59 @@ def test_agent_runs_with_the_compose_settings(
         )
         assert exec_in(agent, ["stat", "-c", "%a %u", "/data/permanent_token"]) == (0, "600 1000")
         assert hub.command("list_containers").ok
+        hub.assert_clean()
+
+
+def test_agent_container_deploys_a_stack_with_relative_binds(
+    make_agent_container: ContainerFactory,
+    dockmon_socket: str,
+    docker_client: docker.DockerClient,
+    busybox_image: str,
+    tmp_path: Path,
+) -> None:
+    """In a container, compose sees the stacks directory under /data; the daemon needs the host
+    path, found from the agent container's own mounts (no HOST_STACKS_DIR set)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, 1000, 1000)
+    compose = yaml.safe_dump(
+        {
+            "services": {
+                "web": {
+                    "image": busybox_image,
+                    "command": ["sleep", "3600"],
+                    "init": True,
+                    "network_mode": "none",
+                    "labels": {"dockmon-test": "1"},
+                    "volumes": ["./files:/files:ro"],
+                }
+            }
+        }
+    )
+    with FakeHub() as hub:
+        hub.add_registration_token(REGISTRATION_TOKEN)
+        make_agent_container(
+            None,
+            network_mode="host",  # reaches the hub on 127.0.0.1 only
+            environment={"DOCKMON_URL": hub.url, "REGISTRATION_TOKEN": REGISTRATION_TOKEN},
+            volumes={
+                dockmon_socket: {"bind": SOCKET, "mode": "rw"},
+                str(data): {"bind": "/data", "mode": "rw"},
+            },
+        )
+        hub.wait_registered(timeout=60)
+        ack, deployment_id = hub.deploy("inside", compose)
+        assert ack.ok, ack
+        result = hub.wait_deploy_complete(deployment_id, timeout=120)
+        assert result["success"] is True, result
+        (web,) = docker_client.containers.list(
+            filters={"label": "com.docker.compose.project=inside"}
+        )
+        (mount,) = [m for m in web.attrs["Mounts"] if m["Destination"] == "/files"]
+        assert mount["Source"] == str(data / "stacks" / "inside" / "files")
+        assert web.labels["com.docker.compose.project.working_dir"] == "/data/stacks/inside"
+        (data / "stacks" / "inside" / "files" / "hello").write_text("host side")
+        assert web.exec_run(["cat", "/files/hello"]).output == b"host side"
+        down, down_id = hub.deploy("inside", compose, action="down")
+        assert down.ok and hub.wait_deploy_complete(down_id)["success"] is True
         hub.assert_clean()
