@@ -30,6 +30,7 @@ from typing import Any, TextIO
 import docker.errors
 
 from messages.compose import ReadComposeFile, ScanComposeDirs
+from messages.deploy import DeployCompose
 from messages.docker import (
     GetContainerLogs,
     InspectContainer,
@@ -217,6 +218,24 @@ def _image_users(api: Any, command: Any, _own: str | None) -> Resolved:
     return Resolved(users, detail=image_id)
 
 
+#: the label compose puts on every container of a project (what a deployment recreates/removes)
+COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
+
+
+def _project_containers(api: Any, command: Any, _own: str | None) -> Resolved:
+    """deploy_compose recreates or removes the containers of its project, found by compose's own
+    project label (a stack never touches a container outside it). The containers it would create
+    are checked by the Deployer against the parsed stack (actors/deploy/model.py)."""
+    how = f"it belongs to stack {command.project_name}, which deploy_compose recreates or removes"
+    label = f"{COMPOSE_PROJECT_LABEL}={command.project_name}"
+    return Resolved(
+        tuple(
+            Target.of(summary, how=how)
+            for summary in api.containers(all=True, filters={"label": label})
+        )
+    )
+
+
 def _own_container(api: Any, _command: Any, own: str | None) -> Resolved:
     if not own:
         return Resolved(())
@@ -259,6 +278,13 @@ CHANGES: dict[type, Changes] = {
     ),
     # the sanctioned way to replace the agent's own container; a protected one is kept
     SelfUpdate: Changes("self_update", _own_container, None),
+    DeployCompose: Changes(
+        "deploy_compose",
+        _project_containers,
+        "refusing to deploy_compose: the stack contains the agent's own container ({id12}); "
+        "the agent is updated with self_update",
+        what="list the stack's containers",
+    ),
 }
 
 #: every inbound command type that changes no container, and why
@@ -387,7 +413,8 @@ def operation_of(frame: Mapping[str, Any]) -> tuple[str, str | None]:
         name = str(body.get("action"))
     else:
         name = kind
-    target = body.get("container_id")
+    # a deployment's target is its stack; the compose file and env contents are never audited
+    target = body.get("project_name" if name == "deploy_compose" else "container_id")
     return name, target if isinstance(target, str) and target else None
 
 

@@ -42,6 +42,7 @@ import docker
 import pykka
 
 from actors.base import ActorContext, SupervisedActor
+from actors.docker_client import api_client
 from actors.docker_tools import describe_docker_error
 from actors.policy import Guard, Policy, Refused
 from messages.common import RawJson
@@ -129,15 +130,16 @@ def raw_socket(handle: object) -> socket.socket:
 class DockerShellBackend:
     """docker-py implementation; the client is created lazily on the session's reader thread."""
 
-    def __init__(self, docker_host: str, timeout: int = 15) -> None:
+    def __init__(self, docker_host: str, timeout: int = 15, api_version: str | None = None) -> None:
         self._docker_host = docker_host
         self._timeout = timeout
+        self._api_version = api_version
         self._api: docker.APIClient | None = None
 
     def _client(self) -> docker.APIClient:
         if self._api is None:
-            self._api = docker.APIClient(
-                base_url=self._docker_host, version="auto", timeout=self._timeout
+            self._api = api_client(
+                self._docker_host, timeout=self._timeout, api_version=self._api_version
             )
         return self._api
 
@@ -395,13 +397,14 @@ class ShellActor(SupervisedActor):
         policy: Policy | None = None,
         max_backlog: int = 4096,
         stop_timeout: float = 2.0,
+        docker_api_version: str | None = None,
     ) -> None:
         super().__init__(ctx)
         if max_backlog < 1:
             raise ValueError("max_backlog must be positive")
         self._docker_host = docker_host
         self._backend_factory: BackendFactory = backend_factory or (
-            lambda: DockerShellBackend(docker_host)
+            lambda: DockerShellBackend(docker_host, api_version=docker_api_version)
         )
         self._guard = Guard(policy or Policy())
         self._max_backlog = max_backlog

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from actors.base import ActorContext, SupervisedActor
-from messages.status import ActorRestarted, ConnectionStatus, EventForwarded, FlushStatus
+from messages.status import (
+    ActorRestarted,
+    AgentStopping,
+    ConnectionStatus,
+    DockerStatus,
+    EventForwarded,
+    FlushStatus,
+)
 from messages.wire import rfc3339_nano
 
 log = logging.getLogger(__name__)
@@ -61,7 +68,14 @@ class StatusReporterActor(SupervisedActor):
             "events_forwarded": 0,
             "actor_restarts": 0,
             "last_restarted_actor": None,
+            "docker_reachable": None,
+            "docker_error": "",
+            "docker_unreachable_since": None,
+            "stopped": False,
+            "stopped_at": None,
+            "stop_reason": "",
         }
+        self._stop_reason = "stopped"
         self._dirty = True
         self._last_write = 0.0
         self._write_failed = False
@@ -73,6 +87,17 @@ class StatusReporterActor(SupervisedActor):
         if self._dirty:
             with contextlib.suppress(OSError):
                 self._write()
+
+    def on_stop(self) -> None:
+        """A clean stop (not a crash: that is on_failure) says so at once in the file."""
+        now = rfc3339_nano(self.ctx.clock.time_ns())
+        self._state.update(
+            stopped=True, stopped_at=now, stop_reason=self._stop_reason, connected=False
+        )
+        if self._state.get("connected_since"):
+            self._state.update(connected_since=None, disconnected_since=now)
+        self._dirty = True
+        self._release()
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -92,6 +117,14 @@ class StatusReporterActor(SupervisedActor):
                 self._update(last_event_at=rfc3339_nano(at_ns), events_forwarded=total)
             case ActorRestarted(child_id=child_id, total=total):
                 self._update(actor_restarts=total, last_restarted_actor=child_id)
+            case DockerStatus(reachable=reachable, since_ns=since_ns, error=error):
+                self._update(
+                    docker_reachable=reachable,
+                    docker_error=error,
+                    docker_unreachable_since=None if reachable else rfc3339_nano(since_ns),
+                )
+            case AgentStopping(reason=reason, exit_code=code):
+                self._stop_reason = reason if not code else f"{reason} (exit code {code})"
             case FlushStatus():
                 self._flush()
             case _:
@@ -145,9 +178,14 @@ def health_verdict(
 ) -> tuple[bool, str]:
     """(healthy, reason) for Docker's HEALTHCHECK."""
     now = time.time() if now is None else now
+    if status.get("stopped"):
+        why = status.get("stop_reason") or "stopped"
+        return False, f"the agent stopped at {status.get('stopped_at')} ({why})"
     updated = _age(status.get("updated_at"), now)
     if updated is None or updated > stale_after:
         return False, f"status file not updated for {updated or 0:.0f}s: the agent is not running"
+    if status.get("docker_reachable") is False:
+        return False, f"Docker is unreachable: {status.get('docker_error') or 'unknown error'}"
     if status.get("connected"):
         return True, "registered with DockMon"
     down = _age(status.get("disconnected_since"), now) or 0.0

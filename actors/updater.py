@@ -25,6 +25,7 @@ import pykka
 
 from actors import container_update, self_update
 from actors.base import ActorContext, Clock, Peers, SupervisedActor
+from actors.docker_client import api_client
 from actors.docker_tools import describe_docker_error
 from actors.policy import Guard, Policy, Refused
 from messages.common import RawJson
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 class UpdaterSettings:
     docker_host: str
     data_path: str
+    docker_api_version: str | None = None
     own_container_id: str | None = None
     self_update_image: str | None = None
     handover_timeout: float = 120.0
@@ -132,7 +134,9 @@ class UpdaterActor(SupervisedActor):
         self._flows = flows
         self._guard = Guard(policy or Policy(), settings.own_container_id)
         self._client_factory = client_factory or (
-            lambda: docker.APIClient(base_url=settings.docker_host, version="auto", timeout=120)
+            lambda: api_client(
+                settings.docker_host, timeout=120, api_version=settings.docker_api_version
+            )
         )
         self._threads: dict[str, threading.Thread] = {}
 
@@ -182,6 +186,12 @@ class UpdaterActor(SupervisedActor):
     def _self_update(self, msg: SelfUpdate) -> None:
         error = self_update.precheck(self._settings, msg)
         if error:
+            log.warning(
+                "refused DockMon's self_update (to %s, version %s): %s",
+                msg.image or "?",
+                msg.version or "?",
+                error,
+            )
             self._reply(msg.request_id, None, error)
             return
         if self._flows.busy("self"):

@@ -17,7 +17,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from messages import compose, health, images, networks, references, shell, stats, updates, volumes
+from messages import (
+    compose,
+    deploy,
+    health,
+    images,
+    networks,
+    references,
+    shell,
+    stats,
+    updates,
+    volumes,
+)
 from messages.common import RawJson, Secret
 from messages.decoding import BadPayload, CommandDecoder, boolean, command_failed, number
 from messages.docker import (
@@ -72,7 +83,7 @@ class IgnoredFrame:
 Command = ContainerOperation | ListContainers
 Inbound = AuthSucceeded | AuthRejected | Command | RejectedRequest | IgnoredFrame
 
-_FAMILIES = (images, networks, volumes, compose, updates, shell, health, stats)
+_FAMILIES = (images, networks, volumes, compose, deploy, updates, shell, health, stats)
 
 #: generic commands this agent implements; everything else is ``unknown command: <name>``
 GENERIC_DECODERS: dict[str, CommandDecoder] = {
@@ -405,4 +416,8 @@ def encode_register(token: Secret, host: HostInfo, ident: AgentIdentity) -> str:
             frame["total_memory"] = host.total_memory
         if host.num_cpus and 0 < host.num_cpus <= 10_000:
             frame["num_cpus"] = host.num_cpus
+        ips = [ip for ip in host.host_ips if ip and len(ip) <= 45][:50]
+        if ips:
+            frame["host_ips"] = ips
+            frame["host_ip"] = ips[0]  # for older backends
     return _dumps(frame)

@@ -30,7 +30,13 @@ from messages.docker import (
     StopContainer,
 )
 from messages.images import ListImages
-from messages.outbound import EventOut
+from messages.outbound import (
+    AuditRecord,
+    EventDelivered,
+    EventOut,
+    LinkStateChanged,
+    TrackedEventOut,
+)
 from messages.status import ConnectionStatus
 from messages.tokens import GetToken, SaveToken, TokenInfo
 from messages.wire import AgentIdentity
@@ -425,3 +431,65 @@ def test_a_drop_is_reported_to_the_status_file_as_disconnected(rig: Rig) -> None
     rig.ref.tell(ReaderStopped(generation=link.generation, reason="closed by server: 1001"))
     down = status.expect(ConnectionStatus, where=lambda s: not s.connected)
     assert down.last_error == "closed by server: 1001"
+
+
+def tracked(key: str) -> TrackedEventOut:
+    payload = RawJson.of({"deployment_id": key, "action": "up", "success": True})
+    return TrackedEventOut(command="deploy_complete", payload=payload, owner="deployer", key=key)
+
+
+def test_a_tracked_event_goes_once_per_link_and_is_confirmed_to_its_owner(rig: Rig) -> None:
+    deployer = ProbeHandle()
+    rig.peers.set("deployer", deployer.ref)
+    rig.ref.tell(tracked("d-0"))  # disconnected: dropped here, the owner keeps it
+    link = rig.connect()
+    assert link.sent == []
+    deployer.expect(LinkStateChanged, where=lambda m: m.connected)  # its cue to send again
+    rig.ref.tell(tracked("d-0"))
+    rig.ref.tell(tracked("d-0"))  # the owner resent it before it heard of the link: once only
+    rig.ref.tell(note(1))
+    rig.ref.tell(tracked("d-1"))
+    rig.barrier()
+    frames = [json.loads(s) for s in link.sent]
+    assert [(f["command"], f["payload"].get("deployment_id")) for f in frames] == [
+        ("deploy_complete", "d-0"),
+        ("update_progress", None),
+        ("deploy_complete", "d-1"),
+    ]
+    assert frames[0]["type"] == "event" and "correlation_id" not in frames[0]
+    rig.ref.tell(PongReceived(generation=link.generation, ack=link.acks[1]))
+    assert deployer.expect(EventDelivered) == EventDelivered(key="d-0")
+    # the link dies before d-1 is confirmed: it is not requeued here (the owner sends it)
+    rig.ref.tell(ReaderStopped(generation=link.generation, reason="dead"))
+    again = rig.connect()
+    assert again.sent == []
+    rig.ref.tell(tracked("d-1"))
+    rig.barrier()
+    assert [json.loads(s)["payload"]["deployment_id"] for s in again.sent] == ["d-1"]
+    rig.ref.tell(PongReceived(generation=again.generation, ack=again.acks[-1]))
+    assert deployer.expect(EventDelivered) == EventDelivered(key="d-1")
+    assert not [m for m in deployer.received if isinstance(m, EventDelivered)]
+
+
+def test_audit_records_from_other_actors_are_written(rig: Rig, tmp_path: Any) -> None:
+    from actors.policy import AuditLog
+
+    audit = AuditLog(tmp_path / "audit.log", who="dockmon@test")
+    ref = ConnectionActor.start(
+        make_ctx(rig.peers, rig.scheduler, rig.clock, child_id="connection2"),
+        settings=LinkSettings(url="ws://127.0.0.1:9/api/agent/ws"),
+        identity=IDENT,
+        reconnect_initial=1.0,
+        reconnect_max=8.0,
+        link_factory=FakeLink,  # type: ignore[arg-type]
+        audit=audit,
+    )
+    ref.tell(AuditRecord(operation="deploy_compose", target="site", result="up finished: success"))
+    ref.ask(Ping(), timeout=3)
+    line = json.loads((tmp_path / "audit.log").read_text())
+    assert {k: line[k] for k in ("operation", "target", "result", "who")} == {
+        "operation": "deploy_compose",
+        "target": "site",
+        "result": "up finished: success",
+        "who": "dockmon@test",
+    }

@@ -25,6 +25,7 @@ from actors.docker_gateway import DockerGatewayActor
 from actors.policy import Policy
 from actors.shell import DockerShellBackend, ShellActor
 from actors.updater import FlowRegistry, UpdaterActor, UpdaterSettings
+from messages.deploy import DeployCompose
 from messages.docker import (
     CommandFailed,
     ContainerOpFailed,
@@ -189,6 +190,26 @@ def _self_update(_agent: RunningAgent, make: ContainerFactory, client: docker.Do
         connection.ref.stop()
 
 
+def _deploy(agent: RunningAgent, make: ContainerFactory, client: docker.DockerClient) -> None:
+    """A stack recreates or removes every container with its compose project label."""
+    stack = f"dmprot-{uuid.uuid4().hex[:8]}"
+    kept = make(
+        GRACEFUL,
+        name=f"keep-{uuid.uuid4().hex[:8]}",
+        labels={"com.docker.compose.project": stack, "com.docker.compose.service": "db"},
+    )
+    before = snapshot(client.api, str(kept.id))
+    compose = f"services:\n  db:\n    image: {DEFAULT_BUSYBOX_TAG}\n    network_mode: none\n"
+    for action in ("up", "down"):
+        ack, deployment_id = agent.hub.deploy(stack, compose, action=action)
+        assert ack.ok, ack
+        result = agent.hub.wait_deploy_complete(deployment_id, timeout=60)
+        assert result["success"] is False, result
+        assert "denied by the agent's policy: container keep-" in result["error"]
+        assert f"(it belongs to stack {stack}, which deploy_compose" in result["error"]
+        assert snapshot(client.api, str(kept.id)) == before
+
+
 REFUSALS: dict[type, Case] = {
     StartContainer: _container_action("start"),
     StopContainer: _container_action("stop"),
@@ -201,6 +222,7 @@ REFUSALS: dict[type, Case] = {
     DeleteNetwork: _delete_network,
     RemoveImage: _remove_image,
     SelfUpdate: _self_update,
+    DeployCompose: _deploy,
 }
 
 

@@ -161,6 +161,12 @@ NOT_REFERENCES = {
     "kind": "basic or bearer",
     "username": "a registry or HTTP user name",
     "_value": "a credential (messages.common.Secret)",
+    "deployment_id": "the backend's deployment id, only echoed and used as a journal key",
+    "project_name": "a stack name, validated by actors/deploy/files.py (PROTOCOL 8.1 step 3)",
+    "compose_content": "a compose file, written to the stack directory",
+    "env_file_content": "an env file, written to the stack directory",
+    "action": "up, down or restart",
+    "registry_url": "a registry host for a private Docker config, never an API path",
 }
 
 
