@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -305,11 +304,11 @@ def test_every_docker_client_speaks_docker_api_version(
             "a stats stream",
         )
         open_shell(hub, c.id[:12])  # Shell
-        # Updater: its first request is the pull (only it pulls), from a loopback port where
-        # nothing listens, so the daemon's attempt goes nowhere
+        # Updater: it resolves the container, then pulls (only it pulls) from a loopback port
+        # where nothing listens, so the daemon's attempt goes nowhere
         reply = hub.command(
             "update_container",
-            {"container_id": uuid.uuid4().hex[:12], "new_image": "127.0.0.1:9/none:latest"},
+            {"container_id": c.id[:12], "new_image": "127.0.0.1:9/none:latest"},
         )
         assert reply.ok
         wait_for(lambda: any("/images/create" in p for p in proxy.paths()), 30, "the pull")
