@@ -24,7 +24,8 @@ RUN set -eu; \
     python3 -m venv /opt/dockmon-agent; \
     /opt/dockmon-agent/bin/python -m pip install --no-cache-dir --disable-pip-version-check \
         $PIP_INSTALL_ARGS "$target"; \
-    test -x /opt/dockmon-agent/bin/dockmon-agent
+    test -x /opt/dockmon-agent/bin/dockmon-agent; \
+    /opt/dockmon-agent/bin/docker-compose version
 
 FROM ${BASE_IMAGE}
 # Where the source lives; CI or a release build passes the real repository URL.
@@ -38,16 +39,24 @@ ENV PATH=/opt/dockmon-agent/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     DATA_PATH=/data
 COPY --from=build /opt/dockmon-agent /opt/dockmon-agent
-# Non-root: uid/gid 1000 owns /data (a named volume inherits that on first use). The Docker
-# socket is reached through the socket's group, given at run time by number:
-#   docker run --group-add "$(stat -c %g /var/run/docker.sock)" ...
+# Runs as uid 1000, reached by either way of starting it:
+# * DockMon's own command (no --user): the container starts as root and the agent's first act
+#   (actors/privileges.py, before it reads any configuration) is to read the Docker socket's
+#   group, give /data (or $DATA_PATH) to uid 1000 without following symlinks, then drop root
+#   in-process (setgroups/setgid/setuid: no capabilities left, no_new_privs) to RUN_AS with the
+#   socket's group as a supplementary group. If it cannot drop root it refuses to start.
+#     docker run -d -v /var/run/docker.sock:/var/run/docker.sock -v dockmon-agent-data:/data \
+#       -e DOCKMON_URL=... -e REGISTRATION_TOKEN=... <image>
+# * Non-root from the start: nothing to drop; give it the socket's group by number:
+#     docker run --user 1000 --group-add "$(stat -c %g /var/run/docker.sock)" ...
+# RUN_AS=root keeps root, knowingly (logged as a warning).
+ENV RUN_AS=1000
 RUN set -eu; \
     if command -v useradd >/dev/null; then \
         groupadd --system --gid 1000 dockmon && \
         useradd --system --uid 1000 --gid 1000 --home-dir /data --shell /usr/sbin/nologin dockmon; \
     fi; \
     install -d -o 1000 -g 1000 -m 0700 /data
-USER 1000:1000
 VOLUME /data
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
     CMD ["dockmon-agent", "healthcheck"]

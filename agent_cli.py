@@ -17,12 +17,16 @@ from urllib.parse import urlsplit
 import agent_config
 from actors.base import Clock, SystemClock
 from actors.connection import ConnectionActor, LinkSettings
+from actors.deploy import engine as compose_engine
+from actors.deploy.runner import KILL_GRACE
+from actors.deployer import DeployerActor, DeployerSettings, DeployRuns, in_container
 from actors.docker_gateway import DockerGatewayActor, detect_own_container_id
 from actors.docker_tools import HandlerSettings
 from actors.errors import ConfigError, FatalError
 from actors.event_streamer import EventCursor, EventStreamerActor
 from actors.health_checks import HealthCheckActor, HealthCheckMemory
 from actors.policy import AuditLog
+from actors.privileges import PrivilegeError, drop_privileges
 from actors.shell import ShellActor
 from actors.stats import StatsActor, StatsSettings
 from actors.stats_ingest import ingest_settings
@@ -46,6 +50,22 @@ def agent_version() -> str:
         return "dev"
 
 
+#: what ``register`` reports after the package version (README, "The version DockMon shows")
+REGISTERED_SUFFIX = "-python"
+
+
+def registered_version() -> str:
+    """The ``version`` sent at registration: ``0.1.0-python``, not ``0.1.0``.
+
+    DockMon compares it with the Go agent's latest release (PROTOCOL §7.2) using PEP 440
+    (``packaging.version.parse``): a plain ``0.1.0`` would parse as older than every Go release
+    and show "update available" forever, with an Update button that installs the Go agent.
+    ``0.1.0-python`` does not parse, which the backend treats as "no update known": the UI shows
+    the truth, this agent's own version, and no false badge.
+    """
+    return f"{agent_version()}{REGISTERED_SUFFIX}"
+
+
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
@@ -54,10 +74,13 @@ def agent_arch() -> str:
     return _ARCH.get(machine, "arm" if machine.startswith("arm") else machine)
 
 
-def capabilities(*, self_update: bool = False) -> tuple[tuple[str, bool], ...]:
+def capabilities(
+    *, self_update: bool = False, compose: bool = False
+) -> tuple[tuple[str, bool], ...]:
     """Only what this agent really implements (the backend reads self_update, multi_env_files).
 
     ``self_update``: running in a container with SELF_UPDATE_IMAGE set (see ``identity``).
+    ``compose``: the Docker Compose binary ran at startup (deploy_compose works).
     """
     return (
         ("container_operations", True),
@@ -65,23 +88,32 @@ def capabilities(*, self_update: bool = False) -> tuple[tuple[str, bool], ...]:
         ("event_streaming", True),
         ("stats_collection", True),
         ("self_update", self_update),
-        ("compose_deployments", False),
+        ("compose_deployments", compose),
         ("shell_access", True),
-        ("multi_env_files", False),
+        ("multi_env_files", compose),
     )
 
 
-def identity(cfg: agent_config.Config, own_container_id: str | None = None) -> AgentIdentity:
+def identity(
+    cfg: agent_config.Config, own_container_id: str | None = None, *, compose: bool = False
+) -> AgentIdentity:
     return AgentIdentity(
-        version=agent_version(),
+        version=registered_version(),
         proto_version=cfg.proto_version,
-        capabilities=capabilities(self_update=bool(own_container_id and cfg.self_update_image)),
+        capabilities=capabilities(
+            self_update=bool(own_container_id and cfg.self_update_image), compose=compose
+        ),
         agent_name=cfg.agent_name,
         force_unique_registration=cfg.force_unique_registration,
         os_hostname=socket.gethostname(),
         agent_os=sys.platform if sys.platform != "linux2" else "linux",
         agent_arch=agent_arch(),
     )
+
+
+def shutdown_deadline(cfg: agent_config.Config) -> float:
+    """How long an orderly stop may take: 10 s, plus the wait for running deployments."""
+    return 10.0 + cfg.deploy_stop_timeout + 3 * KILL_GRACE
 
 
 def link_settings_for(cfg: agent_config.Config) -> LinkSettings:
@@ -102,11 +134,20 @@ def build_specs(
     own_container_id: str | None = None,
     clock: Clock | None = None,
     link_settings: LinkSettings | None = None,
+    compose: compose_engine.ComposeProbe | None = None,
 ) -> list[ChildSpec]:
-    """The agent's children in start order (STYLE §3)."""
+    """The agent's children in start order (STYLE §3).
+
+    ``compose``: the compose engine probe; None runs ``docker-compose version`` here, once.
+    """
     cursor = EventCursor((clock or SystemClock()).time_ns())
     settings = link_settings or link_settings_for(cfg)
-    ident = identity(cfg, own_container_id)
+    probe = compose if compose is not None else compose_engine.probe()
+    if probe.available:
+        log.info("deploy_compose runs %s", probe.describe())
+    else:
+        log.warning("deploy_compose is unavailable: %s", probe.describe())
+    ident = identity(cfg, own_container_id, compose=probe.available)
     audit = (
         AuditLog(Path(cfg.data_path) / "audit.log", who=f"dockmon@{urlsplit(cfg.ws_url).netloc}")
         if cfg.policy.audit
@@ -116,13 +157,27 @@ def build_specs(
     health_memory = HealthCheckMemory()
     updater_settings = UpdaterSettings(
         docker_host=cfg.docker_host,
+        docker_api_version=cfg.docker_api_version,
         data_path=cfg.data_path,
         own_container_id=own_container_id,
         self_update_image=cfg.self_update_image,
         handover_timeout=cfg.self_update_timeout,
     )
+    deploy_runs = DeployRuns()
+    deployer_settings = DeployerSettings(
+        docker_host=cfg.docker_host,
+        docker_api_version=cfg.docker_api_version,
+        data_path=cfg.data_path,
+        stacks_dir=cfg.agent_stacks_dir,
+        host_stacks_dir=cfg.host_stacks_dir,
+        own_container_id=own_container_id,
+        in_container=in_container(own_container_id),
+        policy=cfg.policy,
+        stop_timeout=cfg.deploy_stop_timeout,
+    )
     stats_settings = StatsSettings(
         docker_host=cfg.docker_host,
+        docker_api_version=cfg.docker_api_version,
         host_roots=host_roots(own_container_id),
         ingest=ingest_settings(settings, cfg.dockmon_url),
     )
@@ -152,6 +207,7 @@ def build_specs(
                     stacks_dir=cfg.agent_stacks_dir, compose_roots=cfg.compose_roots
                 ),
                 policy=cfg.policy,
+                docker_api_version=cfg.docker_api_version,
             ),
         ),
         ChildSpec(
@@ -168,16 +224,35 @@ def build_specs(
         ),
         ChildSpec(
             "event_streamer",
-            lambda ctx: EventStreamerActor.start(ctx, docker_host=cfg.docker_host, cursor=cursor),
+            lambda ctx: EventStreamerActor.start(
+                ctx,
+                docker_host=cfg.docker_host,
+                cursor=cursor,
+                docker_api_version=cfg.docker_api_version,
+            ),
         ),
         ChildSpec(
             "updater",
-            lambda ctx: UpdaterActor.start(ctx, settings=updater_settings, flows=flows),
+            lambda ctx: UpdaterActor.start(
+                ctx, settings=updater_settings, flows=flows, policy=cfg.policy
+            ),
+        ),
+        ChildSpec(
+            "deployer",
+            lambda ctx: DeployerActor.start(
+                ctx, settings=deployer_settings, runs=deploy_runs, engine=probe
+            ),
+            shutdown_timeout=cfg.deploy_stop_timeout + 3 * KILL_GRACE,
         ),
         ChildSpec("stats", lambda ctx: StatsActor.start(ctx, settings=stats_settings)),
         ChildSpec(
             "shell",
-            lambda ctx: ShellActor.start(ctx, docker_host=cfg.docker_host, policy=cfg.policy),
+            lambda ctx: ShellActor.start(
+                ctx,
+                docker_host=cfg.docker_host,
+                policy=cfg.policy,
+                docker_api_version=cfg.docker_api_version,
+            ),
         ),
         ChildSpec(
             "health_checks",
@@ -192,29 +267,67 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _load(ns: argparse.Namespace) -> agent_config.Config | None:
+def _report(ns: argparse.Namespace) -> agent_config.ConfigReport:
+    return agent_config.inspect_config(
+        os.environ, config_path=ns.config, overrides=agent_config.overrides_from_args(ns)
+    )
+
+
+def _print_problems(problems: Sequence[str]) -> None:
+    """Every problem, once, as plain text on stderr (logging is not set up yet)."""
+    if len(problems) == 1:
+        print(f"dockmon-agent: cannot start: {problems[0]}", file=sys.stderr)
+        return
+    lines = "\n".join(f"  - {p}" for p in problems)
+    print(f"dockmon-agent: cannot start, {len(problems)} problems:\n{lines}", file=sys.stderr)
+
+
+def startup_problems(report: agent_config.ConfigReport) -> list[str]:
+    """The configuration's problems plus DATA_PATH's and the token's, all at once.
+
+    DATA_PATH and the token are checked only where the settings they depend on are valid and
+    the config file could be read (a token or URL in an unreadable file is not "missing").
+    """
+    problems = list(report.problems)
+    if report.file_failed or report.problems_of("DATA_PATH"):
+        return problems
+    values = report.values
     try:
-        return agent_config.load_config(
-            os.environ, config_path=ns.config, overrides=agent_config.overrides_from_args(ns)
-        )
+        check_data_dir(values["data_path"])
+    except FatalError as exc:
+        return [*problems, str(exc)]
+    token_settings = ("REGISTRATION_TOKEN", "PERMANENT_TOKEN")
+    if any(report.problems_of(n) or report.problems_of(f"{n}_FILE") for n in token_settings):
+        return problems
+    try:
+        resolve_token(values["data_path"], values["permanent_token"], values["registration_token"])
     except ConfigError as exc:
-        print(f"dockmon-agent: {exc}", file=sys.stderr)
-        return None
+        problems.extend(exc.problems)
+    return problems
 
 
 def _agent_status(
     prog: str, description: str, argv: Sequence[str]
 ) -> tuple[dict[str, Any], bool, str] | str:
-    """The running agent's status.json and health verdict, or why there is none."""
-    cfg = _load(_parser(prog, description).parse_args(argv))
-    if cfg is None:
-        return "the configuration is invalid (see above)"
+    """The running agent's status.json and health verdict, or why there is none.
+
+    Only DATA_PATH and UNHEALTHY_AFTER matter here: no DOCKMON_URL or token is needed.
+    """
+    report = _report(_parser(prog, description).parse_args(argv))
+    own = report.problems_of("DATA_PATH") + report.problems_of("UNHEALTHY_AFTER")
+    if report.file_failed:
+        own = [p for p in report.problems if agent_config.problem_setting(p) is None] + own
+    if own:
+        return f"invalid configuration: {'; '.join(own)}"
+    data_path = str(report.values["data_path"])
     try:
-        status = read_status(cfg.data_path)
+        status = read_status(data_path)
     except (OSError, ValueError) as exc:
-        return f"cannot read the agent's status in {cfg.data_path}: {exc}"
+        return f"cannot read the agent's status in {data_path}: {exc}"
     healthy, reason = health_verdict(
-        status, unhealthy_after=cfg.unhealthy_after, stale_after=STATUS_STALE_AFTER
+        status,
+        unhealthy_after=float(report.values["unhealthy_after"]),
+        stale_after=STATUS_STALE_AFTER,
     )
     return status, healthy, reason
 
@@ -279,6 +392,15 @@ SUBCOMMANDS = {"healthcheck": healthcheck_main, "status": status_main, "doctor":
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    # First of all: started as root (the image's default), become RUN_AS before anything reads
+    # configuration, token files or the Docker socket (actors/privileges.py).
+    try:
+        privileges = drop_privileges(
+            os.environ, repair_data=not args or args[0] not in ("healthcheck", "status")
+        )
+    except PrivilegeError as exc:
+        print(f"dockmon-agent: cannot start: {exc}", file=sys.stderr)
+        return 2
     if args and args[0] in SUBCOMMANDS:
         return SUBCOMMANDS[args[0]](args[1:])
     parser = _parser(
@@ -296,20 +418,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.version:
         print(f"dockmon-agent {agent_version()}")
         return 0
-    cfg = _load(ns)
-    if cfg is None:
-        return 2
+    report = _report(ns)
     if ns.print_config:
-        print(agent_config.format_config(cfg))
+        print(agent_config.format_report(report))
+        if report.problems:
+            _print_problems(report.problems)
+            return 2
         return 0
-    agent_config.setup_logging(cfg.log_level, cfg.log_json)
-    try:
-        check_data_dir(cfg.data_path)
-        resolve_token(cfg.data_path, cfg.permanent_token, cfg.registration_token)
-    except FatalError as exc:
-        log.error("cannot start: %s", exc)
-        print(f"dockmon-agent: {exc}", file=sys.stderr)
+    problems = startup_problems(report)
+    if problems or report.config is None:
+        _print_problems(problems)
         return 2
+    cfg = report.config
+    agent_config.setup_logging(cfg.log_level, cfg.log_json)
+    for level, note in privileges.notes:
+        log.log(level, "%s", note)
     own_id = detect_own_container_id()
     log.info(
         "dockmon-agent %s starting (docker %s%s)",
@@ -317,7 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg.docker_host,
         f", in container {own_id}" if own_id else "",
     )
-    return Supervisor(build_specs(cfg, own_container_id=own_id)).run()
+    return Supervisor(
+        build_specs(cfg, own_container_id=own_id), shutdown_deadline=shutdown_deadline(cfg)
+    ).run()
 
 
 if __name__ == "__main__":

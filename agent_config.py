@@ -27,8 +27,10 @@ import colorlog
 import yaml
 
 from actors.compose_files import is_system_path
+from actors.docker_client import api_version_problem
 from actors.errors import ConfigError
 from actors.policy import Policy, parse_policy
+from actors.privileges import DEFAULT_SOCKETS
 from actors.self_update import parse_image_ref
 from messages.common import Secret
 
@@ -73,6 +75,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Docker daemon, unix:// or tcp:// (default: first existing of /var/run/docker.sock, "
         "/run/docker.sock, /run/podman/podman.sock)",
     ),
+    Setting(
+        "DOCKER_API_VERSION",
+        "text",
+        None,
+        "Docker API version every Docker client uses, e.g. 1.41 (default: negotiated)",
+    ),
     Setting("DOCKER_CERT_PATH", "path", None, "Docker client certificates (TLS not supported)"),
     Setting("DOCKER_TLS_VERIFY", "bool", "false", "TLS to the Docker daemon (not supported)"),
     Setting("PROTO_VERSION", "text", "1.1", "protocol version sent at registration"),
@@ -95,8 +103,9 @@ SETTINGS: tuple[Setting, ...] = (
         "text",
         None,
         "comma-separated absolute directories compose scan/read may use (default: the stacks "
-        "directory plus /opt, /srv, /var/lib/docker-compose, /var/lib/docker/volumes, home, "
-        "/stacks, /docker, /mnt, /data, /compose where they exist)",
+        "directory plus /opt, /srv, /var/lib/docker-compose, /var/lib/docker/volumes, the agent "
+        "user's home directory ($HOME: /data in the image, /home/<user> for a user), /stacks, "
+        "/docker, /mnt, /data, /compose where they exist)",
     ),
     Setting("UPDATE_TIMEOUT", "duration", "120s", "container update timeout (unused, like Go)"),
     Setting(
@@ -113,13 +122,26 @@ SETTINGS: tuple[Setting, ...] = (
         "how long the new agent may take to register before a self-update is rolled back",
     ),
     Setting(
+        "DEPLOY_STOP_TIMEOUT",
+        "duration",
+        "20s",
+        "on SIGTERM, how long a running deploy_compose may go on before compose is stopped "
+        "(it is then reported failed at the next start)",
+    ),
+    Setting(
         "UNHEALTHY_AFTER",
         "duration",
         "5m",
         "`dockmon-agent healthcheck` fails once the agent has not been registered this long",
     ),
     Setting("LOG_LEVEL", "level", "info", "debug, info, warning or error"),
-    Setting("LOG_JSON", "bool", "true", "log JSON lines instead of coloured text"),
+    Setting(
+        "LOG_JSON",
+        "bool",
+        None,
+        "JSON lines (true) or coloured text (false); unset: coloured text when stderr is a "
+        "terminal, JSON lines otherwise",
+    ),
     Setting("HTTPS_PROXY", "url", None, "proxy for https:// and wss:// (or https_proxy)"),
     Setting("HTTP_PROXY", "url", None, "proxy for http:// and ws:// (or http_proxy)"),
     Setting("NO_PROXY", "text", None, "hosts that bypass the proxy (or no_proxy)"),
@@ -129,7 +151,7 @@ _BY_NAME = {s.name: s for s in SETTINGS}
 #: YAML keys that hold a mapping of their own instead of a setting
 SECTIONS = frozenset({"policy"})
 _LOWERCASE_TOO = frozenset({"HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"})
-_DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/podman/podman.sock")
+_DOCKER_SOCKETS = DEFAULT_SOCKETS
 _URL_HINT = "set DOCKMON_URL to the DockMon server address, e.g. https://dockmon.example.com"
 _DOCKER_TLS = (
     "TLS to the Docker daemon is not supported by this agent yet; "
@@ -151,6 +173,7 @@ class Config:
     insecure_skip_verify: bool
     ca_cert: str | None
     docker_host: str
+    docker_api_version: str | None = None
     docker_cert_path: str | None
     docker_tls_verify: bool
     proto_version: str
@@ -165,10 +188,11 @@ class Config:
     update_timeout: float
     self_update_image: str | None = None
     self_update_timeout: float = 120.0
+    deploy_stop_timeout: float = 20.0
     unhealthy_after: float
     policy: Policy
     log_level: str
-    log_json: bool
+    log_json: bool | None  # None: JSON unless stderr is a terminal
     https_proxy: str | None
     http_proxy: str | None
     no_proxy: str | None
@@ -274,31 +298,34 @@ def _yaml_text(setting: Setting, value: object) -> str:
     raise ValueError(f"unsupported YAML {type(value).__name__}{shown}; quote it if it is text")
 
 
-def _read_yaml(path: str, problems: list[str], sections: dict[str, Any]) -> dict[str, str]:
-    """Settings from the file; mapping-valued sections (``policy``) go to ``sections``."""
+def _read_yaml(path: str, problems: list[str], sections: dict[str, Any]) -> dict[str, str] | None:
+    """Settings from the file; mapping-valued sections (``policy``) go to ``sections``.
+
+    None (and a problem) when the file cannot be used at all: missing, unreadable, not YAML.
+    """
     where = f"config file {path!r}"
     try:
         with open(path, "rb") as f:
             data = yaml.safe_load(f)
     except FileNotFoundError:
         problems.append(f"{where} does not exist")
-        return {}
+        return None
     except OSError as exc:
         problems.append(f"{where} cannot be read: {exc.strerror}")
-        return {}
+        return None
     except yaml.MarkedYAMLError as exc:
         line = f" at line {exc.problem_mark.line + 1}" if exc.problem_mark else ""
         problems.append(f"{where}: YAML syntax error{line}: {exc.problem}")
-        return {}
+        return None
     except yaml.YAMLError as exc:
         problems.append(f"{where}: invalid YAML: {exc}")
-        return {}
+        return None
     if data is None:
         return {}
     if not isinstance(data, dict):
         kind = type(data).__name__
         problems.append(f"{where}: the top level must be a mapping of settings, not a {kind}")
-        return {}
+        return None
     values: dict[str, str] = {}
     for key, value in data.items():
         if str(key).lower() in SECTIONS:
@@ -405,6 +432,36 @@ def _compose_roots(value: str | None, problems: list[str]) -> tuple[str, ...] | 
     return tuple(roots)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigReport:
+    """What ``inspect_config`` found: the config (None when invalid) and every problem.
+
+    ``values`` holds each ``Config`` field as parsed (the default where its text is invalid),
+    ``texts`` the text each given setting had, ``sources`` where each came from, and
+    ``file_failed`` says the YAML file could not be used at all (so "not set" means nothing).
+    """
+
+    config: Config | None
+    problems: tuple[str, ...]
+    values: Mapping[str, Any]
+    texts: Mapping[str, str]
+    sources: Mapping[str, str]
+    file_failed: bool = False
+
+    def problems_of(self, name: str) -> list[str]:
+        """The problems that name setting ``name`` first."""
+        return [p for p in self.problems if problem_setting(p) == name]
+
+
+_PROBLEM_NAME = re.compile(r"([A-Z][A-Z0-9_]*)\b")
+
+
+def problem_setting(problem: str) -> str | None:
+    """The setting a problem is about, when it starts with that setting's name."""
+    match = _PROBLEM_NAME.match(problem)
+    return match.group(1) if match and match.group(1) in _BY_NAME else None
+
+
 def load_config(
     environ: Mapping[str, str],
     *,
@@ -416,13 +473,31 @@ def load_config(
 
     Raises ``ConfigError`` listing every problem found.
     """
+    report = inspect_config(
+        environ, config_path=config_path, overrides=overrides, path_exists=path_exists
+    )
+    if report.config is None:
+        raise ConfigError(list(report.problems))
+    return report.config
+
+
+def inspect_config(
+    environ: Mapping[str, str],
+    *,
+    config_path: str | None = None,
+    overrides: Mapping[str, str] | None = None,
+    path_exists: Callable[[str], bool] = os.path.exists,
+) -> ConfigReport:
+    """``load_config`` without raising: every problem, and every value it could parse."""
     problems: list[str] = []
     given: dict[str, tuple[str, str]] = {}  # name -> (text, source)
     path = config_path or environ.get("DOCKMON_CONFIG")
     sections: dict[str, Any] = {}
+    file_failed = False
     if path:
         settings = _read_yaml(path, problems, sections)
-        given.update((name, (v, "yaml")) for name, v in settings.items())
+        file_failed = settings is None
+        given.update((name, (v, "yaml")) for name, v in (settings or {}).items())
     for s in SETTINGS:
         value = environ.get(s.name) or (
             environ.get(s.name.lower()) if s.name in _LOWERCASE_TOO else ""
@@ -452,9 +527,11 @@ def load_config(
 
     url = text("DOCKMON_URL")
     if url is None:
-        problems.append(f"DOCKMON_URL is not set; {_URL_HINT}")
+        if not file_failed:  # it may well be in the file we could not read
+            problems.append(f"DOCKMON_URL is not set; {_URL_HINT}")
     elif reason := _url_problem(url, ("http", "https", "ws", "wss")):
         problems.append(f"DOCKMON_URL: invalid URL {_mask_url(url)!r} ({reason}); {_URL_HINT}")
+        url = None
 
     tokens: dict[str, Secret | None] = {}
     for name in ("REGISTRATION_TOKEN", "PERMANENT_TOKEN"):
@@ -497,6 +574,9 @@ def load_config(
     docker_host = text("DOCKER_HOST") or next(
         (f"unix://{p}" for p in _DOCKER_SOCKETS if path_exists(p)), f"unix://{_DOCKER_SOCKETS[0]}"
     )
+    docker_api_version = (text("DOCKER_API_VERSION") or "").strip() or None
+    if docker_api_version and (why := api_version_problem(docker_api_version)):
+        problems.append(f"DOCKER_API_VERSION: {why}")
     docker_cert_path = text("DOCKER_CERT_PATH")
     docker_tls_verify = parsed("DOCKER_TLS_VERIFY", _parse_bool)
     if docker_host.startswith("unix://"):
@@ -547,7 +627,12 @@ def load_config(
                 problems.append(f"{name}: invalid proxy URL {_mask_url(proxy)!r} ({reason})")
 
     log_level = parsed("LOG_LEVEL", _parse_level)
-    log_json = parsed("LOG_JSON", _parse_bool)
+    log_json: bool | None = None
+    if (log_json_text := text("LOG_JSON")) is not None:
+        try:
+            log_json = _parse_bool(log_json_text)
+        except ValueError as exc:
+            problems.append(f"LOG_JSON: {exc}")
     insecure_skip_verify = parsed("INSECURE_SKIP_VERIFY", _parse_bool)
     update_timeout = parsed("UPDATE_TIMEOUT", _parse_duration)
     self_update_image = (text("SELF_UPDATE_IMAGE") or "").strip() or None
@@ -561,15 +646,17 @@ def load_config(
         problems.append(
             f"SELF_UPDATE_TIMEOUT: must be greater than 0, got {text('SELF_UPDATE_TIMEOUT')}"
         )
+    deploy_stop_timeout = parsed("DEPLOY_STOP_TIMEOUT", _parse_duration)
+    if deploy_stop_timeout < 0 and "DEPLOY_STOP_TIMEOUT" not in failed:
+        problems.append(
+            f"DEPLOY_STOP_TIMEOUT: must not be negative, got {text('DEPLOY_STOP_TIMEOUT')}"
+        )
     unhealthy_after = parsed("UNHEALTHY_AFTER", _parse_duration)
     policy = parse_policy(sections.get("policy"), f"config file {path!r}", problems)
     compose_roots = _compose_roots(text("COMPOSE_ROOTS"), problems)
-    if problems:
-        raise ConfigError(problems)
-    assert url is not None
-    return Config(
-        dockmon_url=url,
-        ws_url=_ws_url(url),
+    values: dict[str, Any] = dict(
+        dockmon_url=url or "",
+        ws_url=_ws_url(url) if url else "",
         registration_token=tokens["REGISTRATION_TOKEN"],
         permanent_token=tokens["PERMANENT_TOKEN"],
         registration_token_file=text("REGISTRATION_TOKEN_FILE"),
@@ -577,6 +664,7 @@ def load_config(
         insecure_skip_verify=insecure_skip_verify,
         ca_cert=ca_cert,
         docker_host=docker_host,
+        docker_api_version=docker_api_version,
         docker_cert_path=docker_cert_path,
         docker_tls_verify=docker_tls_verify,
         proto_version=proto_version,
@@ -591,6 +679,7 @@ def load_config(
         update_timeout=update_timeout,
         self_update_image=self_update_image,
         self_update_timeout=self_update_timeout,
+        deploy_stop_timeout=deploy_stop_timeout,
         unhealthy_after=unhealthy_after,
         policy=policy,
         log_level=log_level,
@@ -601,6 +690,14 @@ def load_config(
         sources=tuple(
             (s.name, given[s.name][1] if s.name in given else "default") for s in SETTINGS
         ),
+    )
+    return ConfigReport(
+        config=None if problems else Config(**values),
+        problems=tuple(problems),
+        values=values,
+        texts={name: text for name, (text, _) in given.items()},
+        sources=dict(values["sources"]),
+        file_failed=file_failed,
     )
 
 
@@ -683,6 +780,35 @@ def format_config(cfg: Config) -> str:
     return "\n".join(
         f"{s.name}={_show(s, getattr(cfg, s.name.lower()))}  # {sources[s.name]}" for s in SETTINGS
     )
+
+
+def format_report(report: ConfigReport) -> str:
+    """``--print-config`` for any configuration, valid or not.
+
+    Like ``format_config``, but a setting with a problem shows the text it was given (masked if
+    secret) and ``INVALID: <why>``; problems that name no single setting are listed after.
+    """
+    lines = []
+    for s in SETTINGS:
+        source = report.sources.get(s.name, "default")
+        own = report.problems_of(s.name)
+        if not own:
+            value = _show(s, report.values.get(s.name.lower()))
+            lines.append(f"{s.name}={value}  # {source}")
+            continue
+        given = report.texts.get(s.name)
+        if given is None:
+            shown = ""
+        elif s.secret:
+            shown = Secret(given).masked()
+        else:
+            shown = _mask_url(given) if s.kind == "url" else given
+        reasons = "; ".join(p.removeprefix(f"{s.name}: ") for p in own)
+        lines.append(f"{s.name}={shown}  # {source}; INVALID: {reasons}")
+    for problem in report.problems:
+        if problem_setting(problem) is None:
+            lines.append(f"# INVALID: {problem}")
+    return "\n".join(lines)
 
 
 # --- logging
@@ -784,14 +910,19 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def setup_logging(level: str, json_format: bool, stream: TextIO | None = None) -> None:
+def setup_logging(level: str, json_format: bool | None, stream: TextIO | None = None) -> None:
     """Point the root logger at one redacting handler on ``stream`` (default stderr).
+
+    ``json_format`` None: coloured text when ``stream`` is a terminal, JSON lines otherwise.
 
     ``level`` is debug|info|warn|warning|error. pykka, websocket and urllib3 log at WARNING (or
     ``level`` if higher), except at debug, where pykka logs INFO and the others DEBUG.
     """
     name = _parse_level(level)
     stream = sys.stderr if stream is None else stream
+    if json_format is None:
+        isatty = getattr(stream, "isatty", None)
+        json_format = not (callable(isatty) and isatty())
     handler = logging.StreamHandler(stream)
     handler.addFilter(_REDACTOR)
     handler.setFormatter(

@@ -28,7 +28,7 @@ import pykka.debug
 
 from actors.base import ActorContext, Clock, Peers, Scheduler, SystemClock, ThreadScheduler
 from messages.common import Ping
-from messages.status import ActorRestarted
+from messages.status import ActorRestarted, AgentStopping
 from messages.supervision import ChildFailed, RestartChildren, Shutdown
 
 log = logging.getLogger(__name__)
@@ -147,13 +147,17 @@ class SupervisorActor(pykka.ThreadingActor):
             clock=self._clock,
             supervisor=self.actor_ref,
         )
+        # Reserved before the factory runs: the child's on_start runs in its own thread while
+        # the factory is still returning, and a peer may answer what it sends from there (the
+        # gateway answering the Connection's DescribeHost) before we have the ref. Peers holds
+        # such messages and delivers them when the ref is published below.
+        self._peers.reserve(child.spec.child_id)
         try:
             ref = child.spec.factory(ctx)
         except Exception as exc:
+            self._peers.remove(child.spec.child_id)
             log.error("cannot create %s: %s", child.spec.child_id, exc, exc_info=True)
             return f"{type(exc).__name__}: {exc}"
-        # Published before the start is confirmed: a peer may answer a message the child sends
-        # from on_start (the gateway answering the Connection's DescribeHost) at once.
         self._peers.set(child.spec.child_id, ref)
         try:
             ref.ask(Ping(), timeout=child.spec.start_timeout)
@@ -251,6 +255,7 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         self._stopping = True
         (log.error if code else log.info)("shutting down: %s", reason)
+        self._peers.tell("status", AgentStopping(reason=reason, exit_code=code), optional=True)
         for child in reversed(self._children):
             self._stop_child(child)
         self._on_exit(code, reason)

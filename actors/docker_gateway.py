@@ -9,6 +9,7 @@ parallel, so a 10 s ``stop`` holds up nothing else. Workers tell their reply to 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -21,11 +22,21 @@ from typing import Any, cast
 
 import docker
 import docker.errors
+import pykka
 
 from actors import FAMILIES
-from actors.base import ActorContext, SupervisedActor
+from actors.base import ActorContext, RepeatLimiter, SupervisedActor, TimerHandle
+from actors.docker_access import diagnose
+from actors.docker_client import api_client
 from actors.docker_tools import DockerTools, Handler, HandlerSettings, describe_docker_error
-from actors.policy import CONTAINER_CHANGES, Policy
+from actors.host_ips import (
+    Interfaces,
+    container_host_ips,
+    native_host_ips,
+    read_host_fib_trie,
+    system_interfaces,
+)
+from actors.policy import CHANGES, Guard, Policy, Refused
 from messages.common import RawJson
 from messages.docker import (
     ACTION_NAMES,
@@ -36,6 +47,7 @@ from messages.docker import (
     ContainerOpFailed,
     ContainerOpSucceeded,
     DescribeHost,
+    DockerChecked,
     GetContainerLogs,
     HostDescribed,
     HostInfo,
@@ -43,6 +55,7 @@ from messages.docker import (
     KillContainer,
     ListContainers,
     OperationDone,
+    ProbeDocker,
     RemoveContainer,
     RenameContainer,
     Reply,
@@ -50,6 +63,7 @@ from messages.docker import (
     StartContainer,
     StopContainer,
 )
+from messages.status import DockerStatus
 from messages.wire import rfc3339_nano
 
 log = logging.getLogger(__name__)
@@ -60,7 +74,6 @@ for _family in FAMILIES:
     HANDLERS.update(_family.HANDLERS)
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
-_PROTECTED = (StopContainer, RestartContainer, RemoveContainer, KillContainer, RenameContainer)
 _VERBS = {
     "start": "start container",
     "stop": "stop container",
@@ -187,17 +200,29 @@ class DockerGatewayActor(SupervisedActor):
         client_factory: Callable[[], docker.APIClient] | None = None,
         handler_settings: HandlerSettings | None = None,
         policy: Policy | None = None,
+        probe_interval: tuple[float, float] = (30.0, 5.0),
+        docker_api_version: str | None = None,
+        host_proc: str = "/host/proc",
+        interfaces: Interfaces = system_interfaces,
     ) -> None:
         super().__init__(ctx)
-        self._policy = policy or Policy()
+        self._guard = Guard(policy or Policy(), own_container_id)
+        self._host_proc = host_proc
+        self._interfaces = interfaces
+        # Docker's reachability: probed every probe_interval[0] s while fine, [1] s while not;
+        # a problem is logged once, then at a backoff (RepeatLimiter), and told to the status.
+        self._probe_ok, self._probe_bad = probe_interval
+        self._probe_generation = 0
+        self._probe_timer: TimerHandle | None = None
+        self._docker_ok: bool | None = None
+        self._problem_kind = ""
+        self._problem_since = 0.0
+        self._problem_log = RepeatLimiter(first=60.0, maximum=3600.0)
         self._docker_host = docker_host
         self._handler_settings = handler_settings or HandlerSettings()
-        self._own_id = own_container_id
         self._workers = workers
         self._client_factory = client_factory or (
-            lambda: docker.APIClient(
-                base_url=docker_host, version="auto", timeout=int(request_timeout)
-            )
+            lambda: api_client(docker_host, timeout=request_timeout, api_version=docker_api_version)
         )
         self._local = threading.local()
         self._clients: list[docker.APIClient] = []
@@ -209,8 +234,12 @@ class DockerGatewayActor(SupervisedActor):
 
     def on_start(self) -> None:
         self._pool = _WorkerPool(self._workers, "DockerGateway-worker")
+        self._probe()
 
     def _release(self) -> None:
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
+            self._probe_timer = None
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
@@ -230,6 +259,12 @@ class DockerGatewayActor(SupervisedActor):
                 self._submit(None, lambda: self._describe_host(attempt))
             case OperationDone(key=key):
                 self._next(key)
+            case ProbeDocker(generation=gen) if gen == self._probe_generation:
+                self._probe()
+            case ProbeDocker():
+                pass  # an older timer
+            case DockerChecked():
+                self._docker_checked(message)
             case ContainerEventObserved():
                 self._cache.on_event(message)
             case _ if type(message) in ACTION_NAMES:
@@ -275,6 +310,66 @@ class DockerGatewayActor(SupervisedActor):
     def _reply(self, reply: Reply) -> None:
         self.ctx.peers.tell("connection", reply)
 
+    # --- Docker's reachability ---------------------------------------------------------------
+
+    def _probe(self) -> None:
+        self._probe_generation += 1
+        self._submit(None, self._ping)
+
+    def _docker_checked(self, msg: DockerChecked) -> None:
+        now = self.ctx.clock.monotonic()
+        if not msg.problem:
+            if self._docker_ok is not True:
+                if self._docker_ok is False:
+                    log.info("Docker at %s is reachable again", self._docker_host)
+                self._docker_ok = True
+                self._problem_kind = ""
+                self._problem_log.clear()
+                self._tell_status(reachable=True)
+        else:
+            if self._docker_ok is not False or msg.kind != self._problem_kind:
+                self._docker_ok, self._problem_kind, self._problem_since = False, msg.kind, now
+                self._tell_status(reachable=False, error=msg.problem)
+            skipped = self._problem_log.check(msg.kind, now)
+            if skipped is not None:
+                still = (
+                    f" (still failing after {now - self._problem_since:.0f}s; {skipped} more "
+                    "failures not logged)"
+                    if now > self._problem_since
+                    else ""
+                )
+                log.error("%s%s", msg.problem, still)
+        if msg.from_probe:
+            delay = self._probe_ok if not msg.problem else self._probe_bad
+            self._probe_timer = self.tell_self_later(
+                delay, ProbeDocker(generation=self._probe_generation)
+            )
+
+    def _tell_status(self, *, reachable: bool, error: str = "") -> None:
+        status = DockerStatus(reachable=reachable, since_ns=self.ctx.clock.time_ns(), error=error)
+        self.ctx.peers.tell("status", status, optional=True)
+
+    def _checked(self, exc: BaseException | None = None, *, from_probe: bool = False) -> None:
+        """From a worker: tell the actor whether Docker answered (``exc`` None) or could not."""
+        problem = diagnose(self._docker_host, exc) if exc is not None else None
+        if exc is not None and problem is None and not from_probe:
+            return  # the daemon answered with an error: it is reachable, nothing to report
+        message = (
+            DockerChecked(problem=problem.text(), kind=problem.kind, from_probe=from_probe)
+            if problem is not None
+            else DockerChecked(from_probe=from_probe)
+        )
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(message)
+
+    def _ping(self) -> None:
+        try:
+            self._client().ping()
+        except Exception as exc:
+            self._checked(exc, from_probe=True)
+        else:
+            self._checked(from_probe=True)
+
     def _client(self) -> docker.APIClient:
         client: docker.APIClient | None = getattr(self._local, "client", None)
         if client is None:
@@ -294,64 +389,67 @@ class DockerGatewayActor(SupervisedActor):
                 settings=self._handler_settings,
             )
         except Exception as exc:
+            self._checked(exc)
             return DockerTools(api=cast(Any, None), docker_host=self._docker_host).failed(
                 message.request_id, "connect to Docker", exc
             )
+        try:
+            resolved = self._guard.check(tools.api, message)
+        except Refused as exc:
+            log.warning("refused %s: %s", type(message).__name__, exc)
+            return CommandFailed(
+                request_id=message.request_id, error=str(exc), error_type="permission_denied"
+            )
+        except Exception as exc:
+            return tools.failed(message.request_id, CHANGES[type(message)].what, exc)
+        if resolved is not None:
+            tools = dataclasses.replace(tools, resolved=resolved)
         return handler(tools, message)
 
     def _operate(self, op: ContainerOperation) -> Reply:
         action = ACTION_NAMES[type(op)]
         try:
             api = self._client()
-            refusal = self._refusal(api, op, action)
-            if refusal is not None:
-                log.warning("refused %s %s: %s", action, op.container_id, refusal)
+            try:
+                resolved = self._guard.check(api, op)
+            except Refused as exc:
+                log.warning("refused %s %s: %s", action, op.container_id, exc)
                 return ContainerOpFailed(
-                    request_id=op.request_id, error=refusal, error_type="permission_denied"
+                    request_id=op.request_id, error=str(exc), error_type="permission_denied"
                 )
-            body = self._run(api, op)
+            # act on the id the guard checked: a rename since then cannot redirect the action
+            cid = op.container_id if resolved is None else resolved.container_id
+            body = self._run(api, op, cid)
         except Exception as exc:
             error, error_type = describe_docker_error(_VERBS[action], exc, self._docker_host)
             log.info("%s %s failed: %s", action, op.container_id, error)
+            self._checked(exc)
             return ContainerOpFailed(request_id=op.request_id, error=error, error_type=error_type)
         log.info("%s %s: ok", action, op.container_id)
         return ContainerOpSucceeded(request_id=op.request_id, body=RawJson.of(body))
 
-    def _refusal(self, api: docker.APIClient, op: ContainerOperation, action: str) -> str | None:
-        """Why the agent itself refuses ``op``: its own container, or a protected one."""
-        guarded = isinstance(op, _PROTECTED) and self._own_id
-        if not guarded and not (self._policy.protects_containers and action in CONTAINER_CHANGES):
-            return None
-        info = api.inspect_container(op.container_id)
-        if isinstance(op, _PROTECTED) and self._own_id and info["Id"].startswith(self._own_id):
-            return (
-                f"refusing to {action} the agent's own container ({info['Id'][:12]}); "
-                "use self_update to replace the agent"
-            )
-        labels = (info.get("Config") or {}).get("Labels") or {}
-        return self._policy.check_container(action, info.get("Name", ""), labels)
-
-    def _run(self, api: docker.APIClient, op: ContainerOperation) -> dict[str, Any]:
-        cid = op.container_id
+    def _run(self, api: docker.APIClient, op: ContainerOperation, cid: str) -> dict[str, Any]:
+        """Act on ``cid`` (the resolved id for changes); replies echo the request's reference."""
+        echo = op.container_id
         match op:
             case StartContainer():
                 api.start(cid)
-                return {"container_id": cid, "status": "started"}
+                return {"container_id": echo, "status": "started"}
             case StopContainer(timeout=timeout):
                 api.stop(cid, timeout=timeout)
-                return {"container_id": cid, "status": "stopped"}
+                return {"container_id": echo, "status": "stopped"}
             case RestartContainer(timeout=timeout):
                 api.restart(cid, timeout=timeout)
-                return {"container_id": cid, "status": "restarted"}
+                return {"container_id": echo, "status": "restarted"}
             case RemoveContainer(force=force):
                 api.remove_container(cid, force=force, v=False)
-                return {"container_id": cid, "removed": True}
+                return {"container_id": echo, "removed": True}
             case KillContainer():
                 api.kill(cid, signal="SIGKILL")
-                return {"container_id": cid, "status": "killed"}
+                return {"container_id": echo, "status": "killed"}
             case RenameContainer(new_name=new_name):
                 api.rename(cid, new_name)
-                return {"container_id": cid, "status": "renamed"}
+                return {"container_id": echo, "status": "renamed"}
             case GetContainerLogs(tail=tail):
                 return {"logs": self._logs(api, cid, tail)}
             case InspectContainer():
@@ -389,7 +487,10 @@ class DockerGatewayActor(SupervisedActor):
                     del self._cache.images[stale]
         except Exception as exc:
             error, error_type = describe_docker_error("list containers", exc, self._docker_host)
-            log.warning("%s", error)
+            if diagnose(self._docker_host, exc) is None:
+                log.warning("%s", error)
+            else:
+                self._checked(exc)  # logged by the actor, once and then at a backoff
             return CommandFailed(request_id=msg.request_id, error=error, error_type=error_type)
         return CommandSucceeded(request_id=msg.request_id, payload=RawJson.of(summaries))
 
@@ -426,16 +527,37 @@ class DockerGatewayActor(SupervisedActor):
             if entry[2] is not None:
                 summary["Env"] = entry[2]
 
+    def _host_ips(self, api: docker.APIClient) -> list[str]:
+        """PROTOCOL §2.2: container mode from the host's fib_trie, else the interfaces."""
+        try:
+            if self._guard.own_id:
+                fib_trie = read_host_fib_trie(self._host_proc)
+                if fib_trie is None:
+                    return []
+                subnets = [
+                    str(config.get("Subnet"))
+                    for network in api.networks()
+                    for config in ((network.get("IPAM") or {}).get("Config") or [])
+                    if config.get("Subnet")
+                ]
+                return container_host_ips(fib_trie, subnets)
+            return native_host_ips(self._interfaces)
+        except Exception as exc:  # optional keys: register without them rather than not at all
+            log.warning("registering without host IPs: %s", exc)
+            return []
+
     def _describe_host(self, attempt: int) -> None:
         try:
             api = self._client()
             info = api.info()
         except Exception as exc:
             error, _ = describe_docker_error("get Docker info", exc, self._docker_host)
+            self._checked(exc)
             self.ctx.peers.tell(
                 "connection", HostDescribed(attempt=attempt, info=None, error=error)
             )
             return
+        self._checked()
         facts: dict[str, Any] = {}
         try:
             version = api.version()
@@ -451,6 +573,7 @@ class DockerGatewayActor(SupervisedActor):
                 "daemon_started_at": started,
                 "total_memory": info.get("MemTotal") or None,
                 "num_cpus": info.get("NCPU") or None,
+                "host_ips": tuple(self._host_ips(api)),
             }
         except Exception as exc:  # system fields are all-or-nothing (PROTOCOL §2.2)
             log.warning("registering without system facts: %s", exc)

@@ -79,6 +79,8 @@ def list_images(tools: DockerTools, msg: ListImages) -> Reply:
 
 
 def remove_image(tools: DockerTools, msg: RemoveImage) -> Reply:
+    # By the reference as sent: removing one tag only untags, removing by id would drop every
+    # tag. With force the gateway's guard first checked which containers use that image.
     try:  # noprune=False: untagged parents go too
         tools.api.remove_image(msg.image_id, force=msg.force, noprune=False)
     except Exception as exc:

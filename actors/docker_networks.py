@@ -130,10 +130,13 @@ def create_network(tools: DockerTools, msg: CreateNetwork) -> Reply:
 
 
 def delete_network(tools: DockerTools, msg: DeleteNetwork) -> Reply:
-    try:
-        net = tools.api.inspect_network(msg.network_id)
-    except Exception as exc:
-        return tools.failed(msg.request_id, "inspect network", exc)
+    if tools.resolved is not None:  # the network the guard inspected and checked
+        net = tools.resolved.detail
+    else:
+        try:
+            net = tools.api.inspect_network(msg.network_id)
+        except Exception as exc:
+            return tools.failed(msg.request_id, "inspect network", exc)
     name = str(net.get("Name") or "")
     if name in BUILTIN_NETWORKS:
         return CommandFailed(

@@ -15,6 +15,7 @@ import docker
 import docker.errors
 import requests
 
+from actors.policy import Resolved
 from messages.common import RawJson
 from messages.docker import CommandFailed, CommandSucceeded, Reply
 
@@ -34,6 +35,9 @@ class DockerTools:
     api: docker.APIClient
     docker_host: str
     settings: HandlerSettings = HandlerSettings()
+    #: what the gateway's guard resolved and checked for this command (actors/policy.py
+    #: ``CHANGES``): a handler acts on exactly that, never on the command's references again
+    resolved: Resolved | None = None
 
     def failed(self, request_id: str, what: str, exc: BaseException) -> CommandFailed:
         """``failed to <what>: <Docker's wording>`` as a generic command failure."""

@@ -20,7 +20,8 @@ from typing import Any
 import docker
 import pykka
 
-from actors.base import ActorContext, SupervisedActor, TimerHandle, join_thread
+from actors.base import ActorContext, RepeatLimiter, SupervisedActor, TimerHandle, join_thread
+from actors.docker_client import api_client
 from messages.docker import (
     ContainerEventObserved,
     DockerEventReceived,
@@ -96,6 +97,11 @@ class EventCursor:
             return tuple(self._pending.values())
 
 
+def _failure_class(reason: str) -> str:
+    """What makes two stream endings "the same failure": the text without numbers."""
+    return "".join(c for c in reason if not c.isdigit())
+
+
 def parse_event(raw: Mapping[str, Any]) -> ContainerEventObserved | None:
     """A Docker ``/events`` object -> typed container event (None for other types)."""
     if raw.get("Type") != "container":
@@ -123,15 +129,17 @@ class EventStreamerActor(SupervisedActor):
         cursor: EventCursor,
         client_factory: Callable[[], docker.APIClient] | None = None,
         retry_delay: tuple[float, float] = (0.2, 5.0),
+        docker_api_version: str | None = None,
     ) -> None:
         super().__init__(ctx)
         self._docker_host = docker_host
         self._cursor = cursor
         self._client_factory = client_factory or (
-            lambda: docker.APIClient(base_url=docker_host, version="auto", timeout=30)
+            lambda: api_client(docker_host, timeout=30, api_version=docker_api_version)
         )
         self._retry_min, self._retry_max = retry_delay
         self._failures = 0
+        self._end_log = RepeatLimiter(first=60.0, maximum=3600.0)
         self._generation = 0
         self._thread: threading.Thread | None = None
         self._stream_lock = threading.Lock()
@@ -160,7 +168,10 @@ class EventStreamerActor(SupervisedActor):
     def handle(self, message: Any) -> Any:
         match message:
             case DockerEventReceived(generation=gen, event=event) if gen == self._generation:
+                if self._failures:
+                    log.info("Docker event stream is back")
                 self._failures = 0
+                self._end_log.clear()
                 numbered = self._cursor.accept(event)
                 if numbered is not None:
                     self.forwarded += 1
@@ -202,8 +213,15 @@ class EventStreamerActor(SupervisedActor):
         self._close_stream()
         join_thread(self._thread, 2.0, "EventStreamer-reader")
         delay = min(self._retry_max, self._retry_min * 2**self._failures)
-        level = logging.WARNING if self._failures == 0 else logging.DEBUG
-        log.log(level, "Docker event stream ended (%s); resubscribing in %.1fs", reason, delay)
+        # the same failure again and again (Docker down): logged once, then at a backoff
+        skipped = self._end_log.check(_failure_class(reason), self.ctx.clock.monotonic())
+        if skipped is None:
+            log.debug("Docker event stream ended (%s); resubscribing in %.1fs", reason, delay)
+        else:
+            more = f" ({skipped} more such failures were not logged)" if skipped else ""
+            log.warning(
+                "Docker event stream ended (%s); resubscribing in %.1fs%s", reason, delay, more
+            )
         self._failures += 1
         self._timer = self.tell_self_later(delay, Resubscribe(generation=self._generation))
 

@@ -6,6 +6,13 @@ Operations are named as the protocol names them: generic commands (``list_images
 nothing; ``allow``/``deny`` lists refine that (deny wins); ``protected`` containers (by name
 pattern or label) may be looked at but never changed, exec'd into or updated.
 
+Which commands can change a container is declared once, in :data:`CHANGES` (with how to find
+the containers each one reaches) and :data:`CHANGES_NOTHING`; every inbound command type is in
+exactly one of them (``tests/test_protection.py`` enforces that). :class:`Guard` is the one check
+the actors run before acting: it resolves each reference once to the container's immutable id,
+refuses if any container reached is protected (or is the agent's own), and hands back those ids,
+which the actor then acts on, so a rename between the check and the act cannot redirect it.
+
 Also the append-only audit log: one JSON line per request (who, what, target, result).
 """
 
@@ -18,10 +25,32 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import docker.errors
+
+from messages.compose import ReadComposeFile, ScanComposeDirs
+from messages.deploy import DeployCompose
+from messages.docker import (
+    GetContainerLogs,
+    InspectContainer,
+    KillContainer,
+    ListContainers,
+    RemoveContainer,
+    RenameContainer,
+    RestartContainer,
+    StartContainer,
+    StopContainer,
+)
+from messages.health import RemoveHealthCheck, SetHealthCheck, SyncHealthChecks
+from messages.images import ListImages, PruneImages, RemoveImage
+from messages.networks import CreateNetwork, DeleteNetwork, ListNetworks, PruneNetworks
+from messages.shell import CloseShell, ResizeShell, ShellInput, StartShell
+from messages.updates import SelfUpdate, UpdateContainer
+from messages.volumes import DeleteVolume, ListVolumes, PruneVolumes
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +66,6 @@ READ_OPERATIONS = frozenset(
         "scan_compose_dirs",
         "read_compose_file",
     }
-)
-#: operations aimed at one container that change it (protected containers refuse these)
-CONTAINER_CHANGES = frozenset(
-    {"start", "stop", "restart", "kill", "remove", "rename", "update_container", "shell_session"}
 )
 DENIED = "denied by the agent's policy"
 
@@ -83,6 +108,250 @@ class Policy:
                 shown = key if value is None else f"{key}={value}"
                 return f"{DENIED}: container {bare} has protected label {shown}"
         return None
+
+
+# --- which commands change which containers (the one place) -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A container an operation changes, resolved to its immutable full id."""
+
+    id: str
+    name: str  # without the leading "/"
+    labels: tuple[tuple[str, str], ...] = ()
+    #: how the operation reaches this container ("" when it is the one the request names)
+    how: str = ""
+
+    @classmethod
+    def of(cls, info: Mapping[str, Any], how: str = "") -> Target:
+        """From a container inspect object or a container list summary."""
+        names = info.get("Names") or [info.get("Name") or ""]
+        labels = (info.get("Config") or {}).get("Labels") if "Config" in info else None
+        if labels is None:
+            labels = info.get("Labels")
+        return cls(
+            id=str(info["Id"]),
+            name=str(names[0] or "").lstrip("/"),
+            labels=tuple((str(k), str(v)) for k, v in (labels or {}).items()),
+            how=how,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The containers a command reaches (the one it names first), and what resolving read."""
+
+    targets: tuple[Target, ...]
+    detail: Any = None  # e.g. the network inspect delete_network acts on
+
+    @property
+    def container_id(self) -> str:
+        """The full id of the container the command names."""
+        return self.targets[0].id
+
+
+class Refused(Exception):
+    """The guard refuses the command; the message is the in-band error text."""
+
+
+#: (Docker client, command, the agent's own container id or None) -> what the command reaches.
+#: The client needs only ``inspect_container``, ``containers``, ``inspect_network`` and
+#: ``inspect_image``.
+Resolver = Callable[[Any, Any, str | None], Resolved]
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    operation: str  # the policy's name for it (PROTOCOL's name)
+    resolve: Resolver
+    #: why the agent refuses this on its own container ({id12}: its short id); None: allowed
+    own: str | None
+    what: str = "inspect container"  # what failed when resolving fails (``failed to <what>``)
+
+
+def _named(api: Any, command: Any, _own: str | None) -> Resolved:
+    return Resolved((Target.of(api.inspect_container(command.container_id)),))
+
+
+def _with_dependents(api: Any, command: Any, _own: str | None) -> Resolved:
+    """The container and every container sharing its network namespace (§6 step 10 recreates
+    them; NetworkMode ``container:<name>``, ``container:<short id>`` or ``container:<id>``)."""
+    info = api.inspect_container(command.container_id)
+    target = Target.of(info)
+    refs = {f"container:{r}" for r in (target.name, target.id[:12], target.id)}
+    how = f"it shares the network namespace of {target.name}, so update_container recreates it"
+    dependents = tuple(
+        Target.of(summary, how=how)
+        for summary in api.containers(all=True)
+        if summary.get("Id") != target.id
+        and str((summary.get("HostConfig") or {}).get("NetworkMode") or "") in refs
+    )
+    return Resolved((target, *dependents), detail=info)
+
+
+def _attached(api: Any, command: Any, _own: str | None) -> Resolved:
+    """delete_network with force disconnects every attached container first (§4.3.3)."""
+    net = api.inspect_network(command.network_id)
+    if not command.force:
+        return Resolved((), detail=net)  # attached containers make the handler refuse
+    name = str(net.get("Name") or command.network_id)
+    targets = []
+    for container_id in net.get("Containers") or {}:
+        try:
+            info = api.inspect_container(container_id)
+        except docker.errors.NotFound:
+            continue  # not a local container (or gone): nothing of ours to protect
+        targets.append(Target.of(info, how=f"delete_network with force disconnects it from {name}"))
+    return Resolved(tuple(targets), detail=net)
+
+
+def _image_users(api: Any, command: Any, _own: str | None) -> Resolved:
+    """remove_image with force deletes an image only stopped containers use (Docker keeps it
+    for running ones and, without force, for any user): those containers lose their image."""
+    if not command.force:
+        return Resolved(())
+    image_id = str(api.inspect_image(command.image_id)["Id"])
+    how = f"remove_image with force deletes the image it was created from ({image_id[7:19]})"
+    users = tuple(
+        Target.of(summary, how=how)
+        for summary in api.containers(all=True)
+        if summary.get("ImageID") == image_id
+    )
+    return Resolved(users, detail=image_id)
+
+
+#: the label compose puts on every container of a project (what a deployment recreates/removes)
+COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
+
+
+def _project_containers(api: Any, command: Any, _own: str | None) -> Resolved:
+    """deploy_compose recreates or removes the containers of its project, found by compose's own
+    project label (a stack never touches a container outside it). The containers it would create
+    are checked by the Deployer against the parsed stack (actors/deploy/model.py)."""
+    how = f"it belongs to stack {command.project_name}, which deploy_compose recreates or removes"
+    label = f"{COMPOSE_PROJECT_LABEL}={command.project_name}"
+    return Resolved(
+        tuple(
+            Target.of(summary, how=how)
+            for summary in api.containers(all=True, filters={"label": label})
+        )
+    )
+
+
+def _own_container(api: Any, _command: Any, own: str | None) -> Resolved:
+    if not own:
+        return Resolved(())
+    return Resolved((Target.of(api.inspect_container(own)),))
+
+
+_OWN_DESTRUCTIVE = (
+    "refusing to {operation} the agent's own container ({id12}); use self_update to replace the "
+    "agent"
+)
+
+#: every inbound command type that can change a container, and how to find what it reaches
+CHANGES: dict[type, Changes] = {
+    StartContainer: Changes("start", _named, None),  # starting the running agent is a no-op
+    StopContainer: Changes("stop", _named, _OWN_DESTRUCTIVE),
+    RestartContainer: Changes("restart", _named, _OWN_DESTRUCTIVE),
+    RemoveContainer: Changes("remove", _named, _OWN_DESTRUCTIVE),
+    KillContainer: Changes("kill", _named, _OWN_DESTRUCTIVE),
+    RenameContainer: Changes("rename", _named, _OWN_DESTRUCTIVE),
+    UpdateContainer: Changes(
+        "update_container",
+        _with_dependents,
+        "refusing to update the agent's own container ({id12}) with update_container; use "
+        "self_update",
+    ),
+    StartShell: Changes("shell_session", _named, None),
+    DeleteNetwork: Changes(
+        "delete_network",
+        _attached,
+        "refusing to delete_network: with force it would disconnect the agent's own container "
+        "({id12})",
+        what="inspect network",
+    ),
+    RemoveImage: Changes(
+        "remove_image",
+        _image_users,
+        "refusing to remove_image: with force it would delete the image of the agent's own "
+        "container ({id12})",
+        what="remove image",
+    ),
+    # the sanctioned way to replace the agent's own container; a protected one is kept
+    SelfUpdate: Changes("self_update", _own_container, None),
+    DeployCompose: Changes(
+        "deploy_compose",
+        _project_containers,
+        "refusing to deploy_compose: the stack contains the agent's own container ({id12}); "
+        "the agent is updated with self_update",
+        what="list the stack's containers",
+    ),
+}
+
+#: every inbound command type that changes no container, and why
+CHANGES_NOTHING: dict[type, str] = {
+    ListContainers: "reads",
+    InspectContainer: "reads",
+    GetContainerLogs: "reads",
+    ListImages: "reads",
+    PruneImages: "removes only images no container uses",
+    ListNetworks: "reads",
+    CreateNetwork: "creates a network; no container is attached",
+    PruneNetworks: "removes only networks no container is attached to",
+    ListVolumes: "reads",
+    # Docker refuses to remove a volume a container mounts, force or not (proven on the real
+    # daemon by tests/test_protection_e2e.py)
+    DeleteVolume: "Docker refuses to remove a volume in use, even with force",
+    PruneVolumes: "removes only volumes no container mounts",
+    ScanComposeDirs: "reads files",
+    ReadComposeFile: "reads a file",
+    ShellInput: "goes to a session the guard allowed at its start",
+    ResizeShell: "goes to a session the guard allowed at its start",
+    CloseShell: "ends a session",
+    SyncHealthChecks: "configures agent-side HTTP checks",
+    SetHealthCheck: "configures an agent-side HTTP check",
+    RemoveHealthCheck: "configures agent-side HTTP checks",
+}
+
+#: operations that change a container (protected containers refuse these)
+CONTAINER_CHANGES = frozenset(spec.operation for spec in CHANGES.values())
+
+
+class Guard:
+    """The one check before any container-changing command acts (gateway, updater, shell)."""
+
+    def __init__(self, policy: Policy | None = None, own_container_id: str | None = None):
+        self.policy = policy or Policy()
+        self.own_id = own_container_id[:12] if own_container_id else None
+
+    def check(self, api: Any, command: Any) -> Resolved | None:
+        """Resolve what ``command`` changes, once, and refuse (:class:`Refused`) if any of it is
+        protected or the agent's own container. None: the command changes no container.
+
+        Act on the ids in the result, never on the command's references again. Docker errors
+        while resolving (no such container, ...) propagate; callers word them with
+        ``CHANGES[type(command)].what``.
+        """
+        spec = CHANGES.get(type(command))
+        if spec is None:
+            return None
+        resolved = spec.resolve(api, command, self.own_id)
+        for target in resolved.targets:
+            refusal = self.refusal(spec, target)
+            if refusal is not None:
+                raise Refused(refusal)
+        return resolved
+
+    def refusal(self, spec: Changes, target: Target) -> str | None:
+        if spec.own and self.own_id and target.id.startswith(self.own_id):
+            text = spec.own.format(operation=spec.operation, id12=target.id[:12])
+            return f"{text} ({target.how})" if target.how else text
+        denial = self.policy.check_container(spec.operation, target.name, dict(target.labels))
+        if denial and target.how:
+            return f"{denial} ({target.how})"
+        return denial
 
 
 _KNOWN_KEYS = {"read_only", "allow", "deny", "protected_containers", "audit_log"}
@@ -147,7 +416,8 @@ def operation_of(frame: Mapping[str, Any]) -> tuple[str, str | None]:
         name = str(body.get("action"))
     else:
         name = kind
-    target = body.get("container_id")
+    # a deployment's target is its stack; the compose file and env contents are never audited
+    target = body.get("project_name" if name == "deploy_compose" else "container_id")
     return name, target if isinstance(target, str) and target else None
 
 

@@ -44,6 +44,7 @@ import requests
 
 from actors.fsio import create_exclusive, fsync_dir, write_json_atomic, write_temp
 from messages.connection import HandOver, ResumeAfterHandOver
+from messages.references import IMAGE_REFERENCE
 from messages.updates import SelfUpdate
 
 if TYPE_CHECKING:
@@ -58,14 +59,17 @@ POLL_INTERVAL = 0.5
 OLD_STOP_TIMEOUT = 10  # §13: old-agent stop timeout during cleanup
 
 NATIVE_MODE_ERROR = (
-    "self_update is not available: this agent is not running in a Docker container, and the Go "
-    "agent's native binary swap does not apply to the Python agent; upgrade the installed "
-    "dockmon-agent package instead"
+    "self_update is not available: this is the Python dockmon-agent and it is not running in a "
+    "Docker container; it updates itself only in container mode, with SELF_UPDATE_IMAGE set. "
+    "The Go agent's native binary swap does not apply: upgrade the installed dockmon-agent "
+    "package instead. Nothing was changed"
 )
 NOT_CONFIGURED_ERROR = (
-    "self_update is disabled: set SELF_UPDATE_IMAGE to the image this agent should update "
-    "itself to (a tag such as registry.example.com/dockmon-agent:latest or a pinned "
-    "...@sha256:<digest>); the image DockMon asks for is the Go agent's and is never used"
+    "self_update is disabled: this is the Python dockmon-agent; in container mode it updates "
+    "itself only to the image SELF_UPDATE_IMAGE names, and that is not set: set "
+    "SELF_UPDATE_IMAGE on the agent's container to this agent's image (a tag such as "
+    "registry.example.com/dockmon-agent:latest or a pinned ...@sha256:<digest>); the image "
+    "DockMon asks for is the Go agent's and is never used. Nothing was changed"
 )
 
 #: set while ``run`` executes in this process (its hand-over files are not stale then)
@@ -78,14 +82,7 @@ class SelfUpdateError(Exception):
 
 # --- image references -----------------------------------------------------------------------
 
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*(?::[0-9]+)?"
-_REFERENCE = re.compile(
-    rf"(?P<name>(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*)"
-    r"(?::(?P<tag>\w[\w.-]{0,127}))?"
-    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?"
-)
+_REFERENCE = IMAGE_REFERENCE  # the one grammar the decoders use for server-sent images too
 
 
 @dataclass(frozen=True, slots=True)

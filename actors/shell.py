@@ -50,8 +50,9 @@ import docker
 import pykka
 
 from actors.base import ActorContext, SupervisedActor
+from actors.docker_client import api_client
 from actors.docker_tools import describe_docker_error
-from actors.policy import Policy
+from actors.policy import Guard, Policy, Refused
 from messages.common import RawJson
 from messages.outbound import EventOut, LinkStateChanged
 from messages.shell import (
@@ -108,8 +109,8 @@ class ExecStream:
 class ShellBackend(Protocol):
     """The Docker side of one session; used by one thread at a time (reader, then writer)."""
 
-    def identify(self, container_id: str) -> tuple[str, dict[str, str]]:
-        """The container's name and labels (for the policy's protected containers)."""
+    def inspect_container(self, container_id: str) -> dict[str, Any]:
+        """Docker's inspect object (the policy's guard resolves the container with it)."""
         ...
 
     def open(self, container_id: str, marker: str) -> ExecStream: ...
@@ -144,22 +145,21 @@ def raw_socket(handle: object) -> socket.socket:
 class DockerShellBackend:
     """docker-py implementation; the client is created lazily on the session's reader thread."""
 
-    def __init__(self, docker_host: str, timeout: int = 15) -> None:
+    def __init__(self, docker_host: str, timeout: int = 15, api_version: str | None = None) -> None:
         self._docker_host = docker_host
         self._timeout = timeout
+        self._api_version = api_version
         self._api: docker.APIClient | None = None
 
     def _client(self) -> docker.APIClient:
         if self._api is None:
-            self._api = docker.APIClient(
-                base_url=self._docker_host, version="auto", timeout=self._timeout
+            self._api = api_client(
+                self._docker_host, timeout=self._timeout, api_version=self._api_version
             )
         return self._api
 
-    def identify(self, container_id: str) -> tuple[str, dict[str, str]]:
-        info = self._client().inspect_container(container_id)
-        labels = (info.get("Config") or {}).get("Labels") or {}
-        return str(info.get("Name") or ""), {str(k): str(v) for k, v in labels.items()}
+    def inspect_container(self, container_id: str) -> dict[str, Any]:
+        return dict(self._client().inspect_container(container_id))
 
     def open(self, container_id: str, marker: str) -> ExecStream:
         api = self._client()
@@ -324,7 +324,7 @@ class ShellSession:
         ended: Callable[[], None],
         describe_error: Callable[[str, BaseException], str],
         hang_up: Callable[[str, str, str], None],
-        policy: Policy | None = None,
+        guard: Guard | None = None,
         join_timeout: float = 2.0,
     ) -> None:
         self.session_id = session_id
@@ -336,7 +336,7 @@ class ShellSession:
         self._ended = ended
         self._describe_error = describe_error
         self._hang_up = hang_up
-        self._policy = policy or Policy()
+        self._guard = guard or Guard()
         self._join_timeout = join_timeout
         self._pending: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._pending_bytes = 0  # input queued for the writer, not written yet
@@ -389,12 +389,19 @@ class ShellSession:
     # --- reader thread ---------------------------------------------------------------------------
 
     def _read(self) -> None:
+        denial: str | None = None
+        stream = None
         try:
-            denial = self._check_policy()
-            stream = None if denial else self._backend.open(self.container_id, self.marker)
+            # resolve once, check, then exec in exactly that container (never by name again)
+            start = StartShell(session_id=self.session_id, container_id=self.container_id)
+            resolved = self._guard.check(self._backend, start)
+            assert resolved is not None
+            self.container_id = resolved.container_id
+            stream = self._backend.open(self.container_id, self.marker)
+        except Refused as exc:
+            denial = str(exc)
         except Exception as exc:
             denial = self._describe_error("start shell", exc)
-            stream = None
         if stream is None:
             error = _short(denial or "failed to start shell")
             log.warning("shell session %s: could not open a shell: %s", self.session_id, error)
@@ -424,13 +431,6 @@ class ShellSession:
             self._emit(shell_data(self.session_id, "closed"))
             log.info("shell session %s: closed (%s)", self.session_id, reason)
             self._ended()
-
-    def _check_policy(self) -> str | None:
-        """Why the policy refuses a shell in this container (protected containers), or None."""
-        if not self._policy.protects_containers:
-            return None
-        name, labels = self._backend.identify(self.container_id)
-        return self._policy.check_container("shell_session", name, labels)
 
     # --- writer thread ---------------------------------------------------------------------------
 
@@ -494,15 +494,16 @@ class ShellActor(SupervisedActor):
         max_backlog: int = 4096,
         max_backlog_bytes: int = 4 * 1024 * 1024,
         stop_timeout: float = 2.0,
+        docker_api_version: str | None = None,
     ) -> None:
         super().__init__(ctx)
         if max_backlog < 1 or max_backlog_bytes < 1:
             raise ValueError("max_backlog and max_backlog_bytes must be positive")
         self._docker_host = docker_host
         self._backend_factory: BackendFactory = backend_factory or (
-            lambda: DockerShellBackend(docker_host)
+            lambda: DockerShellBackend(docker_host, api_version=docker_api_version)
         )
-        self._policy = policy or Policy()
+        self._guard = Guard(policy or Policy())
         self._max_backlog = max_backlog
         self._max_backlog_bytes = max_backlog_bytes
         self._stop_timeout = stop_timeout
@@ -587,7 +588,7 @@ class ShellActor(SupervisedActor):
             ended=ended,
             describe_error=self._describe_error,
             hang_up=self._hangups.submit,
-            policy=self._policy,
+            guard=self._guard,
         )
         self._sessions[session_id] = session
         log.info("shell session %s: opening a shell in %s", session_id, msg.container_id[:64])

@@ -28,7 +28,7 @@ from typing import Any
 
 import pykka
 
-from actors.base import ActorContext, SupervisedActor, TimerHandle
+from actors.base import ActorContext, RepeatLimiter, SupervisedActor, TimerHandle
 from actors.connection import LinkSettings
 from actors.errors import TransientError
 from actors.stats_ingest import IngestLink
@@ -60,12 +60,14 @@ REMOVE_ACTIONS = frozenset({"die", "stop", "kill"})
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StatsSettings:
     docker_host: str
+    docker_api_version: str | None = None
     #: where host stats come from; None: don't send host stats (in a container without /host)
     host_roots: HostRoots | None
     #: ingest socket settings (URL + the control socket's TLS/proxy); None: never
     ingest: LinkSettings | None = None
     host_interval: float = 2.0
-    listing_retry: float = 2.0
+    #: retry a failed listing after [0] s, doubling up to [1] s while it keeps failing
+    listing_retry: tuple[float, float] = (2.0, 60.0)
     ingest_backoff: tuple[float, float] = (1.0, 30.0)
 
 
@@ -98,6 +100,8 @@ class StatsActor(SupervisedActor):
         self._host_generation = 0
         self._host_timer: TimerHandle | None = None
         self._retry_timer: TimerHandle | None = None
+        self._listing_failures = 0
+        self._listing_log = RepeatLimiter(first=60.0, maximum=3600.0)
         self.samples_sent = 0
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -106,6 +110,7 @@ class StatsActor(SupervisedActor):
         ref = self.actor_ref
         self._streams = self._streams_factory(
             self._settings.docker_host,
+            api_version=self._settings.docker_api_version,
             on_sample=lambda cid, token, sample: _tell(
                 ref, StatsSampled(container_id=cid, token=token, reading=container_reading(sample))
             ),
@@ -216,15 +221,22 @@ class StatsActor(SupervisedActor):
 
     def _listed(self, msg: RunningContainersListed) -> None:
         if msg.containers is None:
-            log.warning(
-                "cannot list running containers for stats (%s); retrying in %.0fs",
-                msg.error,
-                self._settings.listing_retry,
-            )
-            self._retry_timer = self.tell_self_later(
-                self._settings.listing_retry, RetryListing(request=self._listing)
-            )
+            first, cap = self._settings.listing_retry
+            delay = min(cap, first * 2 ** min(self._listing_failures, 16))
+            self._listing_failures += 1
+            skipped = self._listing_log.check(msg.error, self.ctx.clock.monotonic())
+            line = "cannot list running containers for stats (%s); retrying in %.0fs%s"
+            if skipped is None:  # the same failure again: logged once, then at a backoff
+                log.debug(line, msg.error, delay, "")
+            else:
+                more = f" ({skipped} more such failures were not logged)" if skipped else ""
+                log.warning(line, msg.error, delay, more)
+            self._retry_timer = self.tell_self_later(delay, RetryListing(request=self._listing))
             return
+        if self._listing_failures:
+            log.info("listing running containers for stats works again")
+        self._listing_failures = 0
+        self._listing_log.clear()
         wanted = dict(msg.containers)
         for event in self._journal:  # what happened after Docker answered wins
             if event.action in ADD_ACTIONS:

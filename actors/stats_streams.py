@@ -21,6 +21,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from actors.docker_client import api_path
+
 log = logging.getLogger(__name__)
 
 MAX_LINE = 1 << 20  # one stats sample is a few KiB; refuse absurd lines
@@ -146,8 +148,10 @@ class StatsStreams:
         on_ended: EndedCallback,
         on_listed: ListedCallback,
         name: str = "StatsActor-streams",
+        api_version: str | None = None,
     ) -> None:
         self._docker_host = docker_host
+        self._api_version = api_version
         self._on_sample = on_sample
         self._on_ended = on_ended
         self._on_listed = on_listed
@@ -232,7 +236,8 @@ class StatsStreams:
         query = quote(json.dumps({"status": ["running"]}))
         try:
             status, reader, writer, length = await _request(
-                self._docker_host, f"/containers/json?filters={query}"
+                self._docker_host,
+                api_path(f"/containers/json?filters={query}", self._api_version),
             )
             try:
                 if status != 200:
@@ -255,7 +260,7 @@ class StatsStreams:
         reason, gone = "stream ended", False
         writer: asyncio.StreamWriter | None = None
         try:
-            path = f"/containers/{quote(container_id)}/stats?stream=1"
+            path = api_path(f"/containers/{quote(container_id)}/stats?stream=1", self._api_version)
             status, reader, writer, length = await _request(self._docker_host, path)
             if status != 200:
                 gone = status == 404

@@ -25,7 +25,9 @@ from actors.base import ActorContext, SupervisedActor, TimerHandle
 from actors.fsio import write_json_atomic
 from messages.status import (
     ActorRestarted,
+    AgentStopping,
     ConnectionStatus,
+    DockerStatus,
     EventForwarded,
     FlushStatus,
     WriteFailed,
@@ -66,7 +68,14 @@ class StatusReporterActor(SupervisedActor):
             "last_restarted_actor": None,
             **{f"{kind}_write_failures": 0 for kind in SOFT_WRITES},
             "last_write_error": "",
+            "docker_reachable": None,
+            "docker_error": "",
+            "docker_unreachable_since": None,
+            "stopped": False,
+            "stopped_at": None,
+            "stop_reason": "",
         }
+        self._stop_reason = "stopped"
         self._dirty = True
         self._last_write = -float("inf")
         self._failure_logged = -float("inf")  # when a failing status write was last logged
@@ -84,6 +93,17 @@ class StatusReporterActor(SupervisedActor):
         if self._dirty:
             with contextlib.suppress(OSError):
                 self._write()
+
+    def on_stop(self) -> None:
+        """A clean stop (not a crash: that is on_failure) says so at once in the file."""
+        now = rfc3339_nano(self.ctx.clock.time_ns())
+        self._state.update(
+            stopped=True, stopped_at=now, stop_reason=self._stop_reason, connected=False
+        )
+        if self._state.get("connected_since"):
+            self._state.update(connected_since=None, disconnected_since=now)
+        self._dirty = True
+        self._release()
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -105,6 +125,14 @@ class StatusReporterActor(SupervisedActor):
                 self._update(actor_restarts=total, last_restarted_actor=child_id)
             case WriteFailed(what=what, error=error):
                 self._count_failure(what, error)
+            case DockerStatus(reachable=reachable, since_ns=since_ns, error=error):
+                self._update(
+                    docker_reachable=reachable,
+                    docker_error=error,
+                    docker_unreachable_since=None if reachable else rfc3339_nano(since_ns),
+                )
+            case AgentStopping(reason=reason, exit_code=code):
+                self._stop_reason = reason if not code else f"{reason} (exit code {code})"
             case FlushStatus(seq=seq) if seq == self._timer_seq:
                 self._timer = None
                 self._flush()
@@ -185,9 +213,14 @@ def health_verdict(
 ) -> tuple[bool, str]:
     """(healthy, reason) for Docker's HEALTHCHECK."""
     now = time.time() if now is None else now
+    if status.get("stopped"):
+        why = status.get("stop_reason") or "stopped"
+        return False, f"the agent stopped at {status.get('stopped_at')} ({why})"
     updated = _age(status.get("updated_at"), now)
     if updated is None or updated > stale_after:
         return False, f"status file not updated for {updated or 0:.0f}s: the agent is not running"
+    if status.get("docker_reachable") is False:
+        return False, f"Docker is unreachable: {status.get('docker_error') or 'unknown error'}"
     if status.get("connected"):
         return True, "registered with DockMon"
     down = _age(status.get("disconnected_since"), now) or 0.0

@@ -10,7 +10,9 @@ be finished or rolled back by the next start. Flows outlive a restart of this ac
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -23,8 +25,11 @@ import pykka
 
 from actors import container_update, self_update
 from actors.base import ActorContext, Clock, Peers, SupervisedActor
+from actors.docker_client import api_client
+from actors.docker_tools import describe_docker_error
+from actors.policy import Guard, Policy, Refused
 from messages.common import RawJson
-from messages.docker import CommandFailed, CommandSucceeded
+from messages.docker import CommandFailed, CommandSucceeded, Reply
 from messages.outbound import EventOut, LinkStateChanged
 from messages.updates import FlowFinished, SelfUpdate, UpdateContainer
 
@@ -35,13 +40,17 @@ log = logging.getLogger(__name__)
 class UpdaterSettings:
     docker_host: str
     data_path: str
+    docker_api_version: str | None = None
     own_container_id: str | None = None
     self_update_image: str | None = None
     handover_timeout: float = 120.0
 
 
+_ID12 = re.compile(r"[0-9a-f]{12}")
+
+
 class FlowRegistry:
-    """Process-wide set of running flows, keyed by what they work on (a container id)."""
+    """Process-wide set of running flows, keyed by what they work on (a full container id)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -96,6 +105,10 @@ class FlowContext:
         """Tell another actor (e.g. the Connection during a self-update hand-over)."""
         return self._peers.tell(role, message)
 
+    def reply(self, reply: Reply) -> None:
+        """Answer the request that started this flow (before any progress event)."""
+        self._peers.tell("connection", reply)
+
     def emit(self, command: str, payload: dict[str, Any]) -> None:
         """Send an event (``update_progress``, ``selfupdate_progress``, ...) to the backend."""
         self._peers.tell("connection", EventOut(command=command, payload=RawJson.of(payload)))
@@ -114,12 +127,16 @@ class UpdaterActor(SupervisedActor):
         settings: UpdaterSettings,
         flows: FlowRegistry,
         client_factory: Callable[[], docker.APIClient] | None = None,
+        policy: Policy | None = None,
     ) -> None:
         super().__init__(ctx)
         self._settings = settings
         self._flows = flows
+        self._guard = Guard(policy or Policy(), settings.own_container_id)
         self._client_factory = client_factory or (
-            lambda: docker.APIClient(base_url=settings.docker_host, version="auto", timeout=120)
+            lambda: api_client(
+                settings.docker_host, timeout=120, api_version=settings.docker_api_version
+            )
         )
         self._threads: dict[str, threading.Thread] = {}
 
@@ -155,34 +172,38 @@ class UpdaterActor(SupervisedActor):
 
     def _update_container(self, msg: UpdateContainer) -> None:
         own = self._settings.own_container_id
-        if own and msg.container_id[:12] == own[:12]:
+        if own and msg.container_id[:12] == own[:12]:  # known without asking Docker
             self._reply(
                 msg.request_id,
                 None,
-                "refusing to update the agent's own container with update_container; "
-                "use self_update",
+                f"refusing to update the agent's own container ({own[:12]}) with "
+                "update_container; use self_update",
             )
             return
-        if self._flows.busy(msg.container_id[:12]):
-            self._reply(msg.request_id, None, f"an update of {msg.container_id} is in progress")
-            return
-        self._reply(msg.request_id, {"status": "update_started"})
-        self._spawn(msg.container_id[:12], "update", lambda fc: container_update.run(fc, msg))
+        guard, flows = self._guard, self._flows
+        self._spawn(None, "update", lambda fc: _start_update(fc, guard, flows, msg))
 
     def _self_update(self, msg: SelfUpdate) -> None:
         error = self_update.precheck(self._settings, msg)
         if error:
+            log.warning(
+                "refused DockMon's self_update (to %s, version %s): %s",
+                msg.image or "?",
+                msg.version or "?",
+                error,
+            )
             self._reply(msg.request_id, None, error)
             return
         if self._flows.busy("self"):
             self._reply(msg.request_id, None, "a self-update is already in progress")
             return
-        self._reply(msg.request_id, {"status": "self_update_started"})
-        self._spawn("self", "self-update", lambda fc: self_update.run(fc, msg))
+        guard, flows = self._guard, self._flows
+        self._spawn(None, "self-update", lambda fc: _start_self_update(fc, guard, flows, msg))
 
-    def _spawn(self, key: str, kind: str, body: Callable[[FlowContext], None]) -> None:
+    def _spawn(self, key: str | None, kind: str, body: Callable[[FlowContext], None]) -> None:
+        """Run ``body`` on a flow thread; ``key``: claimed first (None: the body claims)."""
         flow_id = f"{kind}-{uuid.uuid4().hex[:8]}"
-        if not self._flows.claim(key, flow_id):
+        if key is not None and not self._flows.claim(key, flow_id):
             log.info("%s for %s not started: another flow holds it", kind, key)
             return
         fc = FlowContext(
@@ -204,3 +225,68 @@ class UpdaterActor(SupervisedActor):
         thread = threading.Thread(target=target, name=f"Updater-{kind}", daemon=True)
         self._threads[flow_id] = thread
         thread.start()
+
+
+# --- flow starts: resolve once, check, claim, acknowledge, run (on the flow thread) -----------
+
+
+def _refused(fc: FlowContext, request_id: str, exc: Exception) -> None:
+    """Answer a request whose guard check refused it or could not resolve its container."""
+    if isinstance(exc, Refused):
+        log.warning("refused: %s", exc)
+        fc.reply(
+            CommandFailed(request_id=request_id, error=str(exc), error_type="permission_denied")
+        )
+        return
+    error, error_type = describe_docker_error("inspect container", exc, fc.settings.docker_host)
+    log.info("%s", error)
+    fc.reply(CommandFailed(request_id=request_id, error=error, error_type=error_type))
+
+
+def _start_update(fc: FlowContext, guard: Guard, flows: FlowRegistry, msg: UpdateContainer) -> None:
+    """Resolve the container to its full id (name or id, same container, same key), check the
+    policy on it and its dependents, claim it, acknowledge, then update exactly that id."""
+    try:
+        resolved = guard.check(fc.client(), msg)
+    except Exception as exc:
+        _refused(fc, msg.request_id, exc)
+        return
+    assert resolved is not None
+    target = resolved.targets[0]
+    if not flows.claim(target.id, fc.flow_id):
+        error = f"an update of {target.name} ({target.id[:12]}) is in progress"
+        fc.reply(CommandFailed(request_id=msg.request_id, error=error))
+        return
+    fc.reply(
+        CommandSucceeded(
+            request_id=msg.request_id, payload=RawJson.of({"status": "update_started"})
+        )
+    )
+    # §6/§14.10: the backend matches update_complete on the 12-char id it sent; for a name (or a
+    # longer id) every event carries the container's 12-hex id instead
+    report_id = msg.container_id if _ID12.fullmatch(msg.container_id) else target.id[:12]
+    container_update.run(
+        fc,
+        dataclasses.replace(msg, container_id=target.id),
+        report_id=report_id,
+        checked=frozenset(t.id for t in resolved.targets),
+    )
+
+
+def _start_self_update(fc: FlowContext, guard: Guard, flows: FlowRegistry, msg: SelfUpdate) -> None:
+    try:
+        guard.check(fc.client(), msg)  # a protected agent container is never replaced
+    except Exception as exc:
+        _refused(fc, msg.request_id, exc)
+        return
+    if not flows.claim("self", fc.flow_id):
+        fc.reply(
+            CommandFailed(request_id=msg.request_id, error="a self-update is already in progress")
+        )
+        return
+    fc.reply(
+        CommandSucceeded(
+            request_id=msg.request_id, payload=RawJson.of({"status": "self_update_started"})
+        )
+    )
+    self_update.run(fc, msg)

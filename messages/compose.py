@@ -1,7 +1,6 @@
 """Compose files protocol: ``scan_compose_dirs`` and ``read_compose_file`` (PROTOCOL §8.2, §8.3).
 
-``deploy_compose`` (§8.1) is not implemented: its decoder answers at once with an in-band error
-(the agent registers ``compose_deployments: false``).
+``deploy_compose`` (§8.1) is its own protocol: see ``messages/deploy.py``.
 """
 
 from __future__ import annotations
@@ -11,13 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from messages.decoding import BadPayload, CommandDecoder, boolean, obj, string
-from messages.docker import CommandFailed
 
 #: max_depth when the payload gives none, 0 or a negative number (§8.2)
 DEFAULT_MAX_DEPTH = 5
 #: extra paths one scan_compose_dirs may ask for (each is walked: the work per request is bounded)
 MAX_SCAN_PATHS = 256
-DEPLOY_UNSUPPORTED = "compose deployments are not supported by this agent"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,15 +75,10 @@ def _read_compose_file(request_id: str, payload: Any) -> ReadComposeFile:
     )
 
 
-def _deploy_compose(request_id: str, _payload: Any) -> CommandFailed:
-    return CommandFailed(request_id=request_id, error=DEPLOY_UNSUPPORTED)
-
-
 #: generic ``command`` names this family decodes
 GENERIC_DECODERS: dict[str, CommandDecoder] = {
     "scan_compose_dirs": _scan_compose_dirs,
     "read_compose_file": _read_compose_file,
-    "deploy_compose": _deploy_compose,
 }
 #: top-level frame ``type``s this family decodes (frame -> typed message or None to ignore)
 FRAME_DECODERS: dict[str, Any] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from messages.common import RawJson
+from messages.references import ContainerName, ContainerRef
 
 # --- container operations (PROTOCOL §4.2), one type per action --------------------------------
 
@@ -12,7 +13,7 @@ from messages.common import RawJson
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _ContainerCommand:
     request_id: str
-    container_id: str
+    container_id: ContainerRef
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,7 +43,7 @@ class KillContainer(_ContainerCommand):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RenameContainer(_ContainerCommand):
-    new_name: str
+    new_name: ContainerName
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,6 +142,8 @@ class HostInfo:
     daemon_started_at: str | None = None
     total_memory: int | None = None
     num_cpus: int | None = None
+    #: the host's addresses (PROTOCOL §2.2); sent only with the system fields, omitted if empty
+    host_ips: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -195,6 +198,26 @@ class OperationDone:
     """DockerGateway-internal: a worker finished the job queued under ``key``."""
 
     key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeDocker:
+    """DockerGateway-internal timer: check that the daemon answers (``generation``: current)."""
+
+    generation: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DockerChecked:
+    """DockerGateway-internal: a worker reached Docker (``problem`` empty) or could not.
+
+    ``problem`` is the one-line explanation with its fix; ``kind`` its class (permission_denied,
+    missing_socket, daemon_down, ...), which decides whether it is the same problem again.
+    """
+
+    problem: str = ""
+    kind: str = ""
+    from_probe: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -27,6 +27,7 @@ from typing import Any
 
 from messages.common import RawJson, Secret
 from messages.decoding import CommandDecoder
+from messages.references import CONTAINER, BadReference, ContainerRef
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class HealthCheckAuth:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HealthCheckConfig:
-    container_id: str
+    container_id: ContainerRef
     host_id: str
     enabled: bool = True
     url: str
@@ -90,7 +91,7 @@ class SetHealthCheck:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RemoveHealthCheck:
-    container_id: str
+    container_id: ContainerRef
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -263,6 +264,10 @@ def parse_config(value: Any) -> HealthCheckConfig:
     container_id = _str(value, "container_id").strip()
     if not container_id:
         raise BadConfig("container_id is required")
+    try:
+        CONTAINER.check(container_id, "container_id")
+    except BadReference as exc:  # one bad config is dropped, not the whole sync
+        raise BadConfig(str(exc)) from None
     url = value.get("url")
     if not isinstance(url, str):
         raise BadConfig("url must be a string")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from messages.decoding import BadPayload, CommandDecoder, boolean, obj, string
+from messages.references import ImageRef
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -16,7 +17,7 @@ class ListImages:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RemoveImage:
     request_id: str
-    image_id: str  # an ID (any unique prefix) or a reference such as ``nginx:1.27``
+    image_id: ImageRef  # an ID (any unique prefix) or a reference such as ``nginx:1.27``
     force: bool = False
 
 

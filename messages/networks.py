@@ -7,6 +7,7 @@ from typing import Any
 
 from messages.decoding import BadPayload, CommandDecoder, boolean, obj, string
 from messages.docker import CommandFailed
+from messages.references import NetworkName, NetworkRef
 
 NAME_REQUIRED = "network name is required"
 
@@ -19,7 +20,7 @@ class ListNetworks:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CreateNetwork:
     request_id: str
-    name: str
+    name: NetworkName
     driver: str = "bridge"  # an empty driver on the wire means bridge
     subnet: str = ""  # "" means no IPAM block
     gateway: str = ""  # only used with a subnet
@@ -29,7 +30,7 @@ class CreateNetwork:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeleteNetwork:
     request_id: str
-    network_id: str  # ID (prefix) or name
+    network_id: NetworkRef  # ID (prefix) or name
     force: bool = False
 
 

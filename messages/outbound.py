@@ -32,3 +32,39 @@ class LinkStateChanged:
     """Told by the Connection to every running subscriber role when it (dis)connects."""
 
     connected: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrackedEventOut:
+    """An event its sender keeps until the backend provably read it (a ``deploy_complete``).
+
+    The Connection sends it only while registered, at most once per link, and tells ``owner``
+    ``EventDelivered(key=key)`` once a pong proves the backend read it. It never enters the
+    outbox: while disconnected it is dropped, and the owner sends it again when told
+    ``LinkStateChanged(connected=True)``. So it survives a dropped link and a Connection restart.
+    """
+
+    command: str
+    payload: RawJson
+    owner: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventDelivered:
+    """Connection -> owner of a :class:`TrackedEventOut`: a pong confirmed it."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditRecord:
+    """An audit line for work that ends after its reply (a deployment's outcome).
+
+    The Connection owns the audit log and writes it as told; never put contents, env values
+    or passwords in ``target`` or ``result``.
+    """
+
+    operation: str
+    target: str | None
+    result: str

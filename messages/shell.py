@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from messages.decoding import CommandDecoder
+from messages.references import ContainerRef, SessionRef
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +27,15 @@ OUTPUT_CHUNK = 4096
 class StartShell:
     """``start``: open an interactive TTY exec in ``container_id`` (ignored if the id is in use)."""
 
-    session_id: str
-    container_id: str
+    session_id: SessionRef
+    container_id: ContainerRef
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ShellInput:
     """``data``: bytes for the session's stdin, already base64-decoded. Never logged."""
 
-    session_id: str
+    session_id: SessionRef
     data: bytes = field(repr=False)
 
 
@@ -42,7 +43,7 @@ class ShellInput:
 class ResizeShell:
     """``resize``: both dimensions in 1..65535 (other resizes are dropped by the decoder)."""
 
-    session_id: str
+    session_id: SessionRef
     cols: int
     rows: int
 
@@ -51,7 +52,7 @@ class ResizeShell:
 class CloseShell:
     """``close``: close the exec stream and forget the session."""
 
-    session_id: str
+    session_id: SessionRef
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

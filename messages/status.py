@@ -39,6 +39,23 @@ class WriteFailed:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DockerStatus:
+    """From the DockerGateway: whether the Docker daemon can be reached, since when, and why not."""
+
+    reachable: bool
+    since_ns: int
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentStopping:
+    """From the supervisor: the agent is shutting down on purpose (``status.json``: stopped)."""
+
+    reason: str
+    exit_code: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FlushStatus:
     """StatusReporter-internal timer: write the file if something changed (or it is due).
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from messages.common import Secret
 from messages.decoding import BadPayload, CommandDecoder, number, obj, string
+from messages.references import ContainerRef, ImageRef, OptionalImageRef
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -18,8 +19,8 @@ class RegistryAuth:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpdateContainer:
     request_id: str
-    container_id: str
-    new_image: str
+    container_id: ContainerRef
+    new_image: ImageRef
     stop_timeout: int = 30  # missing or 0 means 30
     health_timeout: int = 120  # missing or 0 means 120
     registry_auth: RegistryAuth | None = None
@@ -28,7 +29,8 @@ class UpdateContainer:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SelfUpdate:
     request_id: str
-    image: str  # what the backend asked for (always the Go agent's image: ignored, see §7.2)
+    #: what the backend asked for (always the Go agent's image: ignored, see §7.2)
+    image: OptionalImageRef
     version: str
 
 

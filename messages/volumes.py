@@ -7,6 +7,7 @@ from typing import Any
 
 from messages.decoding import CommandDecoder, boolean, obj, string
 from messages.docker import CommandFailed
+from messages.references import VolumeRef
 
 NAME_EMPTY = "volume name cannot be empty"
 
@@ -19,7 +20,7 @@ class ListVolumes:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeleteVolume:
     request_id: str
-    volume_name: str
+    volume_name: VolumeRef
     force: bool = False
 
 

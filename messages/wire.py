@@ -17,7 +17,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from messages import compose, health, images, networks, shell, stats, updates, volumes
+from messages import (
+    compose,
+    deploy,
+    health,
+    images,
+    networks,
+    references,
+    shell,
+    stats,
+    updates,
+    volumes,
+)
 from messages.common import RawJson, Secret
 from messages.decoding import BadPayload, CommandDecoder, boolean, command_failed, number
 from messages.docker import (
@@ -72,7 +83,7 @@ class IgnoredFrame:
 Command = ContainerOperation | ListContainers
 Inbound = AuthSucceeded | AuthRejected | Command | RejectedRequest | IgnoredFrame
 
-_FAMILIES = (images, networks, volumes, compose, updates, shell, health, stats)
+_FAMILIES = (images, networks, volumes, compose, deploy, updates, shell, health, stats)
 
 #: generic commands this agent implements; everything else is ``unknown command: <name>``
 GENERIC_DECODERS: dict[str, CommandDecoder] = {
@@ -194,10 +205,16 @@ def decode_object(frame: Mapping[str, Any]) -> Inbound:
             result = _container_operation(request_id, payload)
             if isinstance(result, ContainerOpFailed):
                 return RejectedRequest(reply=result)
+            if bad := references.problem(result):
+                return RejectedRequest(reply=ContainerOpFailed(request_id=request_id, error=bad))
             return result  # type: ignore[return-value]
         case str() if kind in FRAME_DECODERS:
             decoded = FRAME_DECODERS[kind](frame)
-            return decoded if decoded is not None else IgnoredFrame(reason=f"malformed {kind}")
+            if decoded is None:
+                return IgnoredFrame(reason=f"malformed {kind}")
+            if bad := references.problem(decoded):
+                return IgnoredFrame(reason=f"{kind}: {bad}")
+            return cast(Inbound, decoded)
         case str():
             return IgnoredFrame(reason=f"unsupported message type: {kind}")
         case _:
@@ -236,6 +253,8 @@ def _generic_command(frame: Mapping[str, Any]) -> Inbound:
         return RejectedRequest(reply=command_failed(request_id, name, exc))
     if isinstance(decoded, CommandFailed):
         return RejectedRequest(reply=decoded)
+    if bad := references.problem(decoded):
+        return RejectedRequest(reply=CommandFailed(request_id=request_id, error=bad))
     return cast(Inbound, decoded)
 
 
@@ -397,4 +416,8 @@ def encode_register(token: Secret, host: HostInfo, ident: AgentIdentity) -> str:
             frame["total_memory"] = host.total_memory
         if host.num_cpus and 0 < host.num_cpus <= 10_000:
             frame["num_cpus"] = host.num_cpus
+        ips = [ip for ip in host.host_ips if ip and len(ip) <= 45][:50]
+        if ips:
+            frame["host_ips"] = ips
+            frame["host_ip"] = ips[0]  # for older backends
     return _dumps(frame)

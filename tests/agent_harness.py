@@ -12,7 +12,7 @@ from typing import Any
 import pykka
 
 import agent_config
-from agent_cli import build_specs, link_settings_for
+from agent_cli import build_specs, link_settings_for, shutdown_deadline
 from supervisor import Supervisor
 from tests.hub import FakeHub
 
@@ -62,7 +62,11 @@ def running_agent(
     }
     cfg = agent_config.load_config(environ)
     settings = dataclasses.replace(link_settings_for(cfg), **(link or {}))
-    sup = Supervisor(build_specs(cfg, link_settings=settings), restart_delay=(0.05, 0.5)).start()
+    sup = Supervisor(
+        build_specs(cfg, link_settings=settings),
+        restart_delay=(0.05, 0.5),
+        shutdown_deadline=shutdown_deadline(cfg),
+    ).start()
     try:
         yield RunningAgent(hub, sup, cfg)
     finally:

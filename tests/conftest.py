@@ -167,7 +167,9 @@ def make_agent_container(
     agent). The private daemon's socket is mounted at /var/run/docker.sock unless
     ``volumes=`` is given, so the agent manages the test daemon and nothing else. Network is
     ``none`` by default; pass ``network_mode="host"`` to reach a fake hub on 127.0.0.1. Other
-    keyword arguments (``environment=``, ``entrypoint=``, ...) go to ``containers.create``.
+    keyword arguments (``environment=``, ``entrypoint=``, ``user=``, ``group_add=``, ...) go to
+    ``containers.create``. No user or group is given by default, as in DockMon's own command:
+    the image starts as root and drops to uid 1000 with the socket's group by itself.
     """
 
     def factory(
@@ -180,8 +182,6 @@ def make_agent_container(
         create_kwargs.setdefault(
             "volumes", {dockerd.socket_path: {"bind": "/var/run/docker.sock", "mode": "rw"}}
         )
-        # the image runs as uid 1000: it reaches the socket through the socket's group
-        create_kwargs.setdefault("group_add", [str(os.stat(dockerd.socket_path).st_gid)])
         return make_container(command, name, start, **create_kwargs)
 
     return factory

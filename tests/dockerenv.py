@@ -41,7 +41,7 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -640,19 +640,12 @@ def build_python_base_image(
     The rootfs tarball is cached in ``cache_dir`` under a hash of the debootstrap arguments, and
     the import is skipped when ``tag`` already carries that hash; a warm call takes seconds.
     """
-    mirror = mirror or host_debian_mirror(suite)
-    args = [
-        "--variant=minbase",
-        "--include=python3,python3-venv,ca-certificates",
-        f"--arch={_debian_arch()}",
-        suite,
-    ]
-    key = hashlib.sha256(json.dumps(["v1", args, mirror]).encode()).hexdigest()[:16]
+    key, tarball_of = _python_rootfs(suite, mirror, cache_dir)
     label = "dockmon-test.base-key"
     existing = _image_with_label(client, tag, label, key)
     if existing:
         return existing
-    tarball = _cached_rootfs_tarball(cache_dir, f"{suite}-python-{key}", args, mirror)
+    tarball = tarball_of()
     changes = [
         f"ENV PATH={_SYSTEM_PATH}",
         "ENV LANG=C.UTF-8",
@@ -664,6 +657,28 @@ def build_python_base_image(
         str(tarball), repository=repository, tag=tagname, changes=changes
     )
     return _import_result_id(client, result, tag)
+
+
+def _python_rootfs(
+    suite: str, mirror: str | None, cache_dir: Path
+) -> tuple[str, Callable[[], Path]]:
+    """(cache key, make-or-reuse the tarball) of a minimal Debian ``suite`` with python3."""
+    mirror = mirror or host_debian_mirror(suite)
+    args = [
+        "--variant=minbase",
+        "--include=python3,python3-venv,ca-certificates",
+        f"--arch={_debian_arch()}",
+        suite,
+    ]
+    key = hashlib.sha256(json.dumps(["v1", args, mirror]).encode()).hexdigest()[:16]
+    return key, lambda: _cached_rootfs_tarball(cache_dir, f"{suite}-python-{key}", args, mirror)
+
+
+def python_rootfs_tarball(
+    suite: str = "bookworm", *, mirror: str | None = None, cache_dir: Path = CACHE_DIR
+) -> Path:
+    """The cached debootstrap tarball the Python base image is made from (built if missing)."""
+    return _python_rootfs(suite, mirror, cache_dir)[1]()
 
 
 def _debian_arch() -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import http
+import ipaddress
 import json
 import logging
 import re
@@ -111,6 +112,7 @@ HOST_STATS_KEYS = frozenset({"cpu_percent", "mem_percent", "net_bytes_per_sec"})
 _UTC_TIMESTAMP_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?Z")
 _RFC3339_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})")
 _FULL_CONTAINER_ID_RE = re.compile(r"[0-9a-f]{64}")
+_ID12 = re.compile(r"[0-9a-f]{12}")
 
 
 class _NotGiven(enum.Enum):
@@ -151,6 +153,8 @@ class AgentRecord:
     version: str | None
     capabilities: dict[str, bool]
     register: dict[str, Any] | None  # the last register frame that authenticated it
+    #: the host's addresses as the backend keeps them: host_ips without non-IP entries
+    host_ips: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -248,6 +252,17 @@ def _hostname_source(value: Any) -> tuple[_Loc, str] | None:
     if not isinstance(value, str) or value not in HOSTNAME_SOURCES:
         return (), "Input should be 'agent_name', 'daemon', 'os' or 'engine_id'"
     return None
+
+
+def clean_host_ips(value: Any) -> tuple[str, ...]:
+    """What the backend keeps of a valid ``host_ips``: the entries that are IP addresses."""
+    kept = []
+    for item in value if isinstance(value, list) else []:
+        try:
+            kept.append(str(ipaddress.ip_address(item.strip())))
+        except ValueError:
+            continue  # non-IP entries are silently dropped (PROTOCOL §2.2)
+    return tuple(kept)
 
 
 def _host_ips(value: Any) -> tuple[_Loc, str] | None:
@@ -615,6 +630,7 @@ class FakeHub:
         self._responses: dict[str, Response] = {}
         self._breakers: dict[str, _Breaker] = {}
         self._health_checks: dict[str | None, list[dict[str, Any]]] = {}  # agent_id/None -> configs
+        self._deploys_done: set[str] = set()  # deployment ids whose deploy_complete arrived
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -1020,6 +1036,68 @@ class FakeHub:
             self.send_container_operation(action, container_id, **extra), timeout
         )
 
+    # ---------------------------------------------------------------- deployments (§8.1)
+
+    def send_deploy(
+        self,
+        project_name: str,
+        compose_content: str,
+        *,
+        deployment_id: str | None = None,
+        **fields: Any,
+    ) -> tuple[str, str]:
+        """Send ``deploy_compose`` with every key the current backend sends (defaults below,
+        overridden by ``fields``); returns (request id, deployment id)."""
+        deployment_id = deployment_id or str(uuid.uuid4())
+        payload: dict[str, Any] = {
+            "deployment_id": deployment_id,
+            "project_name": project_name,
+            "compose_content": compose_content,
+            "env_file_content": "",
+            "env_files": {},
+            "action": "up",
+            "remove_volumes": False,
+            "profiles": [],
+            "force_recreate": False,
+            "pull_images": False,
+            "wait_for_healthy": False,
+            "health_timeout": 60,
+            "registry_credentials": [],
+        }
+        unknown = set(fields) - set(payload)
+        if unknown:
+            raise TypeError(f"not a deploy_compose field: {sorted(unknown)}")
+        payload.update(fields)
+        return self.send_command("deploy_compose", payload), deployment_id
+
+    def deploy(
+        self, project_name: str, compose_content: str, *, timeout: float = 30, **fields: Any
+    ) -> tuple[Response, str]:
+        """Send ``deploy_compose`` and wait for its acknowledgement (not for the deployment)."""
+        request_id, deployment_id = self.send_deploy(project_name, compose_content, **fields)
+        return self.wait_response(request_id, timeout), deployment_id
+
+    def deploy_events(self, deployment_id: str) -> list[dict[str, Any]]:
+        """Every deploy_progress / deploy_complete event of ``deployment_id``, whole, in order."""
+        with self._cond:
+            return [
+                e
+                for e in self._events
+                if e.get("command") in ("deploy_progress", "deploy_complete")
+                and isinstance(e.get("payload"), dict)
+                and e["payload"].get("deployment_id") == deployment_id
+            ]
+
+    def wait_deploy_complete(self, deployment_id: str, timeout: float = 120) -> dict[str, Any]:
+        """The ``deploy_complete`` payload of ``deployment_id`` (waits for it)."""
+        event = self.wait_event(
+            lambda e: (
+                e["command"] == "deploy_complete" and e["payload"]["deployment_id"] == deployment_id
+            ),
+            timeout,
+        )
+        return cast(dict[str, Any], event["payload"])
+
     # ---------------------------------------------------------------- faults
 
     def drop(self, code: int = 1001, reason: str = "going away") -> None:
@@ -1346,6 +1424,7 @@ class FakeHub:
                 version=frame["version"],
                 capabilities=capabilities,
                 register=frame,
+                host_ips=clean_host_ips(frame.get("host_ips")) or existing.host_ips,
             )
             self._agents[record.agent_id] = record
             return record, None
@@ -1387,6 +1466,7 @@ class FakeHub:
             version=frame["version"],
             capabilities=capabilities,
             register=frame,
+            host_ips=clean_host_ips(frame.get("host_ips")),
         )
         self._agents[agent_id] = record
         reg.use_count += 1
@@ -1513,8 +1593,44 @@ class FakeHub:
             else EVENT_VALIDATORS.get(str(command))
         )
         problem = validator(payload) if validator is not None else None
+        if problem is None and command == "update_complete":
+            problem = self._unawaited_update(payload)
         if problem is not None:
             self._violation(f"malformed {command}: {problem}", msg)
+        if command in ("deploy_progress", "deploy_complete"):
+            self._deploy_sequence(str(command), payload, msg)
+
+    def _deploy_sequence(self, command: str, payload: dict[str, Any], msg: dict[str, Any]) -> None:
+        """§8.1: exactly one deploy_complete per deployment, and nothing for it afterwards."""
+        deployment_id = payload.get("deployment_id")
+        if not isinstance(deployment_id, str):
+            return
+        if deployment_id in self._deploys_done:
+            what = "a second deploy_complete" if command == "deploy_complete" else command
+            self._violation(f"{what} for deployment {deployment_id} after its deploy_complete", msg)
+        if command == "deploy_complete":
+            self._deploys_done.add(deployment_id)
+
+    def _unawaited_update(self, payload: dict[str, Any]) -> str | None:
+        """The backend's update waiter (§6) matches ``old_container_id`` against the 12-char id
+        it sent: an update_complete for an id no update_container named is never seen (when a
+        test sent a name, the agent's answer is the container's 12-hex id, unknown here)."""
+        sent = [
+            m["payload"].get("container_id")
+            for m in self._sent  # (caller holds _cond)
+            if m.get("type") == "command"
+            and m.get("command") == "update_container"
+            and isinstance(m.get("payload"), dict)
+        ]
+        if not sent or not all(isinstance(c, str) and _ID12.fullmatch(c) for c in sent):
+            return None
+        if payload["old_container_id"] not in sent:
+            return (
+                f"old_container_id {payload['old_container_id']!r} is none of the 12-char ids "
+                f"update_container was sent for {sorted(set(sent))}: the backend waits for "
+                "exactly the id it sent"
+            )
+        return None
 
     # ---------------------------------------------------------------- requests / breaker
 

@@ -204,13 +204,14 @@ def update_layer_progress_problem(payload: dict[str, Any]) -> str | None:
 
 
 def update_complete_problem(payload: dict[str, Any]) -> str | None:
-    """``old_container_id``, ``new_container_id`` (12), ``container_name``; ``failed_dependents``
-    only when non-empty."""
+    """``old_container_id`` (the 12-char id the backend sent), ``new_container_id`` (12),
+    ``container_name``; ``failed_dependents`` only when non-empty."""
     base = {"old_container_id", "new_container_id", "container_name"}
     if set(payload) not in (base, base | {"failed_dependents"}):
         return f"keys must be {sorted(base)} [+ failed_dependents], got {sorted(payload)}"
-    if not isinstance(payload["old_container_id"], str) or not payload["old_container_id"]:
-        return "old_container_id must be a non-empty string"
+    old = payload["old_container_id"]
+    if not isinstance(old, str) or _ID12.fullmatch(old) is None:
+        return f"old_container_id must be a 12-char hex id (the one the backend sent), got {old!r}"
     new = payload["new_container_id"]
     if not isinstance(new, str) or _ID12.fullmatch(new) is None:
         return f"new_container_id must be a 12-char hex id, got {new!r}"
@@ -288,3 +289,113 @@ def container_stats_problem(payload: dict[str, Any]) -> str | None:
 
 
 EVENT_VALIDATORS["container_stats"] = container_stats_problem
+
+
+# --- deploy_progress / deploy_complete (PROTOCOL §5.7, §8.1) -------------------------------------
+
+DEPLOY_STAGES = frozenset(
+    {
+        "starting", "executing", "waiting_for_health", "validating", "parsing",
+        "creating_networks", "creating_volumes", "pulling_image", "creating", "health_check",
+        "completed", "failed",
+    }
+)  # fmt: skip
+DEPLOY_ACTIONS = frozenset({"up", "down", "restart"})
+DEPLOY_SERVICE_REQUIRED = frozenset({"container_id", "container_name", "image", "status"})
+DEPLOY_SERVICE_OPTIONAL = frozenset({"restart_policy", "exit_code"})
+DEPLOY_COMPLETE_KEYS = frozenset(
+    {"deployment_id", "action", "success", "partial_success", "services", "failed_services"}
+    | {"error"}
+)
+
+
+def _non_empty_str(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def deploy_progress_problem(payload: dict[str, Any]) -> str | None:
+    """``{deployment_id, stage, message}``; the optional ``services`` list the backend reads."""
+    keys = set(payload)
+    if not {"deployment_id", "stage", "message"} <= keys <= {
+        "deployment_id", "stage", "message", "services"
+    }:  # fmt: skip
+        return f"keys must be deployment_id, stage, message [, services], got {sorted(keys)}"
+    if not _non_empty_str(payload["deployment_id"]):
+        return "deployment_id must be a non-empty string"
+    if payload["stage"] not in DEPLOY_STAGES:
+        return f"unknown stage {payload['stage']!r} (the backend maps it to 'creating')"
+    if not _non_empty_str(payload["message"]):
+        return "message must be a non-empty string"
+    if "services" in payload:
+        services = payload["services"]
+        if not isinstance(services, list) or not all(
+            isinstance(s, dict)
+            and _non_empty_str(s.get("name"))
+            and isinstance(s.get("status"), str)
+            for s in services
+        ):
+            return "services must be a list of {name, status, …} objects"
+    return None
+
+
+def deploy_complete_problem(payload: dict[str, Any]) -> str | None:
+    """Go's ``DeployResult``: empty/false fields omitted, 12-hex ids, an error on failure."""
+    extra = sorted(set(payload) - DEPLOY_COMPLETE_KEYS)
+    if extra:
+        return f"unexpected keys {extra}"
+    if not _non_empty_str(payload.get("deployment_id")):
+        return "deployment_id must be a non-empty string"
+    if not isinstance(payload.get("success"), bool):
+        return "success must be a boolean"
+    if "action" in payload and payload["action"] not in DEPLOY_ACTIONS:
+        return f"action must echo the request (up, down, restart), got {payload['action']!r}"
+    if "partial_success" in payload and payload["partial_success"] is not True:
+        return "partial_success must be omitted when false"
+    if payload.get("partial_success") and payload["success"]:
+        return "partial_success with success true"
+    if "error" in payload and not _non_empty_str(payload["error"]):
+        return "error must be a non-empty string (omitted when empty)"
+    if not payload["success"] and "error" not in payload:
+        return "a failed deployment must carry an error"
+    services = payload.get("services")
+    if services is not None:
+        if not isinstance(services, dict) or not services:
+            return "services must be a non-empty object (omitted when empty)"
+        for name, entry in services.items():
+            if not isinstance(entry, dict):
+                return f"services[{name!r}] must be an object"
+            keys = set(entry)
+            if (
+                not DEPLOY_SERVICE_REQUIRED
+                <= keys
+                <= DEPLOY_SERVICE_REQUIRED | DEPLOY_SERVICE_OPTIONAL
+            ):
+                return f"services[{name!r}] has keys {sorted(keys)}"
+            if not isinstance(entry["container_id"], str) or not _ID12.fullmatch(
+                entry["container_id"]
+            ):
+                return f"services[{name!r}].container_id must be a 12-char hex id"
+            for key in ("container_name", "image", "status"):
+                if not _non_empty_str(entry[key]):
+                    return f"services[{name!r}].{key} must be a non-empty string"
+            if "restart_policy" in entry and not _non_empty_str(entry["restart_policy"]):
+                return f"services[{name!r}].restart_policy must be omitted when empty"
+            if "exit_code" in entry and (
+                not _is_int(entry["exit_code"]) or entry["exit_code"] == 0
+            ):
+                return f"services[{name!r}].exit_code must be a non-zero integer (omitted when 0)"
+    failed = payload.get("failed_services")
+    if failed is not None:
+        if not isinstance(failed, list) or not failed or not all(_non_empty_str(f) for f in failed):
+            return "failed_services must be a non-empty list of names (omitted when empty)"
+        if payload["success"]:
+            return "failed_services on a successful deployment"
+        if services is not None and not set(failed) <= set(services):
+            return "failed_services must name services of the result"
+    if payload.get("partial_success") and not failed:
+        return "a partial success must list its failed_services"
+    return None
+
+
+EVENT_VALIDATORS["deploy_progress"] = deploy_progress_problem
+EVENT_VALIDATORS["deploy_complete"] = deploy_complete_problem

@@ -118,7 +118,15 @@ class FakeDockerEvents:
 class FakeStreams:
     """The StatsStreams seam: the rig answers listings and produces samples."""
 
-    def __init__(self, docker_host: str, *, on_sample: Any, on_ended: Any, on_listed: Any) -> None:
+    def __init__(
+        self,
+        docker_host: str,
+        *,
+        on_sample: Any,
+        on_ended: Any,
+        on_listed: Any,
+        api_version: str | None = None,
+    ) -> None:
         self.on_sample, self.on_listed = on_sample, on_listed
         self.opened: dict[str, int] = {}
         self.listings: list[int] = []

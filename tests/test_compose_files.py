@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-import agent_cli
 from actors import compose_files
 from actors.compose_files import (
     IS_A_DIRECTORY,
@@ -42,12 +41,7 @@ from actors.compose_files import (
 )
 from actors.docker_tools import HandlerSettings
 from messages import compose
-from messages.compose import (
-    DEPLOY_UNSUPPORTED,
-    MAX_SCAN_PATHS,
-    ReadComposeFile,
-    ScanComposeDirs,
-)
+from messages.compose import MAX_SCAN_PATHS, ReadComposeFile, ScanComposeDirs
 from messages.docker import CommandFailed
 from messages.wire import RejectedRequest, decode_frame
 from tests.agent_harness import RunningAgent, running_agent
@@ -563,15 +557,6 @@ def test_scan_reports_at_most_max_scan_results(
     assert "compose scan stopped at 3 compose files" in caplog.text
 
 
-def test_deploy_compose_is_refused_honestly() -> None:
-    for payload in ({"deployment_id": "x", "project_name": "site"}, None, "junk"):
-        assert decode_frame(command("deploy_compose", payload)) == RejectedRequest(
-            reply=CommandFailed(request_id="r1", error=DEPLOY_UNSUPPORTED)
-        )
-    caps = dict(agent_cli.capabilities())
-    assert caps["compose_deployments"] is False and caps["multi_env_files"] is False
-
-
 # --- end to end -------------------------------------------------------------------------------
 
 
@@ -673,14 +658,3 @@ def test_e2e_read(agent: RunningAgent, tree: Path) -> None:
             assert reply.data["error"].startswith(f"{PATH_NOT_ALLOWED}: {path} is outside")
     missing = hub.command("read_compose_file", {})
     assert missing.error == "invalid payload for read_compose_file: path is required"
-
-
-def test_e2e_deploy_compose_is_not_supported(agent: RunningAgent) -> None:
-    record = agent.hub.wait_registered()
-    assert record.capabilities["compose_deployments"] is False
-    assert record.capabilities["multi_env_files"] is False
-    reply = agent.hub.command(
-        "deploy_compose",
-        {"deployment_id": "5e0c", "project_name": "site", "compose_content": WEB, "action": "up"},
-    )
-    assert (reply.ok, reply.error) == (False, "compose deployments are not supported by this agent")

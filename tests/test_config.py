@@ -86,7 +86,7 @@ def test_defaults() -> None:
         unhealthy_after=300.0,
         policy=Policy(),
         log_level="info",
-        log_json=True,
+        log_json=None,  # JSON unless stderr is a terminal
         https_proxy=None,
         http_proxy=None,
         no_proxy=None,
@@ -105,6 +105,7 @@ def test_every_env_var_is_parsed(tmp_path: Path) -> None:
         "INSECURE_SKIP_VERIFY": "true",
         "CA_CERT": ca,
         "DOCKER_HOST": "unix:///custom/docker.sock",
+        "DOCKER_API_VERSION": "1.41",
         "DOCKER_CERT_PATH": "/certs",  # ignored with a unix socket
         "DOCKER_TLS_VERIFY": "1",
         "PROTO_VERSION": "1.0",
@@ -119,6 +120,7 @@ def test_every_env_var_is_parsed(tmp_path: Path) -> None:
         "UPDATE_TIMEOUT": "1m30s",
         "SELF_UPDATE_IMAGE": "registry.example.com/dockmon-agent:2",
         "SELF_UPDATE_TIMEOUT": "45s",
+        "DEPLOY_STOP_TIMEOUT": "1m",
         "UNHEALTHY_AFTER": "2m",
         "LOG_LEVEL": "WARN",
         "LOG_JSON": "false",
@@ -134,6 +136,7 @@ def test_every_env_var_is_parsed(tmp_path: Path) -> None:
     assert cfg.insecure_skip_verify is True
     assert cfg.ca_cert == ca
     assert cfg.docker_host == "unix:///custom/docker.sock"
+    assert cfg.docker_api_version == "1.41"
     assert cfg.docker_cert_path == "/certs"
     assert cfg.docker_tls_verify is True
     assert cfg.proto_version == "1.0"
@@ -148,6 +151,7 @@ def test_every_env_var_is_parsed(tmp_path: Path) -> None:
     assert cfg.update_timeout == 90.0
     assert cfg.self_update_image == "registry.example.com/dockmon-agent:2"
     assert cfg.self_update_timeout == 45.0
+    assert cfg.deploy_stop_timeout == 60.0
     assert cfg.unhealthy_after == 120.0
     assert cfg.log_level == "warning"
     assert cfg.log_json is False

@@ -13,11 +13,13 @@ import pytest
 
 from actors.base import Peers
 from actors.connection import Backoff, ConnectionActor, LinkSettings
+from actors.policy import AuditLog
 from messages.common import Ping, RawJson, Secret
 from messages.connection import Dial, FrameReceived, LinkOpened, PongReceived, ReaderStopped
 from messages.docker import (
     CommandSucceeded,
     ContainerEventObserved,
+    ContainerOpSucceeded,
     DescribeHost,
     EventsConfirmed,
     EventsReplay,
@@ -25,8 +27,16 @@ from messages.docker import (
     HostInfo,
     ReplayEvents,
     StartContainer,
+    StopContainer,
 )
-from messages.outbound import EventOut
+from messages.images import ListImages
+from messages.outbound import (
+    AuditRecord,
+    EventDelivered,
+    EventOut,
+    LinkStateChanged,
+    TrackedEventOut,
+)
 from messages.status import ConnectionStatus
 from messages.tokens import GetToken, SaveToken, TokenInfo
 from messages.wire import AgentIdentity
@@ -281,14 +291,73 @@ def test_commands_are_routed_and_a_dead_peer_gets_an_in_band_error(rig: Rig) -> 
     rig.ref.tell(FrameReceived(generation=link.generation, data=json.dumps(frame)))
     assert rig.gateway.expect(StartContainer) == StartContainer(request_id="q1", container_id="abc")
     rig.peers.remove("docker_gateway")
-    rig.ref.tell(FrameReceived(generation=link.generation, data=json.dumps(frame)))
+    again = {**frame, "id": "q2", "correlation_id": "q2"}  # (q1 is still pending)
+    rig.ref.tell(FrameReceived(generation=link.generation, data=json.dumps(again)))
     rig.barrier()
     reply = json.loads(link.sent[-1])
     assert reply == {
-        "correlation_id": "q1",
+        "correlation_id": "q2",
         "success": False,
         "error": "docker_gateway is restarting; try again",
     }
+
+
+def _audited_rig(rig: Rig, path: Any) -> tuple[pykka.ActorRef[Any], AuditLog]:
+    """A second Connection on the rig's peers, with an audit log at ``path``."""
+    audit = AuditLog(path, who="dockmon@test")
+    ref = ConnectionActor.start(
+        make_ctx(rig.peers, rig.scheduler, rig.clock, child_id="connection"),
+        settings=LinkSettings(url="ws://127.0.0.1:9/api/agent/ws"),
+        identity=IDENT,
+        reconnect_initial=1.0,
+        reconnect_max=8.0,
+        link_factory=FakeLink,  # type: ignore[arg-type]
+        audit=audit,
+    )
+    return ref, audit
+
+
+def test_a_duplicate_of_a_pending_request_id_is_refused_and_audited(
+    rig: Rig, tmp_path: Any
+) -> None:
+    rig.ref.stop()  # it asked for the host description before stopping: take that ask away
+    rig.gateway.expect(DescribeHost)
+    ref, _ = _audited_rig(rig, tmp_path / "audit.log")
+    rig.ref = ref
+    link = rig.connect()
+    op = {"type": "container_operation", "id": "q1", "correlation_id": "q1",
+          "payload": {"action": "stop", "container_id": "web"}}  # fmt: skip
+    command = {"type": "command", "command": "list_images", "id": "c1", "correlation_id": "c1",
+               "payload": {}}  # fmt: skip
+    for frame in (op, command, op, command):
+        rig.ref.tell(FrameReceived(generation=link.generation, data=json.dumps(frame)))
+    rig.barrier()
+    assert rig.gateway.expect(StopContainer).request_id == "q1"
+    assert rig.gateway.expect(ListImages).request_id == "c1"
+    assert [m for m in rig.gateway.received if not isinstance(m, DescribeHost)] == []  # ran once
+    replies = [json.loads(text) for text in link.sent[-2:]]
+    assert replies[0] == {
+        "correlation_id": "q1",
+        "success": False,
+        "error": "duplicate request id q1: a stop request with this id is still pending",
+    }
+    assert replies[1]["id"] == "c1" and replies[1]["error"] == (
+        "duplicate request id c1: a list_images request with this id is still pending"
+    )
+    rig.ref.tell(ContainerOpSucceeded(request_id="q1", body=RawJson('{"container_id":"web"}')))
+    rig.ref.tell(CommandSucceeded(request_id="c1", payload=RawJson("[]")))
+    rig.barrier()
+    lines = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+    assert [(x["operation"], x["result"].split(":")[0]) for x in lines] == [
+        ("stop", "rejected"),
+        ("list_images", "rejected"),
+        ("stop", "ok"),
+        ("list_images", "ok"),
+    ]
+    assert "duplicate request id q1" in lines[0]["result"] and lines[0]["target"] == "web"
+    # answered: the id is free again
+    rig.ref.tell(FrameReceived(generation=link.generation, data=json.dumps(op)))
+    assert rig.gateway.expect(StopContainer).request_id == "q1"
 
 
 @pytest.mark.parametrize(
@@ -378,3 +447,65 @@ def test_a_reply_the_backend_could_not_read_is_replaced_by_an_error(rig: Rig) ->
     assert sent[0]["error"].startswith("response too large: ")
     assert "16 MiB" in sent[0]["error"]
     assert all(len(frame.encode()) < 1024 for frame in link.sent)
+
+
+def tracked(key: str) -> TrackedEventOut:
+    payload = RawJson.of({"deployment_id": key, "action": "up", "success": True})
+    return TrackedEventOut(command="deploy_complete", payload=payload, owner="deployer", key=key)
+
+
+def test_a_tracked_event_goes_once_per_link_and_is_confirmed_to_its_owner(rig: Rig) -> None:
+    deployer = ProbeHandle()
+    rig.peers.set("deployer", deployer.ref)
+    rig.ref.tell(tracked("d-0"))  # disconnected: dropped here, the owner keeps it
+    link = rig.connect()
+    assert link.sent == []
+    deployer.expect(LinkStateChanged, where=lambda m: m.connected)  # its cue to send again
+    rig.ref.tell(tracked("d-0"))
+    rig.ref.tell(tracked("d-0"))  # the owner resent it before it heard of the link: once only
+    rig.ref.tell(note(1))
+    rig.ref.tell(tracked("d-1"))
+    rig.barrier()
+    frames = [json.loads(s) for s in link.sent]
+    assert [(f["command"], f["payload"].get("deployment_id")) for f in frames] == [
+        ("deploy_complete", "d-0"),
+        ("update_progress", None),
+        ("deploy_complete", "d-1"),
+    ]
+    assert frames[0]["type"] == "event" and "correlation_id" not in frames[0]
+    rig.ref.tell(PongReceived(generation=link.generation, ack=link.acks[1]))
+    assert deployer.expect(EventDelivered) == EventDelivered(key="d-0")
+    # the link dies before d-1 is confirmed: it is not requeued here (the owner sends it)
+    rig.ref.tell(ReaderStopped(generation=link.generation, reason="dead"))
+    again = rig.connect()
+    assert again.sent == []
+    rig.ref.tell(tracked("d-1"))
+    rig.barrier()
+    assert [json.loads(s)["payload"]["deployment_id"] for s in again.sent] == ["d-1"]
+    rig.ref.tell(PongReceived(generation=again.generation, ack=again.acks[-1]))
+    assert deployer.expect(EventDelivered) == EventDelivered(key="d-1")
+    assert not [m for m in deployer.received if isinstance(m, EventDelivered)]
+
+
+def test_audit_records_from_other_actors_are_written(rig: Rig, tmp_path: Any) -> None:
+    from actors.policy import AuditLog
+
+    audit = AuditLog(tmp_path / "audit.log", who="dockmon@test")
+    ref = ConnectionActor.start(
+        make_ctx(rig.peers, rig.scheduler, rig.clock, child_id="connection2"),
+        settings=LinkSettings(url="ws://127.0.0.1:9/api/agent/ws"),
+        identity=IDENT,
+        reconnect_initial=1.0,
+        reconnect_max=8.0,
+        link_factory=FakeLink,  # type: ignore[arg-type]
+        audit=audit,
+    )
+    ref.tell(AuditRecord(operation="deploy_compose", target="site", result="up finished: success"))
+    ref.ask(Ping(), timeout=3)
+    line = json.loads((tmp_path / "audit.log").read_text())
+    assert {k: line[k] for k in ("operation", "target", "result", "who")} == {
+        "operation": "deploy_compose",
+        "target": "site",
+        "result": "up finished: success",
+        "who": "dockmon@test",
+    }

@@ -30,13 +30,16 @@ import requests
 from docker.models.containers import Container
 
 from actors.base import Peers
+from actors.policy import Policy
 from actors.updater import FlowRegistry, UpdaterActor, UpdaterSettings
-from messages.docker import CommandFailed
+from messages.docker import CommandFailed, CommandSucceeded
+from messages.outbound import EventOut
 from messages.updates import UpdateContainer
 from tests.agent_harness import REGISTRATION_TOKEN, RunningAgent, running_agent
 from tests.dockerenv import REPO_ROOT, TEST_LABEL, ContainerFactory, LocalRegistry, PrivateDockerd
 from tests.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
 from tests.hub import FakeHub
+from tests.test_protection_e2e import RenameAfterInspect
 from tests.waiting import wait_for
 
 GRACEFUL = "trap 'exit 0' TERM; sleep 3600 & wait"
@@ -441,6 +444,113 @@ def test_bad_image_rolls_back_to_the_running_old_container(
     assert _backups(docker_client, name) == []
     assert len(docker_client.containers.list(all=True, filters={"name": f"^/{name}"})) == 1
     assert _journals(Path(agent.config.data_path)) == []
+
+
+def _update_ids(hub: FakeHub, start: int) -> set[str]:
+    """Every container id the update events since ``start`` carry."""
+    return {
+        e["payload"]["container_id"]
+        for e in hub.events[start:]
+        if e.get("command") in ("update_progress", "update_layer_progress")
+    } | {
+        e["payload"]["old_container_id"]
+        for e in hub.events[start:]
+        if e.get("command") == "update_complete"
+    }
+
+
+def test_an_update_by_name_reports_the_containers_12_hex_id(
+    agent: RunningAgent,
+    docker_client: docker.DockerClient,
+    update_images: Images,
+    names: Callable[[str], str],
+    make_container: ContainerFactory,
+) -> None:
+    """§6/§5.5: events carry the 12-hex id (the strict hub flags anything else); for a name the
+    agent reports the container's own id, the one update_complete's waiter knows."""
+    name = names("byname")
+    web = make_container(None, name, image=update_images.refs["v1"], stop_timeout=3)
+    cid = _id(web)[:12]
+    start = _update(agent.hub, name, update_images.refs["v2"], health_timeout=20)
+    assert _final(agent.hub, start, cid)["stage"] == "completed"
+    assert _complete(agent.hub, start)["old_container_id"] == cid
+    assert _update_ids(agent.hub, start) == {cid}
+
+
+def test_an_update_by_name_and_by_id_of_one_container_is_one_update(
+    agent: RunningAgent,
+    docker_client: docker.DockerClient,
+    update_images: Images,
+    names: Callable[[str], str],
+    make_container: ContainerFactory,
+) -> None:
+    """Resolve first, then the busy guard keyed by the full id, then progress (issue 10.5)."""
+    name = names("twice")
+    web = make_container(None, name, image=update_images.refs["v1"], stop_timeout=3)
+    cid = _id(web)[:12]
+    start = len(agent.hub.events)
+    payload = {"new_image": update_images.refs["v2"], "stop_timeout": 5, "health_timeout": 20}
+    sent = [
+        agent.hub.send_command("update_container", {**payload, "container_id": ref})
+        for ref in (name, cid, _id(web))
+    ]
+    replies = [agent.hub.wait_response(request_id, timeout=20) for request_id in sent]
+    assert sorted(r.ok for r in replies) == [False, False, True], replies
+    for refused in (r for r in replies if not r.ok):
+        assert refused.error == f"an update of {name} ({cid}) is in progress"
+    assert _final(agent.hub, start, cid)["stage"] == "completed"
+    assert _complete(agent.hub, start)["old_container_id"] == cid
+    assert _update_ids(agent.hub, start) == {cid}
+    assert _stages(agent.hub, start, cid) == ALL_STAGES[:6] + ALL_STAGES[7:]  # one update
+
+
+def test_an_update_acts_on_the_container_it_checked(
+    tmp_path: Path,
+    dockerd: PrivateDockerd,
+    docker_client: docker.DockerClient,
+    update_images: Images,
+    names: Callable[[str], str],
+    make_container: ContainerFactory,
+) -> None:
+    """A rename between the guard's check and the flow cannot redirect the update to another
+    (here: protected) container: the flow works on the resolved full id (issue 10.3)."""
+    name = names("raced")
+    free = make_container(None, name, image=update_images.refs["v1"], stop_timeout=3)
+    kept = make_container(None, names("raced-prod"), image=update_images.refs["v1"],
+                          labels={"tier": "prod"})  # fmt: skip
+
+    def swap() -> None:
+        docker_client.api.rename(_id(free), f"{name}-moved")
+        docker_client.api.rename(_id(kept), name)
+
+    clock, peers, connection = FakeClock(), Peers(), ProbeHandle()
+    peers.set("connection", connection.ref)
+    client = RenameAfterInspect(dockerd.base_url, name, swap)
+    ref = UpdaterActor.start(
+        make_ctx(peers, FakeScheduler(clock), clock, child_id="updater"),
+        settings=UpdaterSettings(docker_host=dockerd.base_url, data_path=str(tmp_path)),
+        flows=FlowRegistry(),
+        client_factory=lambda: client,
+        policy=Policy(protected_labels=(("tier", "prod"),)),
+    )
+    try:
+        v2 = update_images.refs["v2"]
+        ref.tell(UpdateContainer(request_id="u1", container_id=name, new_image=v2))
+        ack = connection.expect(CommandSucceeded, timeout=20)
+        assert ack.request_id == "u1" and client.swapped
+        done = connection.expect(
+            EventOut, timeout=60, where=lambda m: m.command == "update_complete"
+        ).payload.value()
+        assert done["old_container_id"] == _id(free)[:12]
+        assert done["container_name"] == f"{name}-moved"
+        untouched = docker_client.api.inspect_container(_id(kept))
+        assert untouched["Name"] == f"/{name}" and untouched["State"]["Running"]
+        assert untouched["Config"]["Image"] == update_images.refs["v1"]
+    finally:
+        ref.stop()
+        connection.ref.stop()
+        with contextlib.suppress(docker.errors.NotFound):
+            docker_client.api.remove_container(f"{name}-moved", force=True)
 
 
 @pytest.mark.slow

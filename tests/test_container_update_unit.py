@@ -393,3 +393,5 @@ def test_validators_reject_malformed_update_events() -> None:
         is None
     )
     assert update_complete_problem({**done, "container_name": "web", "new_container_id": "x"})
+    named = {**done, "container_name": "web", "old_container_id": "web"}
+    assert "12-char hex" in str(update_complete_problem(named))

@@ -64,7 +64,7 @@ def test_every_command_is_decoded_routed_and_handled(name: str) -> None:
         "remove_image": {"image_id": "abc"},
         "create_network": {"name": "n"},
         "delete_network": {"network_id": "abc"},
-        "delete_volume": {"volume_name": "v"},
+        "delete_volume": {"volume_name": "pgdata"},
     }.get(name, {})
     decoded = decode_frame(command(name, payload))
     assert type(decoded) is ALL_COMMANDS[name]
@@ -103,8 +103,8 @@ def test_decoded_fields_and_defaults() -> None:
     assert decode_frame(command("delete_network", {"network_id": "abc"})) == DeleteNetwork(
         request_id="r1", network_id="abc", force=False
     )
-    assert decode_frame(command("delete_volume", {"volume_name": "v", "force": True})) == (
-        DeleteVolume(request_id="r1", volume_name="v", force=True)
+    assert decode_frame(command("delete_volume", {"volume_name": "pgdata", "force": True})) == (
+        DeleteVolume(request_id="r1", volume_name="pgdata", force=True)
     )
 
 

@@ -45,4 +45,13 @@ def test_compose_file_is_valid_and_uses_the_healthcheck() -> None:
     assert "/var/run/docker.sock:/var/run/docker.sock" in agent["volumes"]
     assert "dockmon-agent-data:/data" in agent["volumes"]
     assert agent["restart"] == "unless-stopped"
-    assert agent["group_add"]
+
+
+def test_compose_file_never_guesses_the_sockets_group() -> None:
+    """No hard-coded group (999 is wrong on most hosts): found by the entrypoint, or required."""
+    text = (REPO_ROOT / "deploy" / "docker-compose.yml").read_text()
+    agent = yaml.safe_load(text)["services"]["agent"]
+    assert "group_add" not in agent and "user" not in agent  # the entrypoint finds it
+    assert ":-999" not in text and "999" not in text
+    assert '"${DOCKER_GID:?set DOCKER_GID=$(stat -c %g /var/run/docker.sock)}"' in text
+    assert "DOCKER_GID=$(stat -c %g /var/run/docker.sock)" in README

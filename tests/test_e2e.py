@@ -36,7 +36,7 @@ def test_first_registration_persists_the_token_and_reconnects_use_it(agent: Runn
     hub = agent.hub
     record = hub.wait_registered()
     assert hub.registrations[0]["token"] == REGISTRATION_TOKEN
-    assert hub.registrations[0]["version"] == "0.1.0"
+    assert hub.registrations[0]["version"] == "0.1.0-python"
     assert stat.S_IMODE(agent.token_file.stat().st_mode) == 0o600
     assert agent.token_file.read_text() == record.agent_id
     hub.drop()

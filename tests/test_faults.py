@@ -45,7 +45,10 @@ def rig(
 
 # --- 1. exceptions inside actors -------------------------------------------------------------
 
-ROLES = ["token_store", "status", "docker_gateway", "connection", "event_streamer", "updater"]
+ROLES = [
+    "token_store", "status", "docker_gateway", "connection", "event_streamer", "updater",
+    "deployer",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("role", ROLES)

@@ -78,6 +78,10 @@ def register_frame(
     return frame
 
 
+def update_event(command: str, **payload: Any) -> dict[str, Any]:
+    return {"type": "event", "command": command, "payload": payload, "timestamp": TS}
+
+
 def container_event(**overrides: Any) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "container_id": CONTAINER_ID,
@@ -725,7 +729,70 @@ def test_circuit_breaker_is_off_by_default(hub: FakeHub, connect: Connect) -> No
 
 # ------------------------------------------------------------------------------------ events
 
+
+def deploy_event(command: str, **payload: Any) -> dict[str, Any]:
+    body = {k: v for k, v in payload.items() if v is not DROP}
+    return {"type": "event", "command": command, "payload": body, "timestamp": TS}
+
+
+DEPLOY_SERVICE = {
+    "container_id": "3f9a1b2c4d5e",
+    "container_name": "site-web-1",
+    "image": "nginx:1.27",
+    "status": "Up 5 seconds",
+}
+
+
+def progress(**overrides: Any) -> dict[str, Any]:
+    fields = {"deployment_id": "d-1", "stage": "creating", "message": "Container x: Created"}
+    return deploy_event("deploy_progress", **{**fields, **overrides})
+
+
+def complete(**overrides: Any) -> dict[str, Any]:
+    fields = {"deployment_id": "d-1", "action": "up", "success": True}
+    return deploy_event("deploy_complete", **{**fields, **overrides})
+
+
 VIOLATING_MESSAGES: list[tuple[str, dict[str, Any], str]] = [
+    ("progress stage unknown", progress(stage="downloading"), "unknown stage 'downloading'"),
+    ("progress empty message", progress(message=""), "message must be a non-empty string"),
+    ("progress extra key", progress(percent=40), "keys must be deployment_id, stage, message"),
+    ("complete without success", complete(success=DROP), "success must be a boolean"),
+    ("complete failure without error", complete(success=False), "must carry an error"),
+    (
+        "complete partial_success false",
+        complete(success=False, error="x", partial_success=False),
+        "omitted when false",
+    ),
+    (
+        "complete long container id",
+        complete(services={"web": {**DEPLOY_SERVICE, "container_id": CONTAINER_ID}}),
+        "12-char hex id",
+    ),
+    (
+        "complete exit_code 0",
+        complete(services={"web": {**DEPLOY_SERVICE, "exit_code": 0}}),
+        "omitted when 0",
+    ),
+    (
+        "complete unknown service key",
+        complete(services={"web": {**DEPLOY_SERVICE, "error": "x"}}),
+        "has keys",
+    ),
+    ("complete empty services", complete(services={}), "omitted when empty"),
+    (
+        "complete failed service unknown",
+        complete(
+            success=False,
+            partial_success=True,
+            error="Partial deployment",
+            services={"web": DEPLOY_SERVICE},
+            failed_services=["db"],
+        ),
+        "must name services of the result",
+    ),
+    ("complete bad action", complete(action="deploy"), "action must echo the request"),
+    ("complete extra key", complete(stack="site"), "unexpected keys ['stack']"),
     (
         "event with correlation_id",
         {**container_event(), "correlation_id": "abc"},
@@ -780,6 +847,21 @@ VIOLATING_MESSAGES: list[tuple[str, dict[str, Any], str]] = [
         {"type": "response", "id": "nobody", "error": "x", "error_type": "oops"},
         "error_type",
     ),
+    (
+        "update progress by name",
+        update_event("update_progress", container_id="web", stage="pulling", message="Pulling"),
+        "container_id must be a 12-char hex id",
+    ),
+    (
+        "update complete for a name",
+        update_event(
+            "update_complete",
+            old_container_id="web",
+            new_container_id="0123456789ab",
+            container_name="web",
+        ),
+        "old_container_id must be a 12-char hex id",
+    ),
 ]
 
 
@@ -798,6 +880,40 @@ def test_violations_are_recorded(
     assert hub.connected  # only malformed frames are fatal
     with pytest.raises(AssertionError, match="protocol violation"):
         hub.assert_clean()
+
+
+def test_update_complete_must_name_the_id_update_container_was_sent_for(
+    hub: FakeHub, connect: Connect
+) -> None:
+    client, _ = authed(hub, connect)
+    hub.send_command("update_container", {"container_id": "3f9a1b2c4d5e", "new_image": "a:2"})
+    done = {"new_container_id": "0123456789ab", "container_name": "web"}
+    client.send(update_event("update_complete", old_container_id="3f9a1b2c4d5e", **done))
+    hub.wait_until(lambda: len(hub.events) == 1)
+    hub.assert_clean()
+    client.send(update_event("update_complete", old_container_id="ffffffffffff", **done))
+    hub.wait_until(lambda: bool(hub.violations))
+    assert "none of the 12-char ids update_container was sent for" in hub.violations[0]
+
+
+def test_deploy_events_are_checked_as_a_sequence(hub: FakeHub, connect: Connect) -> None:
+    client, _ = authed(hub, connect)
+    partial = complete(
+        success=False,
+        partial_success=True,
+        services={"web": DEPLOY_SERVICE, "db": {**DEPLOY_SERVICE, "exit_code": 1}},
+        failed_services=["db"],
+        error="Partial deployment: 1/2 services running. Failed: db: Exited (1)",
+    )
+    for msg in (progress(stage="starting", message="Starting deployment..."), progress(), partial):
+        client.send(msg)
+    hub.wait_until(lambda: len(hub.deploy_events("d-1")) == 3)
+    hub.assert_clean()
+    client.send(progress(stage="completed", message="late"))
+    client.send(partial)
+    hub.wait_until(lambda: len(hub.violations) == 2)
+    assert "deploy_progress for deployment d-1 after its deploy_complete" in hub.violations[0]
+    assert "a second deploy_complete for deployment d-1" in hub.violations[1]
 
 
 def test_event_with_correlation_id_is_routed_as_a_response(hub: FakeHub, connect: Connect) -> None:

@@ -58,3 +58,11 @@ def test_agent_container_reaches_only_the_private_daemon(
     script = "import docker; print(docker.from_env().info()['DockerRootDir'])"
     container = make_agent_container(["-c", script], entrypoint=["python3"])
     assert wait_for_exit(container, timeout=60) == (0, f"{dockerd.data_root}\n")
+
+
+def test_the_image_carries_the_pinned_compose_binary(
+    make_agent_container: ContainerFactory,
+) -> None:
+    """Checked at build time too (Dockerfile); here it runs as the agent's user."""
+    container = make_agent_container(["version"], entrypoint=["docker-compose"])
+    assert wait_for_exit(container, timeout=60) == (0, "Docker Compose version v5.6.1\n")

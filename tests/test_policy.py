@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,43 @@ def test_shell_keystrokes_get_no_audit_line_but_start_and_close_do(
         wait_for(lambda: len(audit_lines(agent)) >= 3, 5, "audit lines")
         shell_lines = [x for x in audit_lines(agent) if x["operation"] == "shell_session"]
     assert len(shell_lines) == 2
+
+
+def test_a_duplicate_request_id_runs_once_and_both_requests_are_audited(
+    tmp_path: Path, dockerd: PrivateDockerd, make_container: Any
+) -> None:
+    """Issue 10.4: one request id, one request (the Connection keeps the pending ids)."""
+    with policy_agent(tmp_path, dockerd, "  read_only: false\n") as agent:
+        hub = agent.hub
+        hub.wait_registered()
+        c = make_container(["sleep", "3600"])  # PID 1 ignores TERM: the stop takes its 3 s
+        rid = str(uuid.uuid4())
+        payload = {"action": "stop", "container_id": c.id[:12], "timeout": 3}
+        frame = {
+            "type": "container_operation",
+            "id": rid,
+            "correlation_id": rid,
+            "payload": payload,
+        }
+        hub.send_raw(json.dumps(frame))
+        hub.send_raw(json.dumps(frame))  # while the first is still stopping the container
+        refused = hub.wait_response(rid, timeout=10)
+        assert not refused.ok
+        assert refused.error == (
+            f"duplicate request id {rid}: a stop request with this id is still pending"
+        )
+
+        def stop_lines() -> list[dict[str, Any]]:
+            return [x for x in audit_lines(agent) if x["operation"] == "stop"]
+
+        wait_for(lambda: len(stop_lines()) == 2, 15, "the first stop's result in the audit log")
+        first_line, second_line = stop_lines()
+        assert first_line["result"].startswith(f"rejected: duplicate request id {rid}")
+        assert second_line["result"] == "ok" and second_line["target"] == c.id[:12]
+        # the first request's own reply came after the refusal (so the hub no longer waited)
+        hub.wait_until(lambda: len(hub.unmatched_responses) == 1, 10, "the first stop's reply")
+        assert hub.unmatched_responses[0].get("success") is True
+        assert hub.command("list_containers").ok  # a barrier: nothing else came for that id
+        assert len(hub.unmatched_responses) == 1
+        c.reload()
+        assert c.status == "exited"

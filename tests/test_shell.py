@@ -159,8 +159,9 @@ class FakeBackend:
         self.running = True
         self.batches: list[int] = []  # sessions per hang-up call (the hang-up worker's backend)
 
-    def identify(self, container_id: str) -> tuple[str, dict[str, str]]:
-        return f"/{container_id}", {"tier": "prod" if container_id.startswith("prod") else "dev"}
+    def inspect_container(self, container_id: str) -> dict[str, Any]:
+        labels = {"tier": "prod" if container_id.startswith("prod") else "dev"}
+        return {"Id": container_id, "Name": f"/{container_id}", "Config": {"Labels": labels}}
 
     def open(self, container_id: str, marker: str) -> ExecStream:
         if self.gate is not None:

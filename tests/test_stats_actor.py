@@ -28,7 +28,15 @@ C1, C2, C3 = ("1" * 64, "2" * 64, "3" * 64)
 class FakeStreams:
     instances: list[FakeStreams] = []  # noqa: RUF012
 
-    def __init__(self, docker_host: str, *, on_sample: Any, on_ended: Any, on_listed: Any) -> None:
+    def __init__(
+        self,
+        docker_host: str,
+        *,
+        on_sample: Any,
+        on_ended: Any,
+        on_listed: Any,
+        api_version: str | None = None,
+    ) -> None:
         self.on_sample, self.on_ended, self.on_listed = on_sample, on_ended, on_listed
         self.opened: dict[str, int] = {}
         self.closed: list[str] = []

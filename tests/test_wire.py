@@ -75,8 +75,8 @@ def op(payload: object, **extra: object) -> str:
             KillContainer(request_id="r1", container_id="abc"),
         ),
         (
-            {"action": "rename", "container_id": "abc", "new_name": "n"},
-            RenameContainer(request_id="r1", container_id="abc", new_name="n"),
+            {"action": "rename", "container_id": "abc", "new_name": "web-2"},
+            RenameContainer(request_id="r1", container_id="abc", new_name="web-2"),
         ),
         (
             {"action": "get_logs", "container_id": "abc", "tail": 5},
