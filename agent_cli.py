@@ -303,6 +303,8 @@ def startup_problems(report: agent_config.ConfigReport) -> list[str]:
         resolve_token(values["data_path"], values["permanent_token"], values["registration_token"])
     except ConfigError as exc:
         problems.extend(exc.problems)
+    except FatalError as exc:  # a token file that exists but cannot be used (TokenFileError)
+        problems.append(str(exc))
     return problems
 
 
