@@ -41,7 +41,7 @@ ENV PATH=/opt/dockmon-agent/bin:$PATH \
 COPY --from=build /opt/dockmon-agent /opt/dockmon-agent
 # Runs as uid 1000, reached by either way of starting it:
 # * DockMon's own command (no --user): the container starts as root and the agent's first act
-#   (actors/privileges.py, before it reads any configuration) is to read the Docker socket's
+#   (actors/host/privileges.py, before it reads any configuration) is to read the Docker socket's
 #   group, give /data (or $DATA_PATH) to uid 1000 without following symlinks, then drop root
 #   in-process (setgroups/setgid/setuid: no capabilities left, no_new_privs) to RUN_AS with the
 #   socket's group as a supplementary group. If it cannot drop root it refuses to start.

@@ -16,22 +16,22 @@ from urllib.parse import urlsplit
 
 import agent_config
 from actors.base import Clock, SystemClock
+from actors.commands.tools import HandlerSettings
 from actors.connection import ConnectionActor, LinkSettings
 from actors.deploy import engine as compose_engine
 from actors.deploy.runner import KILL_GRACE
 from actors.deployer import DeployerActor, DeployerSettings, DeployRuns, in_container
 from actors.docker_gateway import DockerGatewayActor, detect_own_container_id
-from actors.docker_tools import HandlerSettings
 from actors.errors import ConfigError, FatalError
 from actors.event_streamer import EventCursor, EventStreamerActor
 from actors.health_checks import HealthCheckActor, HealthCheckMemory
-from actors.policy import AuditLog
-from actors.privileges import PrivilegeError, drop_privileges
+from actors.host.privileges import PrivilegeError, drop_privileges
+from actors.link.ingest import ingest_settings
+from actors.rules.policy import AuditLog
 from actors.shell import ShellActor
 from actors.stats import StatsActor, StatsSettings
-from actors.stats_ingest import ingest_settings
-from actors.stats_math import host_roots
 from actors.status import StatusReporterActor, health_verdict, read_status
+from actors.telemetry.stats_math import host_roots
 from actors.token_store import TokenStoreActor, check_data_dir, resolve_token
 from actors.updater import FlowRegistry, UpdaterActor, UpdaterSettings
 from messages.wire import AgentIdentity
@@ -376,7 +376,7 @@ def doctor_main(argv: Sequence[str]) -> int:
         help="time limit for each network step (default 10)",
     )
     ns = parser.parse_args(argv)
-    from actors import diagnostics  # only `doctor` needs it: keeps the agent's RSS down
+    from actors.doctor import diagnostics  # only `doctor` needs it: keeps the agent's RSS down
 
     return diagnostics.run(
         os.environ,
@@ -395,7 +395,7 @@ SUBCOMMANDS = {"healthcheck": healthcheck_main, "status": status_main, "doctor":
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     # First of all: started as root (the image's default), become RUN_AS before anything reads
-    # configuration, token files or the Docker socket (actors/privileges.py).
+    # configuration, token files or the Docker socket (actors/host/privileges.py).
     try:
         privileges = drop_privileges(
             os.environ, repair_data=not args or args[0] not in ("healthcheck", "status")

@@ -26,12 +26,12 @@ from urllib.parse import urlsplit
 import colorlog
 import yaml
 
-from actors.compose_files import is_system_path
-from actors.docker_client import api_version_problem
+from actors.commands.compose_files import is_system_path
 from actors.errors import ConfigError
-from actors.policy import Policy, parse_policy
-from actors.privileges import DEFAULT_SOCKETS
-from actors.self_update import parse_image_ref
+from actors.flows.self_update import parse_image_ref
+from actors.host.privileges import DEFAULT_SOCKETS
+from actors.rules.policy import Policy, parse_policy
+from actors.runtime.docker_client import api_version_problem
 from messages.common import Secret
 
 _T = TypeVar("_T")
@@ -184,7 +184,8 @@ class Config:
     data_path: str
     agent_stacks_dir: str
     host_stacks_dir: str | None
-    compose_roots: tuple[str, ...] | None = None  # None: the defaults (actors/compose_files.py)
+    #: None: the defaults (actors/commands/compose_files.py)
+    compose_roots: tuple[str, ...] | None = None
     update_timeout: float
     self_update_image: str | None = None
     self_update_timeout: float = 120.0

@@ -34,7 +34,7 @@ from actors.base import (
     join_thread,
 )
 from actors.errors import FatalError, TransientError
-from actors.policy import AuditLog, Policy, audited, operation_of
+from actors.rules.policy import AuditLog, Policy, audited, operation_of
 from messages import compose, deploy, health, images, networks, shell, stats, updates, volumes
 from messages.common import Secret
 from messages.connection import (

@@ -34,7 +34,7 @@ from actors.deploy import classify
 from actors.deploy.engine import ComposeEngine, ComposeProbe
 from actors.deploy.journal import Entry, Journal
 from actors.deploy.runner import KILL_GRACE, RunControl, Runner, RunSettings, scrub, secret_values
-from actors.policy import Policy
+from actors.rules.policy import Policy
 from messages.common import RawJson
 from messages.deploy import DeployCompose, DeployFinished, DeployProgressed
 from messages.docker import CommandFailed, CommandSucceeded

@@ -26,17 +26,17 @@ import pykka
 
 from actors import FAMILIES
 from actors.base import ActorContext, RepeatLimiter, SupervisedActor, TimerHandle
-from actors.docker_access import diagnose
-from actors.docker_client import api_client
-from actors.docker_tools import DockerTools, Handler, HandlerSettings, describe_docker_error
-from actors.host_ips import (
+from actors.commands.tools import DockerTools, Handler, HandlerSettings, describe_docker_error
+from actors.host.docker_access import diagnose
+from actors.host.host_ips import (
     Interfaces,
     container_host_ips,
     native_host_ips,
     read_host_fib_trie,
     system_interfaces,
 )
-from actors.policy import CHANGES, Guard, Policy, Refused
+from actors.rules.policy import CHANGES, Guard, Policy, Refused
+from actors.runtime.docker_client import api_client
 from messages.common import RawJson
 from messages.docker import (
     ACTION_NAMES,

@@ -21,7 +21,7 @@ import docker
 import pykka
 
 from actors.base import ActorContext, RepeatLimiter, SupervisedActor, TimerHandle, join_thread
-from actors.docker_client import api_client
+from actors.runtime.docker_client import api_client
 from messages.docker import (
     ContainerEventObserved,
     DockerEventReceived,

@@ -50,9 +50,9 @@ import docker
 import pykka
 
 from actors.base import ActorContext, SupervisedActor
-from actors.docker_client import api_client
-from actors.docker_tools import describe_docker_error
-from actors.policy import Guard, Policy, Refused
+from actors.commands.tools import describe_docker_error
+from actors.rules.policy import Guard, Policy, Refused
+from actors.runtime.docker_client import api_client
 from messages.common import RawJson
 from messages.outbound import EventOut, LinkStateChanged
 from messages.shell import (

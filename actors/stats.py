@@ -1,7 +1,7 @@
 """StatsActor: container stats (PROTOCOL §5.2), host stats (§5.3) and the stats ingest (§1.5).
 
 * Container stats: one Docker stats stream per running container, all multiplexed on one
-  asyncio thread (:mod:`actors.stats_streams`; bench/stats_design.py has the measurements that
+  asyncio thread (:mod:`actors.telemetry.streams`; bench/stats_design.py has the measurements that
   chose this over a thread per stream or one-shot polling). Each sample becomes a
   ``container_stats`` event (never buffered) and is also offered to the ingest socket.
   Streams follow container events (start/restart add, die/stop/kill remove); on every
@@ -10,7 +10,7 @@
 * Host stats: every 2 s while connected, read from /proc and /sys (or /host/proc, /host/sys);
   the first sample after a connect reports CPU and network as 0.
 * Stats ingest: only if a permanent token is known when the actor starts (see
-  :mod:`actors.stats_ingest`).
+  :mod:`actors.link.ingest`).
 
 While the control connection is down nothing is collected (as in the Go agent, stats are
 per-connection state). The actor starts active, so a restarted StatsActor under a live
@@ -31,14 +31,14 @@ import pykka
 from actors.base import ActorContext, RepeatLimiter, SupervisedActor, TimerHandle
 from actors.connection import LinkSettings
 from actors.errors import TransientError
-from actors.stats_ingest import IngestLink
-from actors.stats_math import (
+from actors.link.ingest import IngestLink
+from actors.telemetry.stats_math import (
     HostRoots,
     HostStatsSampler,
     container_reading,
     container_stats_payload,
 )
-from actors.stats_streams import StatsStreams
+from actors.telemetry.streams import StatsStreams
 from messages.common import RawJson
 from messages.docker import ContainerEventObserved
 from messages.outbound import EventOut, LinkStateChanged, RawFrameOut

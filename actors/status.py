@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.base import ActorContext, SupervisedActor, TimerHandle
-from actors.fsio import write_json_atomic
+from actors.runtime.fsio import write_json_atomic
 from messages.status import (
     ActorRestarted,
     AgentStopping,

@@ -20,7 +20,7 @@ from typing import Any
 
 from actors.base import ActorContext, SupervisedActor
 from actors.errors import ConfigError, FatalError
-from actors.fsio import write_atomic
+from actors.runtime.fsio import write_atomic
 from agent_config import TOKEN_PATTERN, register_secret
 from messages.common import Secret
 from messages.tokens import GetToken, SaveToken, TokenInfo

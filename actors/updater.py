@@ -23,11 +23,11 @@ from typing import Any
 import docker
 import pykka
 
-from actors import container_update, self_update
 from actors.base import ActorContext, Clock, Peers, SupervisedActor
-from actors.docker_client import api_client
-from actors.docker_tools import describe_docker_error
-from actors.policy import Guard, Policy, Refused
+from actors.commands.tools import describe_docker_error
+from actors.flows import container_update, self_update
+from actors.rules.policy import Guard, Policy, Refused
+from actors.runtime.docker_client import api_client
 from messages.common import RawJson
 from messages.docker import CommandFailed, CommandSucceeded, Reply
 from messages.outbound import EventOut, LinkStateChanged

@@ -8,7 +8,7 @@
   and the agent's peak RSS growth (VmHWM). A fresh agent process per size, so peaks don't mix.
 * shells: 200 shell sessions in one container, then all closed; printed: the agent's threads and
   descriptors while open, and how long after the closes both are back to the baseline.
-* soak: 30 simulated days of ordinary traffic on the fake clock (tests/soak.py); printed per
+* soak: 30 simulated days of ordinary traffic on the fake clock (tests/support/soak.py); printed per
   day 1/15/30: pending timers, timers fired that day (mailbox traffic), deepest mailbox, objects.
 
 ``--agent-repo`` runs the agent of another checkout (``python -m agent_cli`` from there) for a
@@ -154,7 +154,7 @@ def shells(b: base.Bench, sessions: int) -> list[str]:
 def soak(days: int) -> list[str]:
     import pykka
 
-    from tests.soak import MonthRig
+    from tests.support.soak import MonthRig
 
     with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as d:
         rig = MonthRig(Path(d))

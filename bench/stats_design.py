@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Container stats: one streaming thread per container vs. one-shot polling from a small pool.
 
-A benchmark, not a test. It starts a private dockerd (tests/dockerenv.py: own socket and
+A benchmark, not a test. It starts a private dockerd (tests/support/dockerenv.py: own socket and
 data-root, ``--bridge=none``, no iptables) unless ``--docker-host`` names one, runs
 ``--containers`` busybox ``sleep`` containers (network ``none``), then measures each design in
 a fresh child process for ``--seconds`` of steady state (after a warm-up):
@@ -12,8 +12,9 @@ a fresh child process for ``--seconds`` of steady state (after a warm-up):
   fetched with ``stream=false&one-shot=true`` (API >= 1.41) and the CPU delta is taken against
   our own previous reading (what actors/stats.py does).
 
-Both designs turn every sample into the ``container_stats`` payload with actors/stats_math.py
-and encode it as JSON, so the CPU time includes the real per-sample work. Reported per design:
+Both designs turn every sample into the ``container_stats`` payload with
+actors/telemetry/stats_math.py and encode it as JSON, so the CPU time includes the real per-sample
+work. Reported per design:
 samples per container per second, threads, agent CPU time per container-sample, RSS, and the CPU
 the Docker daemon (dockerd + its containerd) spent meanwhile.
 
@@ -41,12 +42,12 @@ sys.path.insert(0, str(REPO))
 
 import docker  # noqa: E402
 
-from actors.stats_math import (  # noqa: E402
+from actors.telemetry.stats_math import (  # noqa: E402
     CpuReading,
     container_reading,
     container_stats_payload,
 )
-from actors.stats_streams import StatsStreams  # noqa: E402
+from actors.telemetry.streams import StatsStreams  # noqa: E402
 
 BENCH_LABEL = "dockmon-bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -189,7 +190,7 @@ def run_poll(
 
 
 def run_asyncio(host: str, ids: list[str], counter: Counter) -> None:
-    """actors/stats_streams.py: every stream on one asyncio thread."""
+    """actors/telemetry/streams.py: every stream on one asyncio thread."""
 
     def on_sample(cid: str, token: int, raw: dict[str, Any]) -> None:
         _emit(cid, raw, None)
@@ -282,7 +283,7 @@ def table(results: list[dict]) -> str:
 
 
 def parent(args: argparse.Namespace) -> None:
-    from tests.dockerenv import (
+    from tests.support.dockerenv import (
         DEFAULT_BUSYBOX_TAG,
         TEST_LABEL,
         PrivateDockerd,

@@ -1,4 +1,4 @@
-"""Shared fixtures for tests that need a real Docker daemon (helpers in tests/dockerenv.py).
+"""Shared fixtures for tests that need a real Docker daemon (helpers in tests/support/dockerenv.py).
 
 Everything Docker-related is lazy: a test session that asks for none of these fixtures starts no
 daemon. The daemon is private (its own socket, data-root and exec-root under /tmp, no bridge, no
@@ -21,7 +21,7 @@ import pytest
 import requests
 from docker.models.containers import Container
 
-from tests.dockerenv import (
+from tests.support.dockerenv import (
     DEFAULT_AGENT_TAG,
     DEFAULT_BUSYBOX_TAG,
     DEFAULT_PYTHON_BASE_TAG,

@@ -19,7 +19,7 @@ from actors.base import ActorContext, Peers, SupervisedActor
 from actors.event_streamer import EventCursor, EventStreamerActor
 from actors.health_checks import HealthCheckActor, HealthCheckMemory
 from actors.stats import StatsActor, StatsSettings
-from tests.fakes import FakeClock, FakeScheduler, make_ctx
+from tests.support.fakes import FakeClock, FakeScheduler, make_ctx
 from tests.test_stats_actor import FakeStreams
 
 

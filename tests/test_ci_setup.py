@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dockerenv import CACHE_DIR, python_rootfs_tarball, remove_tree
+from tests.support.dockerenv import CACHE_DIR, python_rootfs_tarball, remove_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

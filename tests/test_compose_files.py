@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from actors import compose_files
-from actors.compose_files import (
+from actors.commands import compose_files
+from actors.commands.compose_files import (
     IS_A_DIRECTORY,
     IS_A_SYMLINK,
     MAX_ENV_FILES,
@@ -39,13 +39,13 @@ from actors.compose_files import (
     read_compose_file,
     scan_compose_dirs,
 )
-from actors.docker_tools import HandlerSettings
+from actors.commands.tools import HandlerSettings
 from messages import compose
 from messages.compose import MAX_SCAN_PATHS, ReadComposeFile, ScanComposeDirs
 from messages.docker import CommandFailed
 from messages.wire import RejectedRequest, decode_frame
-from tests.agent_harness import RunningAgent, running_agent
-from tests.dockerenv import PrivateDockerd
+from tests.support.agent_harness import RunningAgent, running_agent
+from tests.support.dockerenv import PrivateDockerd
 
 UTC_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
 WEB = "services:\n  web:\n    image: busybox\n"

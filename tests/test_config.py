@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from actors.errors import ConfigError
-from actors.policy import Policy
+from actors.rules.policy import Policy
 from agent_config import (
     SETTINGS,
     Config,

@@ -13,7 +13,7 @@ import pytest
 
 from actors.base import Peers
 from actors.connection import Backoff, ConnectionActor, LinkSettings
-from actors.policy import AuditLog
+from actors.rules.policy import AuditLog
 from messages.common import Ping, RawJson, Secret
 from messages.connection import Dial, FrameReceived, LinkOpened, PongReceived, ReaderStopped
 from messages.docker import (
@@ -40,7 +40,7 @@ from messages.outbound import (
 from messages.status import ConnectionStatus
 from messages.tokens import GetToken, SaveToken, TokenInfo
 from messages.wire import AgentIdentity
-from tests.fakes import FakeClock, FakeLink, FakeScheduler, ProbeHandle, make_ctx
+from tests.support.fakes import FakeClock, FakeLink, FakeScheduler, ProbeHandle, make_ctx
 
 IDENT = AgentIdentity(
     version="0.1.0",
@@ -488,7 +488,7 @@ def test_a_tracked_event_goes_once_per_link_and_is_confirmed_to_its_owner(rig: R
 
 
 def test_audit_records_from_other_actors_are_written(rig: Rig, tmp_path: Any) -> None:
-    from actors.policy import AuditLog
+    from actors.rules.policy import AuditLog
 
     audit = AuditLog(tmp_path / "audit.log", who="dockmon@test")
     ref = ConnectionActor.start(

@@ -30,17 +30,23 @@ import requests
 from docker.models.containers import Container
 
 from actors.base import Peers
-from actors.policy import Policy
+from actors.rules.policy import Policy
 from actors.updater import FlowRegistry, UpdaterActor, UpdaterSettings
 from messages.docker import CommandFailed, CommandSucceeded
 from messages.outbound import EventOut
 from messages.updates import UpdateContainer
-from tests.agent_harness import REGISTRATION_TOKEN, RunningAgent, running_agent
-from tests.dockerenv import REPO_ROOT, TEST_LABEL, ContainerFactory, LocalRegistry, PrivateDockerd
-from tests.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
-from tests.hub import FakeHub
+from tests.support.agent_harness import REGISTRATION_TOKEN, RunningAgent, running_agent
+from tests.support.dockerenv import (
+    REPO_ROOT,
+    TEST_LABEL,
+    ContainerFactory,
+    LocalRegistry,
+    PrivateDockerd,
+)
+from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
+from tests.support.hub import FakeHub
+from tests.support.waiting import wait_for
 from tests.test_protection_e2e import RenameAfterInspect
-from tests.waiting import wait_for
 
 GRACEFUL = "trap 'exit 0' TERM; sleep 3600 & wait"
 ALL_STAGES = [
@@ -835,7 +841,7 @@ def test_backup_without_a_journal_is_reported_at_start(
     orphan = make_container(None, f"{name}-dockmon-backup-1700000000", start=False)
     data = tmp_path / "data"
     (data / "updates").mkdir(parents=True)
-    caplog.set_level(logging.WARNING, logger="actors.container_update")
+    caplog.set_level(logging.WARNING, logger="actors.flows.container_update")
     with running_agent(data, dockerd.base_url) as agent:
         wait_for(
             lambda: any(f"{name}-dockmon-backup-" in r.getMessage() for r in caplog.records),

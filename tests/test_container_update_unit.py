@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from actors import update_config as uc
-from actors.container_update import Journal
-from actors.pull_progress import MAX_TRACKED_LAYERS, PullError, PullProgress
-from tests.hub_events import (
+from actors.flows import update_config as uc
+from actors.flows.container_update import Journal
+from actors.flows.pull_progress import MAX_TRACKED_LAYERS, PullError, PullProgress
+from tests.support.hub_events import (
     update_complete_problem,
     update_layer_progress_problem,
     update_progress_problem,

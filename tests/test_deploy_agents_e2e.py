@@ -11,11 +11,11 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.agent_harness import REGISTRATION_TOKEN, running_agent
-from tests.deploy_stacks import deploy, exec_out, project_containers, service, stack
-from tests.dockerenv import PrivateDockerd
-from tests.hub import FakeHub
-from tests.waiting import wait_for
+from tests.support.agent_harness import REGISTRATION_TOKEN, running_agent
+from tests.support.deploy_stacks import deploy, exec_out, project_containers, service, stack
+from tests.support.dockerenv import PrivateDockerd
+from tests.support.hub import FakeHub
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,8 @@
 """deploy_compose end to end: the real agent, the strict FakeHub and the private dockerd, with the
 real Docker Compose binary (PROTOCOL §8.1, §5.7). One agent serves the whole module (stacks in
-tests/deploy_stacks.py); tests that need an agent of their own are in test_deploy_agents_e2e.py
-(an agent's shutdown sweeps every actor of the process, so two must not overlap).
+tests/support/deploy_stacks.py); tests that need an agent of their own are in
+test_deploy_agents_e2e.py (an agent's shutdown sweeps every actor of the process, so two must not
+overlap).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import pytest
 import yaml
 
 from messages.deploy import STAGES
-from tests.agent_harness import RunningAgent, running_agent
-from tests.deploy_stacks import (
+from tests.support.agent_harness import RunningAgent, running_agent
+from tests.support.deploy_stacks import (
     SLOW,
     at_stage,
     deploy,
@@ -30,8 +31,8 @@ from tests.deploy_stacks import (
     service,
     stack,
 )
-from tests.dockerenv import LocalRegistry, PrivateDockerd
-from tests.waiting import wait_for
+from tests.support.dockerenv import LocalRegistry, PrivateDockerd
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 COMPOSE_VERSION = "5.6.1"

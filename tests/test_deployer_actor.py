@@ -29,7 +29,7 @@ from messages.outbound import (
     LinkStateChanged,
     TrackedEventOut,
 )
-from tests.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
+from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
 
 ENGINE = ComposeEngine(path="/usr/bin/false", version="5.6.1")
 

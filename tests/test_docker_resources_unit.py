@@ -13,10 +13,12 @@ from typing import Any, cast
 import docker.errors
 import pytest
 
-from actors import docker_images, docker_networks, docker_volumes
+from actors.commands import images as docker_images
+from actors.commands import networks as docker_networks
+from actors.commands import volumes as docker_volumes
+from actors.commands.networks import network_element, utc_z
+from actors.commands.tools import DockerTools, succeeded
 from actors.docker_gateway import HANDLERS as GATEWAY_HANDLERS
-from actors.docker_networks import network_element, utc_z
-from actors.docker_tools import DockerTools, succeeded
 from messages.common import RawJson
 from messages.docker import CommandFailed, CommandSucceeded
 from messages.images import ListImages, PruneImages, RemoveImage

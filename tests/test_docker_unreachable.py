@@ -26,20 +26,20 @@ import requests
 
 from actors.base import Peers, RepeatLimiter
 from actors.connection import ConnectionActor, LinkSettings
-from actors.docker_access import diagnose
 from actors.docker_gateway import DockerGatewayActor
 from actors.event_streamer import EventCursor, EventStreamerActor
+from actors.host.docker_access import diagnose
 from actors.status import health_verdict
 from agent_cli import main
 from messages.common import Ping, Secret
 from messages.docker import DescribeHost, HostDescribed
 from messages.status import DockerStatus
 from messages.tokens import GetToken, TokenInfo
-from tests.agent_harness import running_agent
-from tests.fakes import FakeClock, FakeLink, FakeScheduler, ProbeHandle, make_ctx
+from tests.support.agent_harness import running_agent
+from tests.support.fakes import FakeClock, FakeLink, FakeScheduler, ProbeHandle, make_ctx
+from tests.support.waiting import wait_for
 from tests.test_startup_race import IDENT
 from tests.test_stats_actor import start_rig
-from tests.waiting import wait_for
 
 
 @pytest.fixture(autouse=True)

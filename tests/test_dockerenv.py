@@ -1,4 +1,4 @@
-"""Proves the Docker test infrastructure itself (tests/dockerenv.py, tests/conftest.py)."""
+"""Proves the Docker test infrastructure itself (tests/support/dockerenv.py, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import docker
 import docker.errors
 import pytest
 
-from tests.dockerenv import (
+from tests.support.dockerenv import (
     REQUIRED_APPLETS,
     TEST_LABEL,
     ContainerFactory,

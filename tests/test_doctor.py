@@ -15,10 +15,10 @@ import pytest
 
 import agent_cli
 from agent_config import SETTINGS
-from tests.dockerenv import PrivateDockerd
-from tests.hub import FakeHub
-from tests.proxy import ConnectProxy
-from tests.tls import LocalPki, make_pki
+from tests.support.dockerenv import PrivateDockerd
+from tests.support.hub import FakeHub
+from tests.support.proxy import ConnectProxy
+from tests.support.tls import LocalPki, make_pki
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "doctor-7c0e2f4a-1b9d-4e55-9a61-2f0c3d4b5e6f"
@@ -451,7 +451,7 @@ def test_docker_socket_permission_denied_is_explained(
 
 
 def test_a_missing_compose_binary_is_a_warning(tmp_path: Path) -> None:
-    from actors import diagnostics
+    from actors.doctor import diagnostics
 
     finding = diagnostics.check_compose(str(tmp_path / "python"), path=str(tmp_path))
     assert finding.verdict is diagnostics.Verdict.WARN

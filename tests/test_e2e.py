@@ -13,9 +13,9 @@ from typing import Any
 import docker
 import pytest
 
-from tests.agent_harness import REGISTRATION_TOKEN, RunningAgent, running_agent
-from tests.dockerenv import PrivateDockerd
-from tests.waiting import wait_for
+from tests.support.agent_harness import REGISTRATION_TOKEN, RunningAgent, running_agent
+from tests.support.dockerenv import PrivateDockerd
+from tests.support.waiting import wait_for
 
 # sh as PID 1 with a TERM trap: stops at once. Plain `sleep` as PID 1 ignores SIGTERM.
 GRACEFUL = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]

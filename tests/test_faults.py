@@ -18,13 +18,13 @@ import pykka
 import pytest
 import websocket
 
-from actors import stats_streams
 from actors.event_streamer import EventStreamerActor
-from tests.agent_harness import RunningAgent, running_agent
+from actors.telemetry import streams as stats_streams
 from tests.conftest import REPO_ROOT
-from tests.dockerenv import PrivateDockerd
-from tests.faults import FaultRig
-from tests.waiting import wait_for
+from tests.support.agent_harness import RunningAgent, running_agent
+from tests.support.dockerenv import PrivateDockerd
+from tests.support.faults import FaultRig
+from tests.support.waiting import wait_for
 
 FAST_LINK = {"ping_interval": 0.5, "dead_after": 2.0, "write_deadline": 2.0}
 

@@ -24,9 +24,9 @@ import pytest
 from actors.base import SystemClock
 from actors.connection import MAX_MESSAGE_BYTES, LinkSettings, WebSocketLink
 from messages.connection import FrameReceived, LinkOpened, ReaderStopped
-from tests.agent_harness import running_agent
-from tests.dockerenv import PrivateDockerd
-from tests.fakes import ProbeHandle
+from tests.support.agent_harness import running_agent
+from tests.support.dockerenv import PrivateDockerd
+from tests.support.fakes import ProbeHandle
 
 MIB = 1024 * 1024
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"

@@ -1,4 +1,4 @@
-"""One atomic-write rule for every file the agent keeps in DATA_PATH (actors/fsio.py).
+"""One atomic-write rule for every file the agent keeps in DATA_PATH (actors/runtime/fsio.py).
 
 Each writer (token, status, update journal, self-update hand-over file) is driven through the
 real filesystem while the system calls are recorded, and must follow the same rule: temp file
@@ -21,14 +21,15 @@ from typing import Any
 
 import pytest
 
-from actors import fsio, self_update
-from actors.container_update import Journal, JournalWriteFailed
-from actors.policy import AuditLog
+from actors.flows import self_update
+from actors.flows.container_update import Journal, JournalWriteFailed
+from actors.rules.policy import AuditLog
+from actors.runtime import fsio
 from actors.status import StatusReporterActor
 from actors.token_store import TOKEN_FILE, write_token_atomic
 from messages.common import Secret
 from tests.conftest import REPO_ROOT
-from tests.fakes import FakeClock, FakeScheduler, make_ctx
+from tests.support.fakes import FakeClock, FakeScheduler, make_ctx
 
 
 def _fd_path(fd: int) -> str:
@@ -190,7 +191,7 @@ def _fill(directory: Path) -> None:
 def test_the_audit_log_fails_soft_on_a_full_disk_and_recovers(
     full_tmpfs: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="actors.policy")
+    caplog.set_level(logging.INFO, logger="actors.rules.policy")
     audit = AuditLog(full_tmpfs / "audit.log", who="dockmon@test")
     assert audit.record("t0", "list_containers", None, "ok") is None
     _fill(full_tmpfs)
@@ -245,4 +246,4 @@ def test_no_module_but_fsio_writes_files_durably_by_hand() -> None:
         for n, line in enumerate(path.read_text().splitlines(), 1)
         if _HAND_ROLLED.search(line)
     ]
-    assert not offenders, "use actors.fsio instead:\n" + "\n".join(offenders)
+    assert not offenders, "use actors.runtime.fsio instead:\n" + "\n".join(offenders)

@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.policy import operation_of
+from actors.rules.policy import operation_of
 from messages.wire import (
     FRAME_DECODERS,
     GENERIC_DECODERS,

@@ -54,13 +54,13 @@ from messages.health import (
 )
 from messages.outbound import EventOut, LinkStateChanged
 from messages.wire import IgnoredFrame, decode_frame
-from tests.agent_harness import REGISTRATION_TOKEN, running_agent
-from tests.dockerenv import PrivateDockerd
-from tests.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
-from tests.hub import FakeHub
-from tests.hub_events import health_check_result_problem
-from tests.tls import make_pki
-from tests.waiting import wait_for
+from tests.support.agent_harness import REGISTRATION_TOKEN, running_agent
+from tests.support.dockerenv import PrivateDockerd
+from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
+from tests.support.hub import FakeHub
+from tests.support.hub_events import health_check_result_problem
+from tests.support.tls import make_pki
+from tests.support.waiting import wait_for
 
 CID = "3f9a1b2c4d5e"
 CID2 = "aaaabbbbcccc"

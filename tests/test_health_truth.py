@@ -14,9 +14,9 @@ import pytest
 
 from actors.status import health_verdict, read_status
 from agent_cli import main
-from tests.agent_harness import running_agent
-from tests.dockerenv import PrivateDockerd
-from tests.waiting import wait_for
+from tests.support.agent_harness import running_agent
+from tests.support.dockerenv import PrivateDockerd
+from tests.support.waiting import wait_for
 
 
 def _status(data: Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from actors.host_ips import (
+from actors.host.host_ips import (
     container_host_ips,
     native_host_ips,
     parse_fib_trie,
@@ -32,12 +32,12 @@ from actors.host_ips import (
 from messages.common import Secret
 from messages.docker import HostInfo
 from messages.wire import encode_register
-from tests.agent_harness import running_agent
-from tests.dockerenv import PrivateDockerd
-from tests.hub import clean_host_ips, validate_registration
+from tests.support.agent_harness import running_agent
+from tests.support.dockerenv import PrivateDockerd
+from tests.support.hub import clean_host_ips, validate_registration
+from tests.support.waiting import wait_for
 from tests.test_shell import open_shell
 from tests.test_startup_race import IDENT
-from tests.waiting import wait_for
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parent.parent
@@ -120,7 +120,7 @@ ip link add docker0 type bridge; ip addr add 172.17.0.1/16 dev docker0; ip link 
 ip link add br-abc type bridge; ip addr add 172.18.0.1/16 dev br-abc; ip link set br-abc up
 ip link add veth9 type veth peer name peer9; ip addr add 10.2.2.2/24 dev veth9
 ip link set veth9 up
-exec "$0" -c 'import json, actors.host_ips as h; print(json.dumps(h.native_host_ips()))'
+exec "$0" -c 'import json, actors.host.host_ips as h; print(json.dumps(h.native_host_ips()))'
 """
     result = subprocess.run(
         ["unshare", "--net", "sh", "-c", script, sys.executable],

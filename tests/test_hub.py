@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import websocket
 
-from tests.hub import (
+from tests.support.hub import (
     AGENT_WS_PATH,
     CIRCUIT_OPEN_ERROR,
     INVALID_RESPONSE_ERROR,
@@ -928,7 +928,7 @@ def test_valid_events_and_host_stats_are_clean(hub: FakeHub, connect: Connect) -
     stats_event = {
         "type": "event",
         "command": "container_stats",
-        "payload": {  # exactly the §5.2 keys (tests/hub_events.py checks them)
+        "payload": {  # exactly the §5.2 keys (tests/support/hub_events.py checks them)
             "container_id": CONTAINER_ID,
             "container_name": "web",
             "cpu_percent": 1.5,

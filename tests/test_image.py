@@ -9,7 +9,7 @@ import docker
 import pytest
 
 from messages.common import Secret
-from tests.dockerenv import REPO_ROOT, ContainerFactory, PrivateDockerd, wait_for_exit
+from tests.support.dockerenv import REPO_ROOT, ContainerFactory, PrivateDockerd, wait_for_exit
 
 pytestmark = pytest.mark.slow
 

@@ -34,11 +34,11 @@ import docker.errors
 import pytest
 import yaml
 
-from tests.agent_harness import REGISTRATION_TOKEN
 from tests.conftest import REPO_ROOT
-from tests.dockerenv import ContainerFactory, PrivateDockerd, wait_for_exit
-from tests.hub import FakeHub
-from tests.waiting import wait_for
+from tests.support.agent_harness import REGISTRATION_TOKEN
+from tests.support.dockerenv import ContainerFactory, PrivateDockerd, wait_for_exit
+from tests.support.hub import FakeHub
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

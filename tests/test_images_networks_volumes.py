@@ -26,14 +26,14 @@ import docker.errors
 import pytest
 import requests
 
-from actors.docker_networks import utc_z
-from tests.agent_harness import RunningAgent, running_agent
-from tests.dockerenv import (
+from actors.commands.networks import utc_z
+from tests.support.agent_harness import RunningAgent, running_agent
+from tests.support.dockerenv import (
     ContainerFactory,
     PrivateDockerd,
     container_factory,
 )
-from tests.hub import Response
+from tests.support.hub import Response
 
 SHORT_ID = re.compile(r"[0-9a-f]{12}")
 UTC_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import agent_config
-from actors.compose_files import DEFAULT_SCAN_ROOTS, OPTIONAL_SCAN_ROOTS
+from actors.commands.compose_files import DEFAULT_SCAN_ROOTS, OPTIONAL_SCAN_ROOTS
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from actors.policy import Policy, parse_policy
-from tests.agent_harness import RunningAgent, running_agent
-from tests.dockerenv import PrivateDockerd
-from tests.waiting import wait_for
+from actors.rules.policy import Policy, parse_policy
+from tests.support.agent_harness import RunningAgent, running_agent
+from tests.support.dockerenv import PrivateDockerd
+from tests.support.waiting import wait_for
 
 GRACEFUL = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
 

@@ -1,4 +1,4 @@
-"""Root only long enough to prepare (issue 9, points 1 and 2): actors/privileges.py for real.
+"""Root only long enough to prepare (issue 9, points 1 and 2): actors/host/privileges.py for real.
 
 Dropping privileges is irreversible, so every drop runs in a child process (started as root by
 this root test session) that reports what it became: uid, gid, groups, capabilities, whether it
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from actors.privileges import PrivilegeError, in_user_namespace, parse_run_as, repair_data_dir
+from actors.host.privileges import PrivilegeError, in_user_namespace, parse_run_as, repair_data_dir
 
 REPO = Path(__file__).resolve().parent.parent
 SOCKET_GID = 2375
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges n
 
 CHILD = r"""
 import json, os, sys
-from actors.privileges import PrivilegeError, drop_privileges
+from actors.host.privileges import PrivilegeError, drop_privileges
 try:
     outcome = drop_privileges(os.environ)
 except PrivilegeError as exc:

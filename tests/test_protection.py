@@ -1,10 +1,10 @@
 """Issue 10.2 and 10.3: protected containers are protected on every route that can change one,
 and the check and the action can never be split by a rename.
 
-What can change a container is declared once (``actors.policy.CHANGES`` / ``CHANGES_NOTHING``);
-these tests prove that every routed command type is declared and that the guard resolves and
-refuses what each one reaches; tests/test_protection_e2e.py proves every declared route on the
-real daemon and that the action runs on the id the guard checked.
+What can change a container is declared once (``actors.rules.policy.CHANGES`` and
+``CHANGES_NOTHING``); these tests prove that every routed command type is declared and that the
+guard resolves and refuses what each one reaches; tests/test_protection_e2e.py proves every
+declared route on the real daemon and that the action runs on the id the guard checked.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import docker.errors
 import pytest
 
 from actors.connection import ROUTES
-from actors.policy import CHANGES, CHANGES_NOTHING, Guard, Policy, Refused, Target
+from actors.rules.policy import CHANGES, CHANGES_NOTHING, Guard, Policy, Refused, Target
 from messages.docker import (
     ACTION_NAMES,
     KillContainer,
@@ -41,7 +41,7 @@ def test_every_routed_command_type_declares_whether_it_can_change_a_container() 
     assert not set(CHANGES) & set(CHANGES_NOTHING)
     undeclared = set(ROUTES) - set(CHANGES) - set(CHANGES_NOTHING)
     assert not undeclared, (
-        "declare in actors/policy.py whether these commands can change a container (CHANGES, "
+        "declare in actors/rules/policy.py whether these commands can change a container (CHANGES, "
         "with a resolver) or not (CHANGES_NOTHING, with why): "
         f"{sorted(c.__name__ for c in undeclared)}"
     )

@@ -22,7 +22,7 @@ import pytest
 
 from actors.base import Peers
 from actors.docker_gateway import DockerGatewayActor
-from actors.policy import Policy
+from actors.rules.policy import Policy
 from actors.shell import DockerShellBackend, ShellActor
 from actors.updater import FlowRegistry, UpdaterActor, UpdaterSettings
 from messages.deploy import DeployCompose
@@ -42,9 +42,9 @@ from messages.networks import DeleteNetwork
 from messages.outbound import EventOut
 from messages.shell import StartShell
 from messages.updates import SelfUpdate, UpdateContainer
-from tests.agent_harness import RunningAgent, running_agent
-from tests.dockerenv import DEFAULT_BUSYBOX_TAG, ContainerFactory, PrivateDockerd
-from tests.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
+from tests.support.agent_harness import RunningAgent, running_agent
+from tests.support.dockerenv import DEFAULT_BUSYBOX_TAG, ContainerFactory, PrivateDockerd
+from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
 
 GRACEFUL = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
 POLICY = "  protected_containers:\n    names: ['keep-*']\n    labels: ['tier=prod']\n"

@@ -65,8 +65,8 @@ from messages.shell import CloseShell, ResizeShell, ShellInput, StartShell
 from messages.updates import SelfUpdate, UpdateContainer
 from messages.volumes import DeleteVolume
 from messages.wire import IgnoredFrame, RejectedRequest, decode_frame
-from tests.agent_harness import RunningAgent, running_agent
-from tests.dockerenv import PrivateDockerd
+from tests.support.agent_harness import RunningAgent, running_agent
+from tests.support.dockerenv import PrivateDockerd
 
 DIGEST = "sha256:" + "a" * 64
 FULL_ID = "0123456789abcdef" * 4
@@ -167,7 +167,7 @@ NOT_REFERENCES = {
     "subnet": "a CIDR, sent in a request body",
     "gateway": "an IP address, sent in a request body",
     "version": "the version the backend reports, only logged",
-    "path": "a compose file path, confined to the allowed roots by actors/compose_files.py",
+    "path": "a compose file path, confined to the allowed roots (actors/commands/compose_files.py)",
     "kind": "basic or bearer",
     "username": "a registry or HTTP user name",
     "_value": "a credential (messages.common.Secret)",

@@ -20,9 +20,9 @@ import agent_cli
 from actors.errors import ConfigError
 from agent_config import Config, format_config, load_config, setup_logging
 from messages.common import Secret
-from tests.agent_harness import running_agent
-from tests.dockerenv import PrivateDockerd
-from tests.hub import FakeHub
+from tests.support.agent_harness import running_agent
+from tests.support.dockerenv import PrivateDockerd
+from tests.support.hub import FakeHub
 
 URL = "https://dockmon.example.com"
 REG = "reg-from-file-0f1e2d3c4b5a"

@@ -17,10 +17,10 @@ import pytest
 
 import agent_cli
 import agent_config
-from actors import self_update
 from actors.base import Peers
 from actors.connection import ConnectionActor, LinkSettings
-from actors.self_update import (
+from actors.flows import self_update
+from actors.flows.self_update import (
     CLEANUP_FILE,
     NATIVE_MODE_ERROR,
     OUTCOME_FILE,
@@ -45,8 +45,8 @@ from messages.docker import DescribeHost, HostDescribed, HostInfo
 from messages.outbound import EventOut
 from messages.tokens import GetToken, TokenInfo
 from messages.updates import SelfUpdate
-from tests.fakes import FakeClock, FakeLink, FakeScheduler, ProbeHandle, make_ctx
-from tests.hub_events import selfupdate_progress_problem
+from tests.support.fakes import FakeClock, FakeLink, FakeScheduler, ProbeHandle, make_ctx
+from tests.support.hub_events import selfupdate_progress_problem
 
 DIGEST = "sha256:" + "5e" * 32
 REQUEST = SelfUpdate(

@@ -22,10 +22,15 @@ import docker.errors
 import pytest
 import requests
 
-from actors.self_update import CLEANUP_FILE, OUTCOME_FILE
-from tests.agent_harness import REGISTRATION_TOKEN
-from tests.dockerenv import ContainerFactory, LocalRegistry, PrivateDockerd, iter_stream_errors
-from tests.hub import FakeHub
+from actors.flows.self_update import CLEANUP_FILE, OUTCOME_FILE
+from tests.support.agent_harness import REGISTRATION_TOKEN
+from tests.support.dockerenv import (
+    ContainerFactory,
+    LocalRegistry,
+    PrivateDockerd,
+    iter_stream_errors,
+)
+from tests.support.hub import FakeHub
 
 pytestmark = pytest.mark.slow
 

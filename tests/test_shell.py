@@ -20,7 +20,7 @@ import pykka
 import pytest
 
 from actors.base import Peers
-from actors.policy import Policy
+from actors.rules.policy import Policy
 from actors.shell import ExecStream, ShellActor, raw_socket
 from messages.common import Ping
 from messages.outbound import EventOut, LinkStateChanged
@@ -33,12 +33,12 @@ from messages.shell import (
     shell_data,
 )
 from messages.wire import IgnoredFrame, decode_frame
-from tests.agent_harness import RunningAgent, running_agent
-from tests.dockerenv import PrivateDockerd
-from tests.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
-from tests.hub import FakeHub
-from tests.hub_events import shell_data_problem
-from tests.waiting import wait_for
+from tests.support.agent_harness import RunningAgent, running_agent
+from tests.support.dockerenv import PrivateDockerd
+from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
+from tests.support.hub import FakeHub
+from tests.support.hub_events import shell_data_problem
+from tests.support.waiting import wait_for
 
 SID = "8d3c1c9e-0d5e-4c1b-9a53-7f0f3b7a1e11"
 SESSIONS = 200

@@ -1,8 +1,8 @@
 """30 simulated days of ordinary traffic: timers, mailbox traffic and memory stay flat.
 
-The real actors run on a fake clock and scheduler (tests/soak.py); whatever grows with uptime
-(a timer chain that forks, a table nobody prunes, a queue nobody drains) shows up as a figure
-that differs between the first days and the last ones.
+The real actors run on a fake clock and scheduler (tests/support/soak.py); whatever grows with
+uptime (a timer chain that forks, a table nobody prunes, a queue nobody drains) shows up as a
+figure that differs between the first days and the last ones.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import pykka
 import pytest
 
-from tests.soak import MonthRig
+from tests.support.soak import MonthRig
 
 DAYS = 30
 

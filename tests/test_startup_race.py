@@ -25,7 +25,7 @@ from messages.docker import DescribeHost, HostDescribed, HostInfo
 from messages.tokens import GetToken, TokenInfo
 from messages.wire import AgentIdentity
 from supervisor import ChildSpec, Supervisor
-from tests.fakes import FakeClock, FakeLink, FakeScheduler
+from tests.support.fakes import FakeClock, FakeLink, FakeScheduler
 
 IDENT = AgentIdentity(
     version="0.1.0",

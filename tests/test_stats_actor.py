@@ -19,7 +19,7 @@ from messages.docker import ContainerEventObserved
 from messages.outbound import EventOut, LinkStateChanged, RawFrameOut
 from messages.stats import HostStatsTick
 from messages.tokens import GetToken, TokenInfo
-from tests.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
+from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
 from tests.test_stats_math import V1_SAMPLE, write_tree
 
 C1, C2, C3 = ("1" * 64, "2" * 64, "3" * 64)

@@ -13,9 +13,9 @@ import docker
 import pytest
 import websocket
 
-from tests.agent_harness import RunningAgent, running_agent
-from tests.dockerenv import PrivateDockerd
-from tests.hub import INGEST_WS_PATH, FakeHub
+from tests.support.agent_harness import RunningAgent, running_agent
+from tests.support.dockerenv import PrivateDockerd
+from tests.support.hub import INGEST_WS_PATH, FakeHub
 
 GRACEFUL = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
 # ~20 MiB of page cache (inactive_file on cgroup v1) plus a little anonymous memory

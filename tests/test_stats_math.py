@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from actors.stats_math import (
+from actors.telemetry.stats_math import (
     CpuReading,
     HostRoots,
     HostStatsSampler,
@@ -31,7 +31,7 @@ from actors.stats_math import (
     utc_seconds,
     working_set,
 )
-from tests.hub_events import container_stats_problem
+from tests.support.hub_events import container_stats_problem
 
 # A real streamed sample from dockerd 20.10 (API 1.41, cgroup v1, 2 CPUs): busybox spinning one
 # CPU after writing 20 MiB to /tmp (page cache -> inactive_file). Recorded with

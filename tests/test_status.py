@@ -18,10 +18,10 @@ from agent_cli import main
 from messages.common import Ping
 from messages.status import EventForwarded, FlushStatus, WriteFailed
 from messages.wire import rfc3339_nano
-from tests.agent_harness import running_agent
-from tests.dockerenv import PrivateDockerd
-from tests.fakes import FakeClock, FakeScheduler, make_ctx
-from tests.waiting import wait_for
+from tests.support.agent_harness import running_agent
+from tests.support.dockerenv import PrivateDockerd
+from tests.support.fakes import FakeClock, FakeScheduler, make_ctx
+from tests.support.waiting import wait_for
 
 NOW = 1_800_000_000.0
 

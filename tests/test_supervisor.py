@@ -32,7 +32,7 @@ from actors.errors import FatalError, TransientError
 from messages.common import Ping, Pong
 from messages.supervision import ChildFailed, RestartChildren
 from supervisor import ChildSpec, Restart, Strategy, Supervisor
-from tests.fakes import FakeClock, FakeScheduler
+from tests.support.fakes import FakeClock, FakeScheduler
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ACTOR_CLASSES = ("Worker", "Sink", "SupervisorActor")

@@ -35,7 +35,7 @@ from messages.common import Ping, Secret
 from messages.supervision import ChildFailed
 from messages.tokens import GetToken, SaveToken, TokenInfo
 from tests.conftest import REPO_ROOT
-from tests.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
+from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
 
 REGISTRATION = "reg-2f0c3d4b5e6f"
 PERMANENT_ENV = "perm-env-7c0e2f4a1b9d"

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_harness import REGISTRATION_TOKEN, running_agent
-from tests.dockerenv import PrivateDockerd
-from tests.hub import FakeHub
-from tests.proxy import ConnectProxy
-from tests.tls import LocalPki, make_pki
-from tests.waiting import wait_for
+from tests.support.agent_harness import REGISTRATION_TOKEN, running_agent
+from tests.support.dockerenv import PrivateDockerd
+from tests.support.hub import FakeHub
+from tests.support.proxy import ConnectProxy
+from tests.support.tls import LocalPki, make_pki
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture

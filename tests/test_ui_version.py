@@ -21,10 +21,10 @@ from actors.base import Peers
 from actors.updater import FlowRegistry, UpdaterActor, UpdaterSettings
 from messages.docker import CommandFailed
 from messages.updates import SelfUpdate
-from tests.agent_harness import running_agent
-from tests.dockerenv import PrivateDockerd
-from tests.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
-from tests.hub import validate_registration
+from tests.support.agent_harness import running_agent
+from tests.support.dockerenv import PrivateDockerd
+from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
+from tests.support.hub import validate_registration
 
 #: Go agent releases (agent-v*) DockMon may compare against, up to absurdly far ahead
 GO_RELEASES = ("1.0.0", "1.1.2", "1.1.3", "2.0.0", "10.4.1", "999.0.0")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actors.fsio import write_json_atomic
+from actors.runtime.fsio import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Journal:
         return self.directory / f"{key_of(deployment_id)}.json"
 
     def write(self, entry: Entry) -> None:
-        """Atomic and durable, mode 0600 (actors/fsio.py). Raises OSError."""
+        """Atomic and durable, mode 0600 (actors/runtime/fsio.py). Raises OSError."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         record = {
             "version": VERSION,

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from actors.policy import Policy
+from actors.rules.policy import Policy
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,8 +34,8 @@ from actors.base import Clock
 from actors.deploy import classify, engine, files, model, mounts
 from actors.deploy.journal import Journal, key_of
 from actors.deploy.progress import ProgressTracker
-from actors.docker_client import api_client
-from actors.policy import Guard, Policy, Refused
+from actors.rules.policy import Guard, Policy, Refused
+from actors.runtime.docker_client import api_client
 from messages.deploy import DeployCompose
 
 log = logging.getLogger(__name__)
@@ -296,7 +296,7 @@ class Runner:
             raise Failed(f"docker compose config printed an unreadable model: {exc}") from exc
 
     def _check_policy(self, stack_model: model.StackModel) -> None:
-        """The one guard for the containers the stack has (actors/policy.py CHANGES), then the
+        """The one guard for the containers the stack has (actors/rules/policy.py CHANGES), then the
         policy for the containers it would create."""
         try:
             Guard(self.s.policy, self.s.own_container_id).check(self.client(), self.req)

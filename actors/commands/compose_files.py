@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from actors.docker_tools import DockerTools, Handler, HandlerSettings, succeeded
+from actors.commands.tools import DockerTools, Handler, HandlerSettings, succeeded
 from messages.common import RawJson
 from messages.compose import DEFAULT_MAX_DEPTH, ReadComposeFile, ScanComposeDirs
 from messages.docker import CommandFailed, CommandSucceeded, Reply

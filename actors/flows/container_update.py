@@ -27,9 +27,9 @@ import docker
 import docker.errors
 import requests
 
-from actors import update_config as uc
-from actors.fsio import write_atomic
-from actors.pull_progress import PullError, PullProgress
+from actors.flows import update_config as uc
+from actors.flows.pull_progress import PullError, PullProgress
+from actors.runtime.fsio import write_atomic
 from messages.status import WriteFailed
 from messages.updates import UpdateContainer
 

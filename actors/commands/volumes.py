@@ -8,8 +8,8 @@ from typing import Any
 
 from docker.utils import version_gte
 
-from actors.docker_networks import container_ref, summary_name, utc_z
-from actors.docker_tools import DockerTools, Handler, succeeded
+from actors.commands.networks import container_ref, summary_name, utc_z
+from actors.commands.tools import DockerTools, Handler, succeeded
 from messages.docker import Reply
 from messages.volumes import DeleteVolume, ListVolumes, PruneVolumes
 

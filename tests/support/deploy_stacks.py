@@ -14,7 +14,7 @@ from typing import Any, cast
 import docker
 import yaml
 
-from tests.hub import FakeHub
+from tests.support.hub import FakeHub
 
 LABELS = {"dockmon-test": "1"}
 

@@ -52,7 +52,7 @@ from websockets.http11 import Response as HttpResponse
 from websockets.protocol import State
 from websockets.sync.server import Server, ServerConnection, ServerProtocol, serve
 
-from tests.hub_events import EVENT_VALIDATORS
+from tests.support.hub_events import EVENT_VALIDATORS
 
 __all__ = [
     "AGENT_WS_PATH",

@@ -44,8 +44,8 @@ from websocket._url import get_proxy_info
 import agent_config
 from actors.connection import LinkSettings
 from actors.deploy import engine as compose_engine
-from actors.docker_client import api_client
 from actors.errors import ConfigError
+from actors.runtime.docker_client import api_client
 from actors.token_store import TOKEN_FILE, TokenFileError, inspect_token_file
 
 EXPIRY_WARN_DAYS = 14

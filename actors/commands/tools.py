@@ -15,7 +15,7 @@ import docker
 import docker.errors
 import requests
 
-from actors.policy import Resolved
+from actors.rules.policy import Resolved
 from messages.common import RawJson
 from messages.docker import CommandFailed, CommandSucceeded, Reply
 
@@ -35,7 +35,7 @@ class DockerTools:
     api: docker.APIClient
     docker_host: str
     settings: HandlerSettings = HandlerSettings()
-    #: what the gateway's guard resolved and checked for this command (actors/policy.py
+    #: what the gateway's guard resolved and checked for this command (actors/rules/policy.py
     #: ``CHANGES``): a handler acts on exactly that, never on the command's references again
     resolved: Resolved | None = None
 

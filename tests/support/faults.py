@@ -1,6 +1,6 @@
 """Fault-injection harness: run a workload around a fault, then check the agent's invariants.
 
-Use it with any running agent (``tests.agent_harness.running_agent``)::
+Use it with any running agent (``tests.support.agent_harness.running_agent``)::
 
     with FaultRig(agent, docker_client, busybox_image) as rig:
         rig.workload()        # container events + an operation before the fault
@@ -27,8 +27,8 @@ from typing import Any
 
 import docker
 
-from tests.agent_harness import RunningAgent
-from tests.waiting import wait_for
+from tests.support.agent_harness import RunningAgent
+from tests.support.waiting import wait_for
 
 GRACEFUL = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
 

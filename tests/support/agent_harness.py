@@ -14,7 +14,7 @@ import pykka
 import agent_config
 from agent_cli import build_specs, link_settings_for, shutdown_deadline
 from supervisor import Supervisor
-from tests.hub import FakeHub
+from tests.support.hub import FakeHub
 
 REGISTRATION_TOKEN = "7c0e2f4a-1b9d-4e55-9a61-2f0c3d4b5e6f"
 

@@ -40,8 +40,8 @@ from messages.docker import DescribeHost, HostDescribed, HostInfo
 from messages.health import CheckOutcome, HealthCheckConfig
 from messages.wire import AgentIdentity
 from supervisor import ChildSpec, Supervisor
-from tests.fakes import FakeClock, FakeLink, FakeScheduler
-from tests.waiting import wait_for
+from tests.support.fakes import FakeClock, FakeLink, FakeScheduler
+from tests.support.waiting import wait_for
 
 DAY = 86_400.0
 IDENT = AgentIdentity(

@@ -6,8 +6,8 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
-from actors.docker_networks import container_ref, short_id, summary_name, unix_to_utc_z
-from actors.docker_tools import DockerTools, Handler, succeeded
+from actors.commands.networks import container_ref, short_id, summary_name, unix_to_utc_z
+from actors.commands.tools import DockerTools, Handler, succeeded
 from messages.docker import Reply
 from messages.images import ListImages, PruneImages, RemoveImage
 

@@ -15,7 +15,7 @@ from typing import Any
 import docker.errors
 import docker.types
 
-from actors.docker_tools import DockerTools, Handler, succeeded
+from actors.commands.tools import DockerTools, Handler, succeeded
 from messages.docker import CommandFailed, Reply
 from messages.networks import CreateNetwork, DeleteNetwork, ListNetworks, PruneNetworks
 

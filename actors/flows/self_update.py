@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import docker.errors
 import requests
 
-from actors.fsio import create_exclusive, fsync_dir, write_json_atomic, write_temp
+from actors.runtime.fsio import create_exclusive, fsync_dir, write_json_atomic, write_temp
 from messages.connection import HandOver, ResumeAfterHandOver
 from messages.references import IMAGE_REFERENCE
 from messages.updates import SelfUpdate

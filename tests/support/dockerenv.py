@@ -57,7 +57,7 @@ DEFAULT_AGENT_TAG = "dockmon-test/agent:dev"
 TEST_LABEL = "dockmon-test"
 """Every container the test helpers create carries ``dockmon-test=1``."""
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = Path(os.environ.get("DOCKMON_TEST_CACHE_DIR", "/var/cache/dockmon-agent-tests"))
 DEFAULT_DEBIAN_MIRROR = "http://deb.debian.org/debian"
 

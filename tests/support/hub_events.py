@@ -1,4 +1,4 @@
-"""Strict payload checks for agent events, by event ``command`` (used by tests/hub.py).
+"""Strict payload checks for agent events, by event ``command`` (used by tests/support/hub.py).
 
 Each validator gets the event payload (already known to be an object) and returns a problem
 description, or None when the payload is exactly what the backend expects.

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from actors.docker_client import api_path
+from actors.runtime.docker_client import api_path
 
 log = logging.getLogger(__name__)
 

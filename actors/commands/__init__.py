@@ -1,0 +1,1 @@
+"""DockerGateway's command families (images, networks, volumes, compose files)."""

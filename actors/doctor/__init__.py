@@ -1,0 +1,1 @@
+"""The checks behind ``dockmon-agent doctor``."""

@@ -1,0 +1,1 @@
+"""Updater's long flows: update_container, self_update, and their pure logic."""

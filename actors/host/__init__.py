@@ -1,0 +1,1 @@
+"""Facts about the host and the process: privileges, Docker access, host IPs."""

@@ -1,0 +1,1 @@
+"""The transports: the WebSocket to DockMon and the stats-ingest socket."""

@@ -1,0 +1,1 @@
+"""Pure rules the actors enforce: the server's policy, protected containers, audit."""

@@ -1,0 +1,1 @@
+"""What every actor uses, written once: atomic files, Docker clients."""
