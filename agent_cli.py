@@ -17,23 +17,25 @@ from urllib.parse import urlsplit
 import agent_config
 from actors.base import Clock, SystemClock
 from actors.commands.tools import HandlerSettings
-from actors.connection import ConnectionActor, LinkSettings
+from actors.connection import ConnectionActor
 from actors.deploy import engine as compose_engine
 from actors.deploy.runner import KILL_GRACE
 from actors.deployer import DeployerActor, DeployerSettings, DeployRuns, in_container
 from actors.docker_gateway import DockerGatewayActor, detect_own_container_id
 from actors.errors import ConfigError, FatalError
 from actors.event_streamer import EventCursor, EventStreamerActor
+from actors.flows.context import FlowRegistry, UpdaterSettings
 from actors.health_checks import HealthCheckActor, HealthCheckMemory
 from actors.host.privileges import PrivilegeError, drop_privileges
 from actors.link.ingest import ingest_settings
+from actors.link.websocket import LinkSettings
 from actors.rules.policy import AuditLog
 from actors.shell import ShellActor
 from actors.stats import StatsActor, StatsSettings
 from actors.status import StatusReporterActor, health_verdict, read_status
 from actors.telemetry.stats_math import host_roots
 from actors.token_store import TokenStoreActor, check_data_dir, resolve_token
-from actors.updater import FlowRegistry, UpdaterActor, UpdaterSettings
+from actors.updater import UpdaterActor
 from messages.wire import AgentIdentity
 from supervisor import ChildSpec, Supervisor
 

@@ -1,39 +1,34 @@
 """Connection: owns the WebSocket to DockMon (PROTOCOL §1, §2, §9).
 
-The actor never blocks. A :class:`WebSocketLink` owns two helper threads per connection: the
-reader (``ConnectionActor-reader``) dials, sends ``register`` as the first frame and tells every
-frame it reads to the actor; the writer (``ConnectionActor-writer``) sends queued frames, so a
-backend that stops reading cannot stall the actor. Keepalive, dead-link detection and backoff run
-on the injected scheduler and clock.
+The actor never blocks: the socket and its reader and writer threads live in a
+:class:`~actors.link.websocket.WebSocketLink` per connection attempt, which tells the actor what
+it reads. Keepalive, dead-link detection and backoff run on the injected scheduler and clock.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 import random
-import socket
-import ssl
-import threading
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
-
-import pykka
-import websocket
 
 from actors.base import (
     ActorContext,
-    Clock,
     RepeatLimiter,
     SupervisedActor,
     TimerHandle,
-    join_thread,
 )
 from actors.errors import FatalError, TransientError
+from actors.link.websocket import (
+    MAX_MESSAGE_BYTES,
+    Backoff,
+    LinkFactory,
+    LinkSettings,
+    WebSocketLink,
+    control_url_for_log,
+    frame_bytes,
+)
 from actors.rules.policy import AuditLog, Policy, audited, operation_of
 from messages import compose, deploy, health, images, networks, shell, stats, updates, volumes
 from messages.common import Secret
@@ -121,363 +116,9 @@ for _family in (images, networks, volumes, compose, deploy, updates, shell, heal
 #: requests whose reply has not gone out yet, remembered for the audit log (oldest dropped)
 AUDIT_PENDING_LIMIT = 10_000
 
-#: the largest frame or message the backend accepts, and so the largest we read (PROTOCOL §1.3)
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 #: roles told LinkStateChanged when the connection comes up or goes down (if they run)
 LINK_SUBSCRIBERS = ("updater", "deployer", "stats", "shell", "health_checks")
-
-
-class Backoff:
-    """Exponential backoff with full jitter: delay n is uniform in [0, min(max, init * 2**n)]."""
-
-    def __init__(self, initial: float, maximum: float, rng: random.Random | None = None) -> None:
-        self.initial, self.maximum = initial, maximum
-        self._rng = rng or random.Random()
-        self.failures = 0
-
-    def cap(self) -> float:
-        return min(self.maximum, self.initial * 2 ** min(self.failures, 32))
-
-    def next_delay(self) -> float:
-        delay = self._rng.uniform(0, self.cap())
-        self.failures += 1
-        return delay
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
-def control_url_for_log(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LinkSettings:
-    url: str
-    insecure_skip_verify: bool = False
-    ca_cert: str | None = None
-    https_proxy: str | None = None
-    http_proxy: str | None = None
-    no_proxy: str | None = None
-    dial_timeout: float = 45.0
-    auth_timeout: float = 10.0
-    describe_timeout: float = 15.0
-    ping_interval: float = 30.0
-    dead_after: float = 40.0
-    write_deadline: float = 10.0
-    outbox_limit: int = 10_000
-
-    def ssl_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context()
-        if self.ca_cert:
-            ctx.load_verify_locations(cafile=self.ca_cert)
-        if self.insecure_skip_verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-
-    def connect_options(self) -> dict[str, Any]:
-        parts = urlsplit(self.url)
-        options: dict[str, Any] = {"timeout": self.dial_timeout, "suppress_origin": True}
-        proxy = self.https_proxy if parts.scheme == "wss" else self.http_proxy
-        no_proxy = [h.strip() for h in (self.no_proxy or "").split(",") if h.strip()]
-        if proxy:
-            p = urlsplit(proxy)
-            options.update(
-                http_proxy_host=p.hostname,
-                http_proxy_port=p.port or (443 if p.scheme == "https" else 80),
-                proxy_type="http",
-                http_no_proxy=no_proxy or None,
-            )
-            if p.username:
-                options["http_proxy_auth"] = (p.username, p.password or "")
-        else:
-            # An explicit empty no_proxy list would still let websocket-client read the process
-            # environment; route everything direct by naming the target host.
-            options["http_no_proxy"] = [parts.hostname or "*"]
-        return options
-
-
-_PING = object()
-_STOP = object()
-_FINISH = object()  # send a close frame after everything queued before it
-
-
-class MessageTooBig(websocket.WebSocketProtocolException):
-    """A frame, or a fragmented message, over MAX_MESSAGE_BYTES: refused before buffering."""
-
-
-class _BoundedFrameBuffer(websocket._abnf.frame_buffer):
-    """websocket-client's frame reader, refusing a frame from its header: a frame longer than
-    the limit (or a control frame longer than RFC 6455's 125 bytes) is never read."""
-
-    def __init__(self, recv: Callable[[int], bytes], limit: int) -> None:
-        super().__init__(recv, skip_utf8_validation=True)
-        self.limit = limit
-
-    def recv_length(self) -> None:
-        super().recv_length()
-        length = self.length or 0
-        opcode = self.header[4] if self.header else 0
-        if opcode & 0x8 and length > 125:
-            raise websocket.WebSocketProtocolException(
-                f"a control frame of {length} bytes (at most 125 allowed)"
-            )
-        if length > self.limit:
-            self.clear()  # the reader stops here; nothing of it is read
-            raise MessageTooBig(f"a frame of {length} bytes")
-
-
-class _BoundedMessages(websocket._abnf.continuous_frame):
-    """Reassembles a fragmented message in linear time (websocket-client concatenates bytes,
-    quadratic in the number of fragments) and refuses it once it grows past the limit."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(fire_cont_frame=False, skip_utf8_validation=True)
-        self.limit = limit
-        self._opcode = 0
-        self._parts: list[bytes] = []
-        self._size = 0
-
-    def add(self, frame: websocket.ABNF) -> None:
-        if not self.recving_frames:  # the first frame of a message
-            self._opcode, self._parts, self._size = frame.opcode, [], 0
-            if not frame.fin:
-                self.recving_frames = frame.opcode
-        self._size += len(frame.data)
-        if self._size > self.limit:
-            self._parts, self.recving_frames = [], None
-            raise MessageTooBig(f"a message of more than {self._size} bytes in fragments")
-        data = frame.data
-        self._parts.append(data.encode("latin-1") if isinstance(data, str) else data)
-        if frame.fin:
-            self.recving_frames = None
-
-    def extract(self, frame: websocket.ABNF) -> tuple[int, websocket.ABNF]:
-        frame.data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-        self._parts = []
-        return self._opcode, frame
-
-
-class _BoundedWebSocket(websocket.WebSocket):
-    """A WebSocket that reads at most ``limit`` bytes per message, and leaves UTF-8 validation
-    to Python's codec (websocket-client's pure-Python check costs about 0.8 s per MB)."""
-
-    def __init__(self, limit: int, **kwargs: Any) -> None:
-        super().__init__(skip_utf8_validation=True, **kwargs)
-        self.frame_buffer = _BoundedFrameBuffer(self._recv, limit)
-        self.cont_frame = _BoundedMessages(limit)
-
-
-class WebSocketLink:
-    """One connection attempt: a reader thread and a writer thread around one WebSocket."""
-
-    def __init__(
-        self,
-        settings: LinkSettings,
-        generation: int,
-        register_frame: str,
-        notify: pykka.ActorRef[Any],
-        clock: Clock,
-    ) -> None:
-        self.generation = generation
-        self._settings = settings
-        self._register = register_frame
-        self._notify = notify
-        self._clock = clock
-        self._ws: websocket.WebSocket | None = None
-        self._lock = threading.Lock()
-        self._closed = False
-        self._outgoing: queue.Queue[object] = queue.Queue()
-        self._busy_since: float | None = None
-        self._reader = threading.Thread(
-            target=self._read, name="ConnectionActor-reader", daemon=True
-        )
-        self._writer = threading.Thread(
-            target=self._write, name="ConnectionActor-writer", daemon=True
-        )
-
-    def start(self) -> None:
-        self._reader.start()
-
-    def send(self, text: str) -> None:
-        self._outgoing.put(text)
-
-    def ping(self, ack: int) -> None:
-        """A ping carrying ``ack``: its pong proves every frame sent before it was read."""
-        self._outgoing.put((_PING, str(ack).encode()))
-
-    def finish(self) -> None:
-        """Send what is queued, then a close frame (1000); the reader ends on the echo."""
-        self._outgoing.put(_FINISH)
-
-    def send_stuck_for(self, now: float) -> float:
-        busy = self._busy_since
-        return 0.0 if busy is None else now - busy
-
-    def close(self, timeout: float = 2.0) -> None:
-        """Abort the socket and join both threads.
-
-        Frames it had not written are not returned: the actor keeps every frame it sent in its
-        unconfirmed list until a pong proves it read, and resends those itself.
-        """
-        self.close_from_thread()
-        self._outgoing.put(_STOP)
-        join_thread(self._reader, timeout, "ConnectionActor-reader")
-        if self._writer.is_alive():
-            join_thread(self._writer, timeout, "ConnectionActor-writer")
-        ws = self._ws
-        if ws is not None:  # after the joins: never close the descriptor under a running recv
-            with contextlib.suppress(Exception):
-                ws.shutdown()
-
-    def _tell(self, message: Any) -> bool:
-        try:
-            self._notify.tell(message)
-            return True
-        except pykka.ActorDeadError:
-            self.close_from_thread()
-            return False
-
-    def close_from_thread(self) -> None:
-        """Wake both threads: shut the socket down (websocket-client's ``abort`` does nothing
-        once a close frame was sent, and a peer still sending would never notice)."""
-        with self._lock:
-            self._closed = True
-            ws = self._ws
-        sock = ws.sock if ws is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def _read(self) -> None:
-        reason = "closed"
-        try:
-            ws = _BoundedWebSocket(
-                MAX_MESSAGE_BYTES,
-                sslopt={"context": self._settings.ssl_context()},
-                enable_multithread=True,
-            )
-            ws.connect(self._settings.url, **self._settings.connect_options())
-            with self._lock:
-                if self._closed:
-                    ws.shutdown()
-                    return
-                self._ws = ws
-            ws.settimeout(self._settings.write_deadline)
-            ws.send(self._register)  # must be the first frame (PROTOCOL §2.2)
-            ws.settimeout(None)  # silence is judged by the actor's clock, not the socket
-            if not self._tell(LinkOpened(generation=self.generation)):
-                return
-            self._writer.start()
-            while True:
-                opcode, frame = ws.recv_data_frame(True)
-                if opcode == websocket.ABNF.OPCODE_TEXT:
-                    data, frame.data = frame.data, b""
-                    text = data.decode("utf-8") if isinstance(data, bytes) else data
-                    del data  # a big frame is held once (as text) while the actor parses it
-                    if not self._tell(FrameReceived(generation=self.generation, data=text)):
-                        return
-                    del text
-                elif opcode == websocket.ABNF.OPCODE_BINARY:
-                    if not self._tell(FrameReceived(generation=self.generation, data=frame.data)):
-                        return
-                elif opcode in (websocket.ABNF.OPCODE_PONG, websocket.ABNF.OPCODE_PING):
-                    ack = _ack_of(frame.data) if opcode == websocket.ABNF.OPCODE_PONG else None
-                    if not self._tell(PongReceived(generation=self.generation, ack=ack)):
-                        return
-                elif opcode == websocket.ABNF.OPCODE_CLOSE:
-                    code, text = _close_reason(frame.data)
-                    reason = f"closed by server: {code} {text}".rstrip()
-                    return
-        except MessageTooBig as exc:
-            log.error(
-                "DockMon sent %s, over the 16 MiB limit (PROTOCOL §1.3); closing the connection "
-                "(1009) and reconnecting",
-                exc,
-            )
-            reason = f"refused {exc}: over the 16 MiB limit"
-            self._refuse(websocket.STATUS_MESSAGE_TOO_BIG, b"message too big")
-        except UnicodeDecodeError as exc:
-            log.warning(
-                "DockMon sent a text frame that is not UTF-8 (%s); reconnecting", exc.reason
-            )
-            reason = "a text frame that is not valid UTF-8"
-            self._refuse(websocket.STATUS_INVALID_PAYLOAD, b"invalid UTF-8")
-        except websocket.WebSocketBadStatusException as exc:
-            reason = f"handshake rejected: HTTP {exc.status_code}"
-        except (OSError, websocket.WebSocketException, ValueError) as exc:
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        except Exception as exc:  # a bug must cost a reconnect, never a silent dead reader
-            log.exception("ConnectionActor-reader failed unexpectedly")
-            reason = f"reader failed: {type(exc).__name__}: {exc}"
-        finally:
-            with self._lock:
-                closed = self._closed
-            if closed:
-                reason = "closed by agent"
-            self._outgoing.put(_STOP)
-            with contextlib.suppress(pykka.ActorDeadError):
-                self._notify.tell(ReaderStopped(generation=self.generation, reason=reason))
-
-    def _refuse(self, code: int, reason: bytes) -> None:
-        """Tell the server why we drop the link (bounded: the send may not block for long)."""
-        ws = self._ws
-        if ws is None:
-            return
-        with contextlib.suppress(Exception):
-            if ws.sock is not None:
-                ws.sock.settimeout(1.0)
-            ws.send_close(code, reason)
-
-    def _write(self) -> None:
-        ws = self._ws
-        assert ws is not None
-        while True:
-            item = self._outgoing.get()
-            if item is _STOP:
-                return
-            if item is _FINISH:
-                with contextlib.suppress(OSError, websocket.WebSocketException):
-                    ws.send_close(websocket.STATUS_NORMAL, b"agent hand-over")
-                return
-            self._busy_since = self._clock.monotonic()
-            try:
-                if isinstance(item, tuple):
-                    ws.ping(item[1])
-                else:
-                    assert isinstance(item, str)
-                    ws.send(item)
-            except (OSError, websocket.WebSocketException) as exc:
-                log.info("send failed: %s", exc)
-                self.close_from_thread()
-                return
-            finally:
-                self._busy_since = None
-
-
-def _frame_bytes(text: str) -> int:
-    """The UTF-8 size of a frame, without encoding it when its length alone settles the limit."""
-    if len(text) * 4 <= MAX_MESSAGE_BYTES:
-        return len(text)  # a lower bound, certainly below the limit
-    return len(text.encode("utf-8", "surrogatepass"))
-
-
-def _ack_of(data: bytes | str) -> int | None:
-    raw = data.decode("ascii", "replace") if isinstance(data, bytes) else data
-    return int(raw) if raw.isdigit() else None
-
-
-def _close_reason(data: bytes | str) -> tuple[int | str, str]:
-    raw = data.encode() if isinstance(data, str) else data
-    if len(raw) >= 2:
-        return int.from_bytes(raw[:2], "big"), raw[2:].decode("utf-8", "replace")
-    return "", ""
-
-
-LinkFactory = Callable[[LinkSettings, int, str, pykka.ActorRef[Any], Clock], WebSocketLink]
 
 
 @dataclass
@@ -1035,7 +676,7 @@ class ConnectionActor(SupervisedActor):
         """The reply's frame, or an error in its place if the backend could not read it: a
         frame over 16 MiB closes the connection (1009), and resending it would do so forever."""
         text = encode_reply(reply, self.ctx.clock.time_ns())
-        size = _frame_bytes(text)
+        size = frame_bytes(text)
         if size > MAX_MESSAGE_BYTES:
             error = (
                 f"response too large: {size} bytes, the server accepts at most 16 MiB per "
@@ -1052,10 +693,10 @@ class ConnectionActor(SupervisedActor):
         return text
 
     def _send(self, text: str, *, buffer: bool = True) -> None:
-        if _frame_bytes(text) > MAX_MESSAGE_BYTES:  # an event: the backend could never read it
+        if frame_bytes(text) > MAX_MESSAGE_BYTES:  # an event: the backend could never read it
             log.error(
                 "dropped an outgoing message of %d bytes: over the 16 MiB the server accepts",
-                _frame_bytes(text),
+                frame_bytes(text),
             )
             return
         if self._state == "connected" and self._link is not None:

@@ -29,9 +29,9 @@ from typing import Any
 import pykka
 
 from actors.base import ActorContext, RepeatLimiter, SupervisedActor, TimerHandle
-from actors.connection import LinkSettings
 from actors.errors import TransientError
 from actors.link.ingest import IngestLink
+from actors.link.websocket import LinkSettings
 from actors.telemetry.stats_math import (
     HostRoots,
     HostStatsSampler,

@@ -12,7 +12,8 @@ import pykka
 import pytest
 
 from actors.base import Peers
-from actors.connection import Backoff, ConnectionActor, LinkSettings
+from actors.connection import ConnectionActor
+from actors.link.websocket import Backoff, LinkSettings
 from actors.rules.policy import AuditLog
 from messages.common import Ping, RawJson, Secret
 from messages.connection import Dial, FrameReceived, LinkOpened, PongReceived, ReaderStopped

@@ -30,8 +30,9 @@ import requests
 from docker.models.containers import Container
 
 from actors.base import Peers
+from actors.flows.context import FlowRegistry, UpdaterSettings
 from actors.rules.policy import Policy
-from actors.updater import FlowRegistry, UpdaterActor, UpdaterSettings
+from actors.updater import UpdaterActor
 from messages.docker import CommandFailed, CommandSucceeded
 from messages.outbound import EventOut
 from messages.updates import UpdateContainer

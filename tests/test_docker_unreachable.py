@@ -25,10 +25,11 @@ import pytest
 import requests
 
 from actors.base import Peers, RepeatLimiter
-from actors.connection import ConnectionActor, LinkSettings
+from actors.connection import ConnectionActor
 from actors.docker_gateway import DockerGatewayActor
 from actors.event_streamer import EventCursor, EventStreamerActor
 from actors.host.docker_access import diagnose
+from actors.link.websocket import LinkSettings
 from actors.status import health_verdict
 from agent_cli import main
 from messages.common import Ping, Secret

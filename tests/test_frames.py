@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from actors.base import SystemClock
-from actors.connection import MAX_MESSAGE_BYTES, LinkSettings, WebSocketLink
+from actors.link.websocket import MAX_MESSAGE_BYTES, LinkSettings, WebSocketLink
 from messages.connection import FrameReceived, LinkOpened, ReaderStopped
 from tests.support.agent_harness import running_agent
 from tests.support.dockerenv import PrivateDockerd

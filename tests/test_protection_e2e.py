@@ -22,9 +22,10 @@ import pytest
 
 from actors.base import Peers
 from actors.docker_gateway import DockerGatewayActor
+from actors.flows.context import FlowRegistry, UpdaterSettings
 from actors.rules.policy import Policy
 from actors.shell import DockerShellBackend, ShellActor
-from actors.updater import FlowRegistry, UpdaterActor, UpdaterSettings
+from actors.updater import UpdaterActor
 from messages.deploy import DeployCompose
 from messages.docker import (
     CommandFailed,

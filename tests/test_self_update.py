@@ -18,8 +18,9 @@ import pytest
 import agent_cli
 import agent_config
 from actors.base import Peers
-from actors.connection import ConnectionActor, LinkSettings
+from actors.connection import ConnectionActor
 from actors.flows import self_update
+from actors.flows.context import UpdaterSettings
 from actors.flows.self_update import (
     CLEANUP_FILE,
     NATIVE_MODE_ERROR,
@@ -31,7 +32,7 @@ from actors.flows.self_update import (
     precheck,
     read_outcome,
 )
-from actors.updater import UpdaterSettings
+from actors.link.websocket import LinkSettings
 from messages.common import Ping, RawJson, Secret
 from messages.connection import (
     AttemptTimedOut,

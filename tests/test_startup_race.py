@@ -19,7 +19,8 @@ import pykka
 import pytest
 
 from actors.base import ActorContext, Peers, SupervisedActor
-from actors.connection import ConnectionActor, LinkSettings
+from actors.connection import ConnectionActor
+from actors.link.websocket import LinkSettings
 from messages.common import Ping, Secret
 from messages.docker import DescribeHost, HostDescribed, HostInfo
 from messages.tokens import GetToken, TokenInfo

@@ -12,7 +12,7 @@ import pykka
 import pytest
 
 from actors.base import Peers
-from actors.connection import LinkSettings
+from actors.link.websocket import LinkSettings
 from actors.stats import StatsActor, StatsSettings
 from messages.common import Ping, Secret
 from messages.docker import ContainerEventObserved

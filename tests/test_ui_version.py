@@ -18,7 +18,8 @@ from packaging.version import InvalidVersion, parse
 
 import agent_cli
 from actors.base import Peers
-from actors.updater import FlowRegistry, UpdaterActor, UpdaterSettings
+from actors.flows.context import FlowRegistry, UpdaterSettings
+from actors.updater import UpdaterActor
 from messages.docker import CommandFailed
 from messages.updates import SelfUpdate
 from tests.support.agent_harness import running_agent

@@ -4,8 +4,9 @@ This module is NOT an actor and nothing in it is supervised: it is a plain seque
 check functions that the CLI runs once, in the foreground, instead of starting the agent. It lives
 in ``actors/`` only because it probes the same resources the actors own (the Docker socket,
 ``$DATA_PATH``, the WebSocket link) and reuses their code paths: the network checks dial with the
-agent's own :class:`actors.connection.LinkSettings` (``ssl_context()``, ``connect_options()``), so
-the doctor and the agent see the same proxy, CA and verification decisions.
+agent's own :class:`actors.link.websocket.LinkSettings` (``ssl_context()``,
+``connect_options()``), so the doctor and the agent see the same proxy, CA and verification
+decisions.
 
 No check sends a ``register`` frame: the WebSocket check opens the socket, expects the upgrade and
 closes it with 1000 at once, so no registration token is consumed. No check prints a token.
@@ -42,9 +43,9 @@ import websocket
 from websocket._url import get_proxy_info
 
 import agent_config
-from actors.connection import LinkSettings
 from actors.deploy import engine as compose_engine
 from actors.errors import ConfigError
+from actors.link.websocket import LinkSettings
 from actors.runtime.docker_client import api_client
 from actors.token_store import TOKEN_FILE, TokenFileError, inspect_token_file
 

@@ -21,20 +21,18 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import docker
 import docker.errors
 import requests
 
 from actors.flows import update_config as uc
+from actors.flows.context import FlowContext
 from actors.flows.pull_progress import PullError, PullProgress
 from actors.runtime.fsio import write_atomic
 from messages.status import WriteFailed
 from messages.updates import UpdateContainer
-
-if TYPE_CHECKING:
-    from actors.updater import FlowContext
 
 log = logging.getLogger(__name__)
 

@@ -37,18 +37,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import docker.errors
 import requests
 
+from actors.flows.context import FlowContext, UpdaterSettings
 from actors.runtime.fsio import create_exclusive, fsync_dir, write_json_atomic, write_temp
 from messages.connection import HandOver, ResumeAfterHandOver
 from messages.references import IMAGE_REFERENCE
 from messages.updates import SelfUpdate
-
-if TYPE_CHECKING:
-    from actors.updater import FlowContext, UpdaterSettings
 
 log = logging.getLogger(__name__)
 

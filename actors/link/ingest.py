@@ -17,7 +17,7 @@ import threading
 
 import websocket
 
-from actors.connection import LinkSettings, control_url_for_log
+from actors.link.websocket import LinkSettings, control_url_for_log
 from messages.common import Secret
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, TypeVar
 import pykka
 
 from actors.base import ActorContext, Clock, Peers
-from actors.connection import LinkSettings
+from actors.link.websocket import LinkSettings
 
 T = TypeVar("T")
 

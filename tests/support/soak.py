@@ -28,9 +28,10 @@ from typing import Any
 import pykka
 
 from actors.base import Peers, SupervisedActor
-from actors.connection import ConnectionActor, LinkSettings
+from actors.connection import ConnectionActor
 from actors.event_streamer import EventCursor, EventStreamerActor
 from actors.health_checks import HealthCheckActor, HealthCheckMemory
+from actors.link.websocket import LinkSettings
 from actors.stats import StatsActor, StatsSettings
 from actors.status import StatusReporterActor
 from actors.token_store import TokenStoreActor
