@@ -278,14 +278,6 @@ class SupervisedActor(pykka.ThreadingActor):
         return self.ctx.scheduler.tell_later(delay, self.actor_ref, message)
 
 
-def join_thread(thread: threading.Thread | None, timeout: float, what: str) -> None:
-    if thread is None or thread is threading.current_thread():
-        return
-    thread.join(timeout)
-    if thread.is_alive():
-        log.warning("%s did not stop within %.1fs", what, timeout)
-
-
 class RepeatLimiter:
     """Log a problem once, then again only at growing intervals while the same one persists.
 

@@ -18,10 +18,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import docker
-import pykka
 
-from actors.base import ActorContext, RepeatLimiter, SupervisedActor, TimerHandle, join_thread
+from actors.base import ActorContext, RepeatLimiter, SupervisedActor, TimerHandle
 from actors.runtime.docker_client import api_client
+from actors.runtime.threads import Guarded, HelperThread, tell_or_close, tell_quietly
 from messages.docker import (
     ContainerEventObserved,
     DockerEventReceived,
@@ -102,6 +102,18 @@ def _failure_class(reason: str) -> str:
     return "".join(c for c in reason if not c.isdigit())
 
 
+#: one subscription: docker-py's events stream and the client it came from
+_Subscription = tuple[Any, docker.APIClient]
+
+
+def _unsubscribe(subscription: _Subscription) -> None:
+    stream, client = subscription
+    try:
+        stream.close()  # how a blocked iteration is stopped (docker-py's CancellableStream)
+    finally:
+        client.close()
+
+
 def parse_event(raw: Mapping[str, Any]) -> ContainerEventObserved | None:
     """A Docker ``/events`` object -> typed container event (None for other types)."""
     if raw.get("Type") != "container":
@@ -141,11 +153,9 @@ class EventStreamerActor(SupervisedActor):
         self._failures = 0
         self._end_log = RepeatLimiter(first=60.0, maximum=3600.0)
         self._generation = 0
-        self._thread: threading.Thread | None = None
-        self._stream_lock = threading.Lock()
-        self._stream: Any = None
-        self._client: docker.APIClient | None = None
-        self._closed_upto = 0  # readers of this generation or older must not keep a stream
+        self._thread: HelperThread | None = None
+        # one per generation: closing it ends that reader, even one still inside events()
+        self._subscription: Guarded[_Subscription] | None = None
         self._timer: TimerHandle | None = None
         self.forwarded = 0
         self._report_pending = False
@@ -163,7 +173,8 @@ class EventStreamerActor(SupervisedActor):
         if self._timer is not None:
             self._timer.cancel()
         self._close_stream()
-        join_thread(self._thread, 2.0, "EventStreamer-reader")
+        if self._thread is not None:
+            self._thread.join(2.0)
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -211,7 +222,8 @@ class EventStreamerActor(SupervisedActor):
 
     def _stream_ended(self, reason: str) -> None:
         self._close_stream()
-        join_thread(self._thread, 2.0, "EventStreamer-reader")
+        if self._thread is not None:
+            self._thread.join(2.0)
         delay = min(self._retry_max, self._retry_min * 2**self._failures)
         # the same failure again and again (Docker down): logged once, then at a backoff
         skipped = self._end_log.check(_failure_class(reason), self.ctx.clock.monotonic())
@@ -227,50 +239,39 @@ class EventStreamerActor(SupervisedActor):
 
     def _subscribe(self) -> None:
         self._generation += 1
-        since = self._cursor.since_param()
-        self._thread = threading.Thread(
-            target=self._read,
-            args=(self._generation, since),
-            name="EventStreamer-reader",
-            daemon=True,
+        generation, since = self._generation, self._cursor.since_param()
+        subscription: Guarded[_Subscription] = Guarded(dispose=_unsubscribe)
+        self._subscription = subscription
+        self._thread = HelperThread(
+            "EventStreamer-reader", lambda: self._read(generation, since, subscription)
         )
         self._thread.start()
 
     def _close_stream(self) -> None:
-        with self._stream_lock:
-            self._closed_upto = self._generation
-            stream, self._stream = self._stream, None
-            client, self._client = self._client, None
-        if stream is not None:
-            with contextlib.suppress(Exception):
-                stream.close()
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
+        if self._subscription is not None:
+            self._subscription.dispose()
 
-    def _read(self, generation: int, since: int) -> None:
+    def _read(self, generation: int, since: int, subscription: Guarded[_Subscription]) -> None:
+        """The reader thread: tells each container event, then why the stream ended."""
+        ref = self.actor_ref
         reason = "stream ended"
         try:
             client = self._client_factory()
-            stream = client.events(since=since, filters={"type": ["container"]}, decode=True)
-            with self._stream_lock:
-                closed = generation <= self._closed_upto  # released while events() ran
-                if not closed:
-                    self._stream, self._client = stream, client
-            if closed:
-                with contextlib.suppress(Exception):
-                    stream.close()
+            try:
+                stream = client.events(since=since, filters={"type": ["container"]}, decode=True)
+            except BaseException:
                 with contextlib.suppress(Exception):
                     client.close()
+                raise
+            if not subscription.adopt((stream, client)):  # released while events() ran
                 return
             for raw in stream:
                 event = parse_event(raw)
-                if event is not None:
-                    self.actor_ref.tell(DockerEventReceived(generation=generation, event=event))
-        except pykka.ActorDeadError:
-            self._close_stream()
-            return
+                if event is None:
+                    continue
+                message = DockerEventReceived(generation=generation, event=event)
+                if not tell_or_close(ref, message, subscription):  # the actor is gone
+                    return
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
-        with contextlib.suppress(pykka.ActorDeadError):
-            self.actor_ref.tell(EventStreamEnded(generation=generation, reason=reason))
+        tell_quietly(ref, EventStreamEnded(generation=generation, reason=reason))

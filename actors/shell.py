@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import socket
 import threading
 import time
@@ -53,6 +52,7 @@ from actors.base import ActorContext, SupervisedActor
 from actors.commands.tools import describe_docker_error
 from actors.rules.policy import Guard, Policy, Refused
 from actors.runtime.docker_client import api_client
+from actors.runtime.threads import Guarded, Handoff, HelperThread
 from messages.common import RawJson
 from messages.outbound import EventOut, LinkStateChanged
 from messages.shell import (
@@ -215,12 +215,8 @@ class _Resize:
     cols: int
 
 
-_STOP = object()
-
-
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
+def _shut_down(stream: ExecStream) -> None:
+    stream.sock.shutdown(socket.SHUT_RDWR)
 
 
 class HangUps:
@@ -338,13 +334,13 @@ class ShellSession:
         self._hang_up = hang_up
         self._guard = guard or Guard()
         self._join_timeout = join_timeout
-        self._pending: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._pending: Handoff[bytes | _Resize] = Handoff()
         self._pending_bytes = 0  # input queued for the writer, not written yet
         self._lock = threading.Lock()
-        self._closing = False
-        self._stream: ExecStream | None = None
-        self._reader = threading.Thread(target=self._read, name="ShellActor-reader", daemon=True)
-        self._writer = threading.Thread(target=self._write, name="ShellActor-writer", daemon=True)
+        # close() shuts the socket down (both threads end); the writer closes it after the reader
+        self._stream: Guarded[ExecStream] = Guarded(wake=_shut_down, dispose=ExecStream.close)
+        self._reader = HelperThread("ShellActor-reader", self._read)
+        self._writer = HelperThread("ShellActor-writer", self._write)
 
     # --- called by the actor (never blocks) ------------------------------------------------------
 
@@ -368,23 +364,16 @@ class ShellSession:
 
     def close(self) -> None:
         """Idempotent: end the output (the reader sends ``closed``) and stop the writer."""
-        with self._lock:
-            if self._closing:
-                return
-            self._closing = True
-            stream = self._stream
-        if stream is not None:
-            _shutdown(stream.sock)
-        self._pending.put(_STOP)
+        if self._stream.close():
+            self._pending.stop()
 
     def join(self, deadline: float) -> None:
         for thread in (self._reader, self._writer):
-            if thread.ident is not None and thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join(deadline - time.monotonic(), warn=False)
 
     @property
     def alive(self) -> bool:
-        return self._reader.is_alive() or self._writer.is_alive()
+        return self._reader.alive or self._writer.alive
 
     # --- reader thread ---------------------------------------------------------------------------
 
@@ -409,14 +398,15 @@ class ShellSession:
             self._emit(shell_data(self.session_id, "error", error=error))
             self._ended()
             return
-        with self._lock:
-            self._stream = stream
-            closing = self._closing
+        if not self._stream.adopt(stream):  # closed while attaching: closed, never read
+            log.info("shell session %s: closed before it was attached", self.session_id)
+            self._release(stream)
+            self._emit(shell_data(self.session_id, "closed"))
+            self._ended()
+            return
         log.info("shell session %s: attached (exec %s)", self.session_id, stream.exec_id[:12])
         self._emit(shell_data(self.session_id, "started"))
         self._writer.start()
-        if closing:
-            _shutdown(stream.sock)
         reason = "end of output"
         try:
             while True:
@@ -435,13 +425,10 @@ class ShellSession:
     # --- writer thread ---------------------------------------------------------------------------
 
     def _write(self) -> None:
-        stream = self._stream
+        stream = self._stream.resource
         assert stream is not None
         try:
-            while True:
-                item = self._pending.get()
-                if item is _STOP:
-                    return
+            while (item := self._pending.get()) is not None:
                 if isinstance(item, _Resize):
                     try:
                         self._backend.resize(stream.exec_id, item.rows, item.cols)
@@ -452,7 +439,6 @@ class ShellSession:
                             _short(self._describe_error("resize shell", exc)),
                         )
                     continue
-                assert isinstance(item, bytes)
                 with self._lock:
                     self._pending_bytes -= len(item)
                 try:
@@ -466,13 +452,13 @@ class ShellSession:
                     return
         finally:
             self.close()
-            self._finish(stream)
+            self._reader.join(self._join_timeout, warn=False)  # never close under a recv()
+            self._release(stream)
 
-    def _finish(self, stream: ExecStream) -> None:
+    def _release(self, stream: ExecStream) -> None:
         """Release the socket and the client now; the shell is hung up by the HangUps worker."""
         try:
-            self._reader.join(self._join_timeout)  # never close the fd under a running recv()
-            stream.close()
+            self._stream.dispose()  # a stream refused by adopt() is closed already
             self._backend.close()
         finally:
             self._hang_up(self.container_id, stream.exec_id, self.marker)

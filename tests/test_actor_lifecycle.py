@@ -202,13 +202,12 @@ def test_a_stream_obtained_after_the_release_is_closed_at_once() -> None:
         cursor=EventCursor(0),
         client_factory=lambda: client,  # type: ignore[arg-type,return-value]
     )
-    actor._generation = 1
-    reader = threading.Thread(target=actor._read, args=(1, 0), name="EventStreamer-reader")
-    reader.start()
+    actor._subscribe()  # starts the reader (generation 1)
     assert client.entered.wait(5)  # the reader is inside client.events()
     actor._close_stream()  # the actor is released meanwhile
     gate.set()  # ... and only now does Docker answer with the stream
-    reader.join(5)
-    assert not reader.is_alive(), "the reader kept reading a stream its owner had closed"
+    reader = actor._thread
+    assert reader is not None
+    assert reader.join(5), "the reader kept reading a stream its owner had closed"
     assert client.stream.closed.is_set()
     assert client.closed

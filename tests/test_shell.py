@@ -321,6 +321,30 @@ def test_input_and_resizes_sent_before_the_exec_is_attached_are_kept(rig: Rig) -
     wait_for(lambda: backend.resizes == [(30, 100)], 5, "the resize")
 
 
+def test_a_session_closed_while_attaching_closes_the_late_stream_unread_and_hangs_up(
+    rig: Rig,
+) -> None:
+    gate = threading.Event()
+    rig.next_backend = FakeBackend(gate=gate)
+    rig.tell(StartShell(session_id=SID, container_id="c1"))
+    rig.tell(ShellInput(session_id=SID, data=b"never written\n"))
+    rig.tell(CloseShell(session_id=SID))
+    rig.barrier()  # the session is closed; its reader still waits for the exec
+    gate.set()  # ... which only now comes back
+    rig.wait_action("closed")
+    backend = rig.backends[-1]
+    assert backend.peer is not None
+    backend.peer.settimeout(5)
+    assert backend.peer.recv(100) == b"", "the late stream was left open (or written to)"
+    wait_for(backend.hung_up.is_set, 5, "the hang-up of the exec it had created")
+    wait_for(backend.closed.is_set, 5, "the backend to close")
+    assert rig.actions() == ["closed"]  # never "started": no shell was ever attached
+    helpers = ("ShellActor-reader", "ShellActor-writer")
+    wait_for(
+        lambda: not [t for t in threading.enumerate() if t.name in helpers], 5, "no thread left"
+    )
+
+
 def test_a_shell_that_stops_reading_never_stalls_the_actor(rig: Rig) -> None:
     backend = rig.start()
     other = rig.start("other-session", "c2")

@@ -9,7 +9,6 @@ connection, so a dead or slow stats service cannot delay or break it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import queue
@@ -18,6 +17,7 @@ import threading
 import websocket
 
 from actors.link.websocket import LinkSettings, control_url_for_log
+from actors.runtime.threads import Guarded, HelperThread
 from messages.common import Secret
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,10 @@ class IngestLink:
         self._token = token
         self._queue: queue.Queue[str] = queue.Queue(maxsize=queue_size)
         self._initial, self._max = backoff
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._ws: websocket.WebSocket | None = None
-        self._writer = threading.Thread(target=self._run, name="StatsIngest-writer", daemon=True)
-        self._reader: threading.Thread | None = None
+        # closed by stop(); each session's socket is adopted, then dropped when it ends
+        self._ws: Guarded[websocket.WebSocket] = Guarded(dispose=_abort)
+        self._writer = HelperThread("StatsIngest-writer", self._run)
+        self._reader: HelperThread | None = None
         self.connected = threading.Event()
         self.dropped = 0
         self.sent = 0
@@ -78,38 +77,24 @@ class IngestLink:
             return False
 
     def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        self._abort()
+        self._ws.close()  # aborts the current socket, if any
         for thread in (self._writer, self._reader):
-            if (
-                thread is not None
-                and thread.is_alive()
-                and thread is not threading.current_thread()
-            ):
+            if thread is not None and thread.alive:
                 thread.join(timeout)
-                if thread.is_alive():
-                    log.warning("%s did not stop within %.1fs", thread.name, timeout)
 
     # --- threads ------------------------------------------------------------------------------
 
-    def _abort(self) -> None:
-        with self._lock:
-            ws = self._ws
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                ws.abort()
-
     def _run(self) -> None:
         delay = self._initial
-        while not self._stop.is_set():
+        while not self._ws.closed:
             reason = self._session()
-            if self._stop.is_set():
+            if self._ws.closed:
                 return
             self.failures += 1
             self.last_error = reason
             level = logging.WARNING if self.failures == 1 or delay >= self._max else logging.INFO
             log.log(level, "stats ingest connection: %s; retrying in %.0fs", reason, delay)
-            if self._stop.wait(delay):
+            if self._ws.wait_closed(delay):
                 return
             delay = min(self._max, delay * 2)
 
@@ -129,23 +114,19 @@ class IngestLink:
             return f"handshake rejected: HTTP {exc.status_code}"
         except (OSError, websocket.WebSocketException, ValueError) as exc:
             return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        with self._lock:
-            self._ws = ws
-        if self._stop.is_set():
-            ws.abort()
+        if not self._ws.adopt(ws):  # stopped while dialing: aborted, never used
             return "stopping"
         ws.settimeout(settings.write_deadline)
         closed = threading.Event()
         reasons: list[str] = []
-        self._reader = threading.Thread(
-            target=self._read, args=(ws, closed, reasons), name="StatsIngest-reader", daemon=True
-        )
-        self._reader.start()
+        reader = HelperThread("StatsIngest-reader", lambda: self._read(ws, closed, reasons))
+        self._reader = reader
+        reader.start()
         self.connects += 1
         self.connected.set()
         log.info("stats ingest connected")
         try:
-            while not closed.is_set() and not self._stop.is_set():
+            while not closed.is_set() and not self._ws.closed:
                 try:
                     text = self._queue.get(timeout=0.5)
                 except queue.Empty:
@@ -158,12 +139,9 @@ class IngestLink:
             return reasons[0] if reasons else "closed"
         finally:
             self.connected.clear()
-            with self._lock:
-                self._ws = None
-            with contextlib.suppress(Exception):
-                ws.abort()
+            self._ws.drop(ws)
             closed.set()
-            self._reader.join(2.0)
+            reader.join(2.0, warn=False)
 
     @staticmethod
     def _read(ws: websocket.WebSocket, closed: threading.Event, reasons: list[str]) -> None:
@@ -183,6 +161,10 @@ class IngestLink:
             reasons.append(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         finally:
             closed.set()
+
+
+def _abort(ws: websocket.WebSocket) -> None:
+    ws.abort()
 
 
 def ingest_settings(control: LinkSettings, dockmon_url: str) -> LinkSettings:

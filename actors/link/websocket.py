@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import random
 import socket
 import ssl
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,10 +23,8 @@ from urllib.parse import urlsplit
 import pykka
 import websocket
 
-from actors.base import (
-    Clock,
-    join_thread,
-)
+from actors.base import Clock
+from actors.runtime.threads import Guarded, Handoff, HelperThread, tell_or_close, tell_quietly
 from messages.connection import (
     FrameReceived,
     LinkOpened,
@@ -114,9 +110,17 @@ class LinkSettings:
         return options
 
 
-_PING = object()
-_STOP = object()
-_FINISH = object()  # send a close frame after everything queued before it
+@dataclass(frozen=True, slots=True)
+class _Ping:
+    payload: bytes
+
+
+class _Finish:
+    """Send a close frame after everything queued before it."""
+
+
+_FINISH = _Finish()
+_Outgoing = str | _Ping | _Finish
 
 
 class MessageTooBig(websocket.WebSocketProtocolException):
@@ -201,17 +205,11 @@ class WebSocketLink:
         self._register = register_frame
         self._notify = notify
         self._clock = clock
-        self._ws: websocket.WebSocket | None = None
-        self._lock = threading.Lock()
-        self._closed = False
-        self._outgoing: queue.Queue[object] = queue.Queue()
+        self._ws: Guarded[websocket.WebSocket] = Guarded(wake=_shut_down, dispose=_close)
+        self._outgoing: Handoff[_Outgoing] = Handoff()
         self._busy_since: float | None = None
-        self._reader = threading.Thread(
-            target=self._read, name="ConnectionActor-reader", daemon=True
-        )
-        self._writer = threading.Thread(
-            target=self._write, name="ConnectionActor-writer", daemon=True
-        )
+        self._reader = HelperThread("ConnectionActor-reader", self._read)
+        self._writer = HelperThread("ConnectionActor-writer", self._write)
 
     def start(self) -> None:
         self._reader.start()
@@ -221,7 +219,7 @@ class WebSocketLink:
 
     def ping(self, ack: int) -> None:
         """A ping carrying ``ack``: its pong proves every frame sent before it was read."""
-        self._outgoing.put((_PING, str(ack).encode()))
+        self._outgoing.put(_Ping(str(ack).encode()))
 
     def finish(self) -> None:
         """Send what is queued, then a close frame (1000); the reader ends on the echo."""
@@ -238,33 +236,19 @@ class WebSocketLink:
         unconfirmed list until a pong proves it read, and resends those itself.
         """
         self.close_from_thread()
-        self._outgoing.put(_STOP)
-        join_thread(self._reader, timeout, "ConnectionActor-reader")
-        if self._writer.is_alive():
-            join_thread(self._writer, timeout, "ConnectionActor-writer")
-        ws = self._ws
-        if ws is not None:  # after the joins: never close the descriptor under a running recv
-            with contextlib.suppress(Exception):
-                ws.shutdown()
+        self._outgoing.stop()
+        self._reader.join(timeout)
+        if self._writer.alive:
+            self._writer.join(timeout)
+        self._ws.dispose()  # after the joins: never close the descriptor under a running recv
 
     def _tell(self, message: Any) -> bool:
-        try:
-            self._notify.tell(message)
-            return True
-        except pykka.ActorDeadError:
-            self.close_from_thread()
-            return False
+        return tell_or_close(self._notify, message, self._ws)
 
     def close_from_thread(self) -> None:
         """Wake both threads: shut the socket down (websocket-client's ``abort`` does nothing
         once a close frame was sent, and a peer still sending would never notice)."""
-        with self._lock:
-            self._closed = True
-            ws = self._ws
-        sock = ws.sock if ws is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        self._ws.close()
 
     def _read(self) -> None:
         reason = "closed"
@@ -275,11 +259,8 @@ class WebSocketLink:
                 enable_multithread=True,
             )
             ws.connect(self._settings.url, **self._settings.connect_options())
-            with self._lock:
-                if self._closed:
-                    ws.shutdown()
-                    return
-                self._ws = ws
+            if not self._ws.adopt(ws):  # closed while dialing: shut down, never read
+                return
             ws.settimeout(self._settings.write_deadline)
             ws.send(self._register)  # must be the first frame (PROTOCOL §2.2)
             ws.settimeout(None)  # silence is judged by the actor's clock, not the socket
@@ -328,17 +309,14 @@ class WebSocketLink:
             log.exception("ConnectionActor-reader failed unexpectedly")
             reason = f"reader failed: {type(exc).__name__}: {exc}"
         finally:
-            with self._lock:
-                closed = self._closed
-            if closed:
+            if self._ws.closed:
                 reason = "closed by agent"
-            self._outgoing.put(_STOP)
-            with contextlib.suppress(pykka.ActorDeadError):
-                self._notify.tell(ReaderStopped(generation=self.generation, reason=reason))
+            self._outgoing.stop()
+            tell_quietly(self._notify, ReaderStopped(generation=self.generation, reason=reason))
 
     def _refuse(self, code: int, reason: bytes) -> None:
         """Tell the server why we drop the link (bounded: the send may not block for long)."""
-        ws = self._ws
+        ws = self._ws.resource
         if ws is None:
             return
         with contextlib.suppress(Exception):
@@ -347,22 +325,18 @@ class WebSocketLink:
             ws.send_close(code, reason)
 
     def _write(self) -> None:
-        ws = self._ws
+        ws = self._ws.resource
         assert ws is not None
-        while True:
-            item = self._outgoing.get()
-            if item is _STOP:
-                return
-            if item is _FINISH:
+        while (item := self._outgoing.get()) is not None:
+            if isinstance(item, _Finish):
                 with contextlib.suppress(OSError, websocket.WebSocketException):
                     ws.send_close(websocket.STATUS_NORMAL, b"agent hand-over")
                 return
             self._busy_since = self._clock.monotonic()
             try:
-                if isinstance(item, tuple):
-                    ws.ping(item[1])
+                if isinstance(item, _Ping):
+                    ws.ping(item.payload)
                 else:
-                    assert isinstance(item, str)
                     ws.send(item)
             except (OSError, websocket.WebSocketException) as exc:
                 log.info("send failed: %s", exc)
@@ -370,6 +344,16 @@ class WebSocketLink:
                 return
             finally:
                 self._busy_since = None
+
+
+def _shut_down(ws: websocket.WebSocket) -> None:
+    sock = ws.sock
+    if sock is not None:
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _close(ws: websocket.WebSocket) -> None:
+    ws.shutdown()
 
 
 def frame_bytes(text: str) -> int:
