@@ -12,10 +12,8 @@ import contextlib
 import dataclasses
 import logging
 import os
-import queue
 import re
 import threading
-from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -37,6 +35,7 @@ from actors.host.host_ips import (
 )
 from actors.rules.policy import CHANGES, Guard, Policy, Refused
 from actors.runtime.docker_client import api_client
+from actors.runtime.pool import WorkerPool
 from messages.common import RawJson
 from messages.docker import (
     ACTION_NAMES,
@@ -54,7 +53,6 @@ from messages.docker import (
     InspectContainer,
     KillContainer,
     ListContainers,
-    OperationDone,
     ProbeDocker,
     RemoveContainer,
     RenameContainer,
@@ -161,33 +159,6 @@ class _ListCache:
                     )
 
 
-class _WorkerPool:
-    """Daemon worker threads: a stuck Docker call can never hold up process exit."""
-
-    def __init__(self, size: int, name: str) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
-            for i in range(size)
-        ]
-        for t in self._threads:
-            t.start()
-
-    def submit(self, job: Callable[[], None]) -> None:
-        self._jobs.put(job)
-
-    def shutdown(self) -> None:
-        for _ in self._threads:
-            self._jobs.put(None)
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                job()
-            except Exception:
-                log.exception("unexpected error in a Docker worker")
-
-
 class DockerGatewayActor(SupervisedActor):
     def __init__(
         self,
@@ -227,13 +198,14 @@ class DockerGatewayActor(SupervisedActor):
         self._local = threading.local()
         self._clients: list[docker.APIClient] = []
         self._clients_lock = threading.Lock()
-        self._pool: _WorkerPool | None = None
-        self._busy: set[str] = set()
-        self._waiting: defaultdict[str, deque[Callable[[], None]]] = defaultdict(deque)
+        self._pool: WorkerPool | None = None
         self._cache = _ListCache()
 
     def on_start(self) -> None:
-        self._pool = _WorkerPool(self._workers, "DockerGateway-worker")
+        # one docker-py client per worker thread: the threads stay (no idle exit)
+        self._pool = WorkerPool(
+            self._workers, "DockerGateway-worker", keep=self._workers, idle_s=None
+        )
         self._probe()
 
     def _release(self) -> None:
@@ -241,7 +213,7 @@ class DockerGatewayActor(SupervisedActor):
             self._probe_timer.cancel()
             self._probe_timer = None
         if self._pool is not None:
-            self._pool.shutdown()
+            self._pool.close()
             self._pool = None
         with self._clients_lock:
             clients, self._clients = self._clients, []
@@ -257,8 +229,6 @@ class DockerGatewayActor(SupervisedActor):
                 self._submit(None, lambda: self._reply(self._list_containers(message)))
             case DescribeHost(attempt=attempt):
                 self._submit(None, lambda: self._describe_host(attempt))
-            case OperationDone(key=key):
-                self._next(key)
             case ProbeDocker(generation=gen) if gen == self._probe_generation:
                 self._probe()
             case ProbeDocker():
@@ -277,35 +247,9 @@ class DockerGatewayActor(SupervisedActor):
         return None
 
     def _submit(self, key: str | None, job: Callable[[], None]) -> None:
+        """Run ``job`` on a worker; jobs under one ``key`` (a container) one at a time."""
         assert self._pool is not None
-        if key is None:
-            self._pool.submit(job)
-        elif key in self._busy:
-            self._waiting[key].append(job)
-        else:
-            self._busy.add(key)
-            self._pool.submit(self._keyed(key, job))
-
-    def _keyed(self, key: str, job: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                job()
-            finally:
-                with contextlib.suppress(Exception):
-                    self.actor_ref.tell(OperationDone(key=key))
-
-        return run
-
-    def _next(self, key: str) -> None:
-        waiting = self._waiting.get(key)
-        if waiting:
-            job = waiting.popleft()
-            if not waiting:
-                del self._waiting[key]
-            assert self._pool is not None
-            self._pool.submit(self._keyed(key, job))
-        else:
-            self._busy.discard(key)
+        self._pool.submit(job, key=key)
 
     def _reply(self, reply: Reply) -> None:
         self.ctx.peers.tell("connection", reply)

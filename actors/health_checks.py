@@ -35,7 +35,6 @@ import heapq
 import itertools
 import logging
 import os
-import queue
 import re
 import socket
 import ssl
@@ -56,6 +55,7 @@ import urllib3.connection
 import urllib3.connectionpool
 
 from actors.base import ActorContext, SupervisedActor, TimerHandle
+from actors.runtime.pool import WorkerPool
 from messages.common import RawJson
 from messages.health import (
     BadConfig,
@@ -479,83 +479,6 @@ def perform_check(
 Checker = Callable[[HealthCheckConfig], CheckOutcome]
 
 
-class WorkerPool:
-    """Daemon threads fed from a FIFO queue: a new one whenever every thread has a job, up to
-    ``size``; one that has been idle for ``idle_s`` exits (down to ``keep``).
-
-    Daemon threads, so a target that never answers can never hold up process exit.
-    """
-
-    def __init__(
-        self, size: int, name: str, *, keep: int = 1, idle_s: float = WORKER_IDLE_SECONDS
-    ) -> None:
-        self._size = size
-        self._name = name
-        self._keep = keep
-        self._idle_s = idle_s
-        self._queue: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._busy = 0
-        self._closed = False
-        self._serial = itertools.count()
-
-    def submit(self, job: Callable[[], object]) -> bool:
-        with self._lock:
-            if self._closed:
-                return False
-            self._busy += 1  # queued or running; a new thread when every thread has a job
-            if self._busy > len(self._threads) and len(self._threads) < self._size:
-                thread = threading.Thread(
-                    target=self._run, name=f"{self._name}-{next(self._serial)}", daemon=True
-                )
-                self._threads.append(thread)
-                thread.start()
-            self._queue.put(job)
-        return True
-
-    @property
-    def threads(self) -> int:
-        with self._lock:
-            return sum(t.is_alive() for t in self._threads)
-
-    @property
-    def busy(self) -> int:
-        """Jobs queued or running."""
-        with self._lock:
-            return self._busy
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            count = len(self._threads)
-        for _ in range(count):
-            self._queue.put(None)
-
-    def _run(self) -> None:
-        me = threading.current_thread()
-        while True:
-            try:
-                job = self._queue.get(timeout=self._idle_s)
-            except queue.Empty:
-                with self._lock:  # under the lock: a job submitted now still finds a thread
-                    if self._busy < len(self._threads) and len(self._threads) > self._keep:
-                        self._threads.remove(me)
-                        return
-                continue
-            if job is None:
-                return
-            try:
-                job()
-            except Exception:
-                log.exception("health check worker job failed")
-            finally:
-                with self._lock:
-                    self._busy -= 1
-
-
 class HealthCheckMemory:
     """What a restarted HealthCheckActor picks up: the configs and the last known link state.
 
@@ -626,7 +549,9 @@ class HealthCheckActor(SupervisedActor):
     # --- lifecycle ------------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        self._pool = WorkerPool(self._workers, "HealthCheckActor-worker")
+        self._pool = WorkerPool(
+            self._workers, "HealthCheckActor-worker", idle_s=WORKER_IDLE_SECONDS
+        )
         connected, configs = self._memory.recall()
         self._schedule.replace_all(configs)
         if configs:
@@ -848,7 +773,6 @@ __all__ = [
     "HealthCheckActor",
     "HealthCheckMemory",
     "HealthCheckStats",
-    "WorkerPool",
     "classify_error",
     "perform_check",
     "result_payload",

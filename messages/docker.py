@@ -194,13 +194,6 @@ class EventsReplay:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class OperationDone:
-    """DockerGateway-internal: a worker finished the job queued under ``key``."""
-
-    key: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class ProbeDocker:
     """DockerGateway-internal timer: check that the daemon answers (``generation``: current)."""
 

@@ -186,7 +186,7 @@ def test_health_checks_whose_on_start_fails_close_their_pool(
     memory.remember(connected=True, configs=())
     context = ctx("health_checks")
     start_fails(lambda: HealthCheckActor.start(context, memory=memory))
-    assert pools and pools[0]._closed
+    assert pools and pools[0].closed
     assert not context.scheduler.pending()  # type: ignore[attr-defined]
 
 

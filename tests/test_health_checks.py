@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import functools
 import json
 import logging
 import socket
@@ -33,7 +32,6 @@ from actors.health_checks import (
     CheckSchedule,
     HealthCheckActor,
     HealthCheckMemory,
-    WorkerPool,
     classify_error,
     perform_check,
     result_payload,
@@ -591,36 +589,6 @@ def test_schedule_sync_replaces_config_adds_and_remove_deletes() -> None:
     assert [c.container_id for c, _ in s.due(1.0)] == [CID]
 
 
-def test_worker_pool_never_queues_a_job_behind_a_hung_one_while_below_its_size() -> None:
-    for _ in range(50):  # the race: a worker took job 1 but has not started it yet
-        pool = WorkerPool(4, "test-pool")
-        hang, done = threading.Event(), threading.Event()
-        pool.submit(functools.partial(hang.wait, 5))
-        pool.submit(done.set)
-        assert done.wait(2)
-        hang.set()
-        pool.close()
-
-
-def test_worker_pool_is_bounded_and_closes() -> None:
-    pool = WorkerPool(2, "test-pool")
-    gate = threading.Event()
-    ran: list[int] = []
-
-    def job(i: int) -> None:
-        gate.wait(5)
-        ran.append(i)
-
-    for i in range(5):
-        pool.submit(functools.partial(job, i))
-    assert pool.threads == 2
-    gate.set()
-    wait_for(lambda: len(ran) == 5, 5, "every queued job to run")
-    pool.close()
-    wait_for(lambda: pool.threads == 0, 5, "the workers to exit")
-    assert not pool.submit(lambda: None)
-
-
 # ================================================================================================
 # perform_check against real servers
 
@@ -1054,21 +1022,6 @@ def test_a_check_waiting_for_a_worker_is_not_reported_as_timed_out(
     assert rig.stat("overdue") == 1 and rig.checker.calls_for(CID2) == []
     rig.checker.release(CID)  # the worker is free: CID2 runs now, and is healthy
     assert rig.result_for(CID2)["healthy"] is True
-
-
-def test_worker_pool_grows_for_a_burst_and_shrinks_when_idle() -> None:
-    pool = WorkerPool(8, "test-pool", keep=1, idle_s=0.1)
-    gate = threading.Event()
-    for _ in range(6):
-        pool.submit(functools.partial(gate.wait, 5))
-    assert pool.threads == 6
-    gate.set()
-    wait_for(lambda: pool.busy == 0, 5, "the burst to finish")
-    wait_for(lambda: pool.threads == 1, 5, "idle workers to exit")
-    done = threading.Event()
-    pool.submit(done.set)
-    assert done.wait(2)
-    pool.close()
 
 
 def test_a_restarted_actor_resumes_from_memory(make_rig: Callable[..., Rig]) -> None:
