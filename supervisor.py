@@ -27,6 +27,7 @@ import pykka
 import pykka.debug
 
 from actors.base import ActorContext, Clock, Peers, Scheduler, SystemClock, ThreadScheduler
+from actors.runtime.backoff import exponential
 from messages.common import Ping
 from messages.status import ActorRestarted, AgentStopping
 from messages.supervision import ChildFailed, RestartChildren, Shutdown
@@ -226,7 +227,7 @@ class SupervisorActor(pykka.ThreadingActor):
             if other is not child:
                 self._stop_child(other)
         ids = tuple(c.spec.child_id for c in affected)
-        delay = min(self._delay_max, self._delay_min * 2 ** (len(self._restarts) - 1))
+        delay = exponential(self._delay_min, self._delay_max, len(self._restarts) - 1)
         log.info("restarting %s in %.2fs", ", ".join(ids), delay)
         self._scheduler.tell_later(delay, self.actor_ref, RestartChildren(child_ids=ids))
 

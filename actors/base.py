@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import pykka
 
 from actors.errors import FatalError, TransientError
+from actors.runtime.backoff import Backoff
 from messages.common import Ping, Pong
 from messages.supervision import ChildFailed
 
@@ -288,23 +289,22 @@ class RepeatLimiter:
     """
 
     def __init__(self, first: float = 60.0, maximum: float = 3600.0) -> None:
-        self._first, self._maximum = first, maximum
+        self._quiet = Backoff(first, maximum, jitter=False)  # the interval before the next line
         self._key: str | None = None
         self._next = 0.0
-        self._interval = first
         self._skipped = 0
 
     def check(self, key: str, now: float) -> int | None:
         if key != self._key:
-            self._key, self._interval, self._skipped = key, self._first, 0
-            self._next = now + self._first
+            self._key, self._skipped = key, 0
+            self._quiet.reset()
+            self._next = now + self._quiet.next_delay()
             return 0
         if now < self._next:
             self._skipped += 1
             return None
         skipped, self._skipped = self._skipped, 0
-        self._interval = min(self._maximum, self._interval * 2)
-        self._next = now + self._interval
+        self._next = now + self._quiet.next_delay()
         return skipped
 
     def clear(self) -> None:

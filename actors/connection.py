@@ -22,7 +22,6 @@ from actors.base import (
 from actors.errors import FatalError, TransientError
 from actors.link.websocket import (
     MAX_MESSAGE_BYTES,
-    Backoff,
     LinkFactory,
     LinkSettings,
     WebSocketLink,
@@ -30,6 +29,7 @@ from actors.link.websocket import (
     frame_bytes,
 )
 from actors.rules.policy import AuditLog, Policy, audited, operation_of
+from actors.runtime.backoff import Backoff
 from messages import compose, deploy, health, images, networks, shell, stats, updates, volumes
 from messages.common import Secret
 from messages.connection import (

@@ -20,6 +20,7 @@ from typing import Any
 import docker
 
 from actors.base import ActorContext, RepeatLimiter, SupervisedActor, TimerHandle
+from actors.runtime.backoff import Backoff
 from actors.runtime.docker_client import api_client
 from actors.runtime.threads import Guarded, HelperThread, tell_or_close, tell_quietly
 from messages.docker import (
@@ -149,8 +150,7 @@ class EventStreamerActor(SupervisedActor):
         self._client_factory = client_factory or (
             lambda: api_client(docker_host, timeout=30, api_version=docker_api_version)
         )
-        self._retry_min, self._retry_max = retry_delay
-        self._failures = 0
+        self._retry = Backoff(*retry_delay, jitter=False)  # reset by an event
         self._end_log = RepeatLimiter(first=60.0, maximum=3600.0)
         self._generation = 0
         self._thread: HelperThread | None = None
@@ -179,9 +179,9 @@ class EventStreamerActor(SupervisedActor):
     def handle(self, message: Any) -> Any:
         match message:
             case DockerEventReceived(generation=gen, event=event) if gen == self._generation:
-                if self._failures:
+                if self._retry.failures:
                     log.info("Docker event stream is back")
-                self._failures = 0
+                self._retry.reset()
                 self._end_log.clear()
                 numbered = self._cursor.accept(event)
                 if numbered is not None:
@@ -224,7 +224,7 @@ class EventStreamerActor(SupervisedActor):
         self._close_stream()
         if self._thread is not None:
             self._thread.join(2.0)
-        delay = min(self._retry_max, self._retry_min * 2**self._failures)
+        delay = self._retry.next_delay()
         # the same failure again and again (Docker down): logged once, then at a backoff
         skipped = self._end_log.check(_failure_class(reason), self.ctx.clock.monotonic())
         if skipped is None:
@@ -234,7 +234,6 @@ class EventStreamerActor(SupervisedActor):
             log.warning(
                 "Docker event stream ended (%s); resubscribing in %.1fs%s", reason, delay, more
             )
-        self._failures += 1
         self._timer = self.tell_self_later(delay, Resubscribe(generation=self._generation))
 
     def _subscribe(self) -> None:

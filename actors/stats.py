@@ -32,6 +32,7 @@ from actors.base import ActorContext, RepeatLimiter, SupervisedActor, TimerHandl
 from actors.errors import TransientError
 from actors.link.ingest import IngestLink
 from actors.link.websocket import LinkSettings
+from actors.runtime.backoff import Backoff
 from actors.telemetry.stats_math import (
     HostRoots,
     HostStatsSampler,
@@ -100,7 +101,7 @@ class StatsActor(SupervisedActor):
         self._host_generation = 0
         self._host_timer: TimerHandle | None = None
         self._retry_timer: TimerHandle | None = None
-        self._listing_failures = 0
+        self._listing_retry = Backoff(*settings.listing_retry, jitter=False)
         self._listing_log = RepeatLimiter(first=60.0, maximum=3600.0)
         self.samples_sent = 0
 
@@ -221,9 +222,7 @@ class StatsActor(SupervisedActor):
 
     def _listed(self, msg: RunningContainersListed) -> None:
         if msg.containers is None:
-            first, cap = self._settings.listing_retry
-            delay = min(cap, first * 2 ** min(self._listing_failures, 16))
-            self._listing_failures += 1
+            delay = self._listing_retry.next_delay()
             skipped = self._listing_log.check(msg.error, self.ctx.clock.monotonic())
             line = "cannot list running containers for stats (%s); retrying in %.0fs%s"
             if skipped is None:  # the same failure again: logged once, then at a backoff
@@ -233,9 +232,9 @@ class StatsActor(SupervisedActor):
                 log.warning(line, msg.error, delay, more)
             self._retry_timer = self.tell_self_later(delay, RetryListing(request=self._listing))
             return
-        if self._listing_failures:
+        if self._listing_retry.failures:
             log.info("listing running containers for stats works again")
-        self._listing_failures = 0
+        self._listing_retry.reset()
         self._listing_log.clear()
         wanted = dict(msg.containers)
         for event in self._journal:  # what happened after Docker answered wins

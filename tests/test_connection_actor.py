@@ -13,8 +13,9 @@ import pytest
 
 from actors.base import Peers
 from actors.connection import ConnectionActor
-from actors.link.websocket import Backoff, LinkSettings
+from actors.link.websocket import LinkSettings
 from actors.rules.policy import AuditLog
+from actors.runtime.backoff import Backoff
 from messages.common import Ping, RawJson, Secret
 from messages.connection import Dial, FrameReceived, LinkOpened, PongReceived, ReaderStopped
 from messages.docker import (

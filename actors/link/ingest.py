@@ -17,6 +17,7 @@ import threading
 import websocket
 
 from actors.link.websocket import LinkSettings, control_url_for_log
+from actors.runtime.backoff import Backoff
 from actors.runtime.threads import Guarded, HelperThread
 from messages.common import Secret
 
@@ -45,7 +46,7 @@ class IngestLink:
         self._settings = settings
         self._token = token
         self._queue: queue.Queue[str] = queue.Queue(maxsize=queue_size)
-        self._initial, self._max = backoff
+        self._backoff = Backoff(*backoff, jitter=False)  # never reset (§1.5)
         # closed by stop(); each session's socket is adopted, then dropped when it ends
         self._ws: Guarded[websocket.WebSocket] = Guarded(dispose=_abort)
         self._writer = HelperThread("StatsIngest-writer", self._run)
@@ -85,18 +86,18 @@ class IngestLink:
     # --- threads ------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        delay = self._initial
         while not self._ws.closed:
             reason = self._session()
             if self._ws.closed:
                 return
             self.failures += 1
             self.last_error = reason
-            level = logging.WARNING if self.failures == 1 or delay >= self._max else logging.INFO
+            delay = self._backoff.next_delay()
+            at_cap = delay >= self._backoff.maximum
+            level = logging.WARNING if self.failures == 1 or at_cap else logging.INFO
             log.log(level, "stats ingest connection: %s; retrying in %.0fs", reason, delay)
             if self._ws.wait_closed(delay):
                 return
-            delay = min(self._max, delay * 2)
 
     def _session(self) -> str:
         """One connection: dial, pump the queue until it fails. Returns why it ended."""

@@ -4,15 +4,15 @@
 ``register`` frame first and tells every frame it reads to its owner (the Connection actor); the
 writer (``ConnectionActor-writer``) sends queued frames, so a backend that stops reading cannot
 stall the owner. Frames over the backend's own 16 MiB limit are refused from their header (issue
-10.6). :class:`LinkSettings` is how to dial (TLS, proxies, deadlines); :class:`Backoff` the
-reconnect delays. The stats ingest link, the doctor and the test fakes use these without the actor.
+10.6). :class:`LinkSettings` is how to dial (TLS, proxies, deadlines). The stats ingest link,
+the doctor and the test fakes use these without the actor (reconnect delays:
+:class:`actors.runtime.backoff.Backoff`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import socket
 import ssl
 from collections.abc import Callable
@@ -36,26 +36,6 @@ log = logging.getLogger(__name__)
 
 #: the largest frame or message the backend accepts, and so the largest we read (PROTOCOL §1.3)
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-
-
-class Backoff:
-    """Exponential backoff with full jitter: delay n is uniform in [0, min(max, init * 2**n)]."""
-
-    def __init__(self, initial: float, maximum: float, rng: random.Random | None = None) -> None:
-        self.initial, self.maximum = initial, maximum
-        self._rng = rng or random.Random()
-        self.failures = 0
-
-    def cap(self) -> float:
-        return min(self.maximum, self.initial * 2 ** min(self.failures, 32))
-
-    def next_delay(self) -> float:
-        delay = self._rng.uniform(0, self.cap())
-        self.failures += 1
-        return delay
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 def control_url_for_log(url: str) -> str:

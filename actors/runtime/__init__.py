@@ -1,1 +1,2 @@
-"""What every actor uses, written once: atomic files, Docker clients."""
+"""What every actor uses, written once: helper threads, the worker pool, backoff, atomic files,
+Docker clients."""
