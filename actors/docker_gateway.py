@@ -34,7 +34,7 @@ from actors.host.host_ips import (
     system_interfaces,
 )
 from actors.rules.policy import CHANGES, Guard, Policy, Refused
-from actors.runtime.docker_client import api_client
+from actors.runtime.docker_client import client_factory as docker_clients
 from actors.runtime.pool import WorkerPool
 from messages.common import RawJson
 from messages.docker import (
@@ -192,8 +192,8 @@ class DockerGatewayActor(SupervisedActor):
         self._docker_host = docker_host
         self._handler_settings = handler_settings or HandlerSettings()
         self._workers = workers
-        self._client_factory = client_factory or (
-            lambda: api_client(docker_host, timeout=request_timeout, api_version=docker_api_version)
+        self._client_factory = client_factory or docker_clients(
+            docker_host, timeout=request_timeout, api_version=docker_api_version
         )
         self._local = threading.local()
         self._clients: list[docker.APIClient] = []

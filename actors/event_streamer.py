@@ -21,7 +21,7 @@ import docker
 
 from actors.base import ActorContext, RepeatLimiter, SupervisedActor, TimerHandle
 from actors.runtime.backoff import Backoff
-from actors.runtime.docker_client import api_client
+from actors.runtime.docker_client import client_factory as docker_clients
 from actors.runtime.threads import Guarded, HelperThread, tell_or_close, tell_quietly
 from messages.docker import (
     ContainerEventObserved,
@@ -147,8 +147,8 @@ class EventStreamerActor(SupervisedActor):
         super().__init__(ctx)
         self._docker_host = docker_host
         self._cursor = cursor
-        self._client_factory = client_factory or (
-            lambda: api_client(docker_host, timeout=30, api_version=docker_api_version)
+        self._client_factory = client_factory or docker_clients(
+            docker_host, timeout=30, api_version=docker_api_version
         )
         self._retry = Backoff(*retry_delay, jitter=False)  # reset by an event
         self._end_log = RepeatLimiter(first=60.0, maximum=3600.0)

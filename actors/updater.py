@@ -26,7 +26,7 @@ from actors.commands.tools import describe_docker_error
 from actors.flows import container_update, self_update
 from actors.flows.context import FlowContext, FlowRegistry, UpdaterSettings
 from actors.rules.policy import Guard, Policy, Refused
-from actors.runtime.docker_client import api_client
+from actors.runtime.docker_client import client_factory as docker_clients
 from messages.common import RawJson
 from messages.docker import CommandFailed, CommandSucceeded
 from messages.outbound import LinkStateChanged
@@ -52,10 +52,8 @@ class UpdaterActor(SupervisedActor):
         self._settings = settings
         self._flows = flows
         self._guard = Guard(policy or Policy(), settings.own_container_id)
-        self._client_factory = client_factory or (
-            lambda: api_client(
-                settings.docker_host, timeout=120, api_version=settings.docker_api_version
-            )
+        self._client_factory = client_factory or docker_clients(
+            settings.docker_host, timeout=120, api_version=settings.docker_api_version
         )
         self._threads: dict[str, threading.Thread] = {}
 

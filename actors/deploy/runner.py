@@ -35,7 +35,7 @@ from actors.deploy import classify, engine, files, model, mounts
 from actors.deploy.journal import Journal, key_of
 from actors.deploy.progress import ProgressTracker
 from actors.rules.policy import Guard, Policy, Refused
-from actors.runtime.docker_client import api_client
+from actors.runtime.docker_client import client_factory as docker_clients
 from messages.deploy import DeployCompose
 
 log = logging.getLogger(__name__)
@@ -168,10 +168,8 @@ class Runner:
         self.control = control
         self._report = report
         self.clock = clock
-        self._client_factory = client_factory or (
-            lambda: api_client(
-                settings.docker_host, timeout=60, api_version=settings.docker_api_version
-            )
+        self._client_factory = client_factory or docker_clients(
+            settings.docker_host, timeout=60, api_version=settings.docker_api_version
         )
         self._client: docker.APIClient | None = None
         self._environ = os.environ if environ is None else environ

@@ -46,7 +46,7 @@ import agent_config
 from actors.deploy import engine as compose_engine
 from actors.errors import ConfigError
 from actors.link.websocket import LinkSettings
-from actors.runtime.docker_client import api_client
+from actors.runtime.docker_client import api_client, socket_path
 from actors.token_store import TOKEN_FILE, TokenFileError, inspect_token_file
 
 EXPIRY_WARN_DAYS = 14
@@ -155,8 +155,9 @@ def _is_local(host: str) -> bool:
 
 
 def check_docker(docker_host: str, timeout: float, api_version: str | None = None) -> Finding:
-    if docker_host.startswith("unix://"):
-        problem = _unix_socket_problem(docker_host.removeprefix("unix://"), timeout)
+    path = socket_path(docker_host)
+    if path is not None:
+        problem = _unix_socket_problem(path, timeout)
         if problem is not None:
             return problem
     try:

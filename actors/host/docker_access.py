@@ -14,10 +14,11 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import docker.errors
 import requests
+
+from actors.runtime.docker_client import socket_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +31,6 @@ class AccessProblem:
 
     def text(self) -> str:
         return f"{self.summary}. Fix: {self.fix}"
-
-
-def socket_path(docker_host: str) -> str | None:
-    """The filesystem path of a ``unix://`` DOCKER_HOST, else None."""
-    parts = urlsplit(docker_host)
-    return parts.path or None if parts.scheme == "unix" else None
 
 
 def who_am_i() -> str:

@@ -1,18 +1,31 @@
 """The one place Docker clients are built: every actor's docker-py client and the raw API path.
 
+* :func:`client_factory` / :func:`api_client`: a docker-py low-level client. Every actor that
+  calls Docker (gateway, event streamer, shell, updater, deployer) and the doctor gets its
+  client here, each on its own thread (docker-py promises no thread safety).
+* :func:`open_connection` and :func:`api_path`: the stats streams' raw HTTP (one asyncio loop,
+  many streams) over the same ``DOCKER_HOST``.
+* :func:`socket_path`: the socket file of a ``unix://`` host, for the access diagnosis.
+
 ``DOCKER_API_VERSION`` (PROTOCOL §10) pins the API version every client speaks, as Docker's own
-env-based clients do; unset, docker-py negotiates it with the daemon (``version="auto"``).
+env-based clients do; unset, docker-py negotiates it with the daemon (``version="auto"``) and
+raw paths go unversioned (the daemon answers with its own API version).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import docker
 
 #: docker-py refuses anything older
 MINIMUM_API_VERSION = (1, 24)
 _VERSION = re.compile(r"(\d+)\.(\d+)")
+
+ClientFactory = Callable[[], docker.APIClient]
 
 
 def api_version_problem(text: str) -> str | None:
@@ -35,9 +48,37 @@ def api_client(
     )
 
 
+def client_factory(
+    docker_host: str, *, timeout: float, api_version: str | None = None
+) -> ClientFactory:
+    """What an actor calls (on the thread that will use it) for each client it needs."""
+    return lambda: api_client(docker_host, timeout=timeout, api_version=api_version)
+
+
 def api_path(path: str, api_version: str | None = None) -> str:
     """``/containers/json`` as the raw HTTP path for ``api_version`` (``/v1.41/containers/json``).
 
     Unversioned without a pinned version: the daemon then answers with its own API version.
     """
     return f"/v{api_version}{path}" if api_version else path
+
+
+def socket_path(docker_host: str) -> str | None:
+    """The filesystem path of a ``unix://`` DOCKER_HOST, else None."""
+    parts = urlsplit(docker_host)
+    return parts.path or None if parts.scheme == "unix" else None
+
+
+async def open_connection(
+    docker_host: str, *, limit: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection to the daemon (``unix://`` or plain ``tcp://``) for one HTTP request."""
+    path = socket_path(docker_host)
+    if path is not None:
+        return await asyncio.open_unix_connection(path, limit=limit)
+    parts = urlsplit(docker_host)
+    if parts.scheme in ("tcp", "http"):
+        return await asyncio.open_connection(
+            parts.hostname or "localhost", parts.port or 2375, limit=limit
+        )
+    raise ValueError(f"unsupported DOCKER_HOST scheme for stats: {parts.scheme}")

@@ -19,9 +19,9 @@ import logging
 import threading
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-from actors.runtime.docker_client import api_path
+from actors.runtime.docker_client import api_path, open_connection
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +34,6 @@ class DockerHttpError(Exception):
         self.status = status
 
 
-async def _open(docker_host: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    parts = urlsplit(docker_host)
-    if parts.scheme == "unix":
-        return await asyncio.open_unix_connection(parts.path, limit=MAX_LINE)
-    if parts.scheme in ("tcp", "http"):
-        return await asyncio.open_connection(
-            parts.hostname or "localhost", parts.port or 2375, limit=MAX_LINE
-        )
-    raise ValueError(f"unsupported DOCKER_HOST scheme for stats: {parts.scheme}")
-
-
 async def _request(
     docker_host: str, path: str
 ) -> tuple[int, asyncio.StreamReader, asyncio.StreamWriter, int | None]:
@@ -52,7 +41,7 @@ async def _request(
 
     ``length`` is the body's Content-Length, or None for a chunked body (-1: until EOF).
     """
-    reader, writer = await _open(docker_host)
+    reader, writer = await open_connection(docker_host, limit=MAX_LINE)
     try:
         writer.write(
             f"GET {path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: dockmon-agent\r\n"

@@ -1,0 +1,102 @@
+"""Every Docker client the agent builds comes from actors/runtime/docker_client.py.
+
+Unit tests of the one module (no daemon: a pinned API version makes docker-py build a client
+without asking one, and the raw connection is opened to local servers), and a check of the
+source that nothing else in the agent builds a client or dials the daemon itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import pytest
+
+from actors.runtime.docker_client import (
+    api_path,
+    api_version_problem,
+    client_factory,
+    open_connection,
+    socket_path,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_socket_path_of_unix_hosts_only() -> None:
+    assert socket_path("unix:///var/run/docker.sock") == "/var/run/docker.sock"
+    assert socket_path("unix:///run/user/1000/docker.sock") == "/run/user/1000/docker.sock"
+    assert socket_path("tcp://127.0.0.1:2375") is None
+    assert socket_path("unix://") is None
+
+
+def test_api_path_and_version_rules() -> None:
+    assert api_path("/containers/json", "1.41") == "/v1.41/containers/json"
+    assert api_path("/containers/json") == "/containers/json"
+    assert api_version_problem("1.41") is None
+    assert "older than 1.24" in str(api_version_problem("1.23"))
+    assert "MAJOR.MINOR" in str(api_version_problem("v1"))
+
+
+def test_client_factory_builds_a_fresh_client_per_call_with_the_pinned_version() -> None:
+    make = client_factory("unix:///nowhere.sock", timeout=0.2, api_version="1.40")
+    first, second = make(), make()
+    try:
+        assert first is not second  # one per thread that asks: docker-py is not thread safe
+        assert first.api_version == "1.40" and first.timeout == 1  # at least 1 s
+        assert first.base_url == "http+docker://localhost"
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+def test_open_connection_reaches_a_unix_or_tcp_daemon(tmp_path: Path, kind: str) -> None:
+    async def scenario() -> bytes:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            request = await reader.readline()
+            writer.write(b"HTTP/1.1 200 OK\r\n\r\n" + request)
+            await writer.drain()
+            writer.close()
+
+        if kind == "unix":
+            path = str(tmp_path / "d.sock")
+            server = await asyncio.start_unix_server(answer, path)
+            host = f"unix://{path}"
+        else:
+            server = await asyncio.start_server(answer, "127.0.0.1", 0)
+            host = f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        async with server:
+            reader, writer = await open_connection(host, limit=1 << 16)
+            writer.write(b"GET /_ping HTTP/1.1\r\n")
+            await writer.drain()
+            data = await reader.read()
+            writer.close()
+            return data
+
+    assert asyncio.run(scenario()) == b"HTTP/1.1 200 OK\r\n\r\nGET /_ping HTTP/1.1\r\n"
+
+
+def test_open_connection_refuses_other_schemes() -> None:
+    with pytest.raises(ValueError, match="unsupported DOCKER_HOST scheme for stats: ssh"):
+        asyncio.run(open_connection("ssh://user@host", limit=1024))
+
+
+#: building a docker-py client, or dialing the daemon's socket, anywhere but the one module
+_BUILDS = re.compile(
+    r"docker\.(APIClient|DockerClient|from_env)\(|APIClient\(|DockerClient\(|from_env\("
+    r"|open_unix_connection\(|asyncio\.open_connection\("
+)
+
+
+def test_nothing_else_in_the_agent_builds_a_docker_client() -> None:
+    sources = [*sorted((REPO / "actors").rglob("*.py")), REPO / "agent_cli.py"]
+    offenders = [
+        f"{path.relative_to(REPO)}:{n}: {line.strip()}"
+        for path in sources
+        if path != REPO / "actors" / "runtime" / "docker_client.py"
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if _BUILDS.search(line)
+    ]
+    assert offenders == []
