@@ -62,7 +62,7 @@ from messages.docker import (
     StopContainer,
 )
 from messages.status import DockerStatus
-from messages.wire import rfc3339_nano
+from messages.timefmt import rfc3339_nano
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -71,6 +70,7 @@ from messages.health import (
     parse_sync,
 )
 from messages.outbound import EventOut, LinkStateChanged
+from messages.timefmt import utc_seconds
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +161,6 @@ class CheckSchedule:
 
 
 # --- results (pure) -----------------------------------------------------------------------------
-
-
-def utc_seconds(ns: int) -> str:
-    """RFC 3339, UTC, whole seconds (Go ``time.Now().UTC().Format(time.RFC3339)``)."""
-    return datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def result_payload(

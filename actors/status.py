@@ -32,7 +32,7 @@ from messages.status import (
     FlushStatus,
     WriteFailed,
 )
-from messages.wire import rfc3339_nano
+from messages.timefmt import rfc3339_nano
 
 log = logging.getLogger(__name__)
 

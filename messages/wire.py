@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, cast
 
 from messages import (
@@ -50,6 +48,7 @@ from messages.docker import (
     StartContainer,
     StopContainer,
 )
+from messages.timefmt import local_rfc3339, rfc3339_nano
 
 # --- inbound -------------------------------------------------------------------------------------
 
@@ -256,26 +255,6 @@ def _generic_command(frame: Mapping[str, Any]) -> Inbound:
     if bad := references.problem(decoded):
         return RejectedRequest(reply=CommandFailed(request_id=request_id, error=bad))
     return cast(Inbound, decoded)
-
-
-# --- time formatting ------------------------------------------------------------------------------
-
-
-def rfc3339_nano(ns: int | None = None) -> str:
-    """UTC RFC 3339 with nanoseconds, trailing zeros trimmed like Go's ``RFC3339Nano``."""
-    if ns is None:
-        ns = time.time_ns()
-    seconds, frac = divmod(ns, 1_000_000_000)
-    base = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    if frac:
-        base += "." + f"{frac:09d}".rstrip("0")
-    return base + "Z"
-
-
-def local_rfc3339(seconds: int) -> str:
-    """Whole-second RFC 3339 in the local time zone (Go ``time.Unix(s,0).Format(RFC3339)``)."""
-    text = datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="seconds")
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 # --- outbound -------------------------------------------------------------------------------------

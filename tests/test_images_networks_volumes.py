@@ -26,7 +26,7 @@ import docker.errors
 import pytest
 import requests
 
-from actors.commands.networks import utc_z
+from messages.timefmt import utc_z
 from tests.support.agent_harness import RunningAgent, running_agent
 from tests.support.dockerenv import (
     ContainerFactory,

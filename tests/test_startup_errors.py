@@ -15,7 +15,7 @@ import pytest
 import agent_cli
 import agent_config
 from actors.status import STATUS_FILE
-from messages.wire import rfc3339_nano
+from messages.timefmt import rfc3339_nano
 
 URL_MISSING = "DOCKMON_URL is not set"
 TOKEN_MISSING = "no token: set REGISTRATION_TOKEN"

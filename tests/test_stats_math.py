@@ -28,7 +28,6 @@ from actors.telemetry.stats_math import (
     parse_meminfo,
     parse_proc_stat,
     round1,
-    utc_seconds,
     working_set,
 )
 from tests.support.hub_events import container_stats_problem
@@ -250,11 +249,6 @@ def test_a_stopped_containers_sample_is_not_a_reading() -> None:
     stopped = {"read": "0001-01-01T00:00:00Z", "memory_stats": {}, "cpu_stats": {}}
     assert container_reading(stopped) is None
     assert container_reading({}) is None
-
-
-def test_utc_seconds() -> None:
-    assert utc_seconds(0) == "1970-01-01T00:00:00Z"
-    assert utc_seconds(1_783_973_101_999_999_999) == "2026-07-13T20:05:01Z"
 
 
 # --- host stats (§5.3) ------------------------------------------------------------------------

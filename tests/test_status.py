@@ -17,7 +17,7 @@ from actors.status import StatusReporterActor, health_verdict, read_status
 from agent_cli import main
 from messages.common import Ping
 from messages.status import EventForwarded, FlushStatus, WriteFailed
-from messages.wire import rfc3339_nano
+from messages.timefmt import rfc3339_nano
 from tests.support.agent_harness import running_agent
 from tests.support.dockerenv import PrivateDockerd
 from tests.support.fakes import FakeClock, FakeScheduler, make_ctx

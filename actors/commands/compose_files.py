@@ -29,7 +29,7 @@ from actors.commands.tools import DockerTools, Handler, HandlerSettings, succeed
 from messages.common import RawJson
 from messages.compose import DEFAULT_MAX_DEPTH, ReadComposeFile, ScanComposeDirs
 from messages.docker import CommandFailed, CommandSucceeded, Reply
-from messages.wire import rfc3339_nano
+from messages.timefmt import rfc3339_nano
 
 log = logging.getLogger(__name__)
 

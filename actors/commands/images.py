@@ -6,10 +6,11 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
-from actors.commands.networks import container_ref, short_id, summary_name, unix_to_utc_z
+from actors.commands.networks import container_ref, short_id, summary_name
 from actors.commands.tools import DockerTools, Handler, succeeded
 from messages.docker import Reply
 from messages.images import ListImages, PruneImages, RemoveImage
+from messages.timefmt import utc_seconds
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def image_element(
         "id": short_id(image_id),
         "tags": tags,
         "size": int(image.get("Size") or 0),
-        "created": unix_to_utc_z(int(image.get("Created") or 0)),
+        "created": utc_seconds(int(image.get("Created") or 0) * 1_000_000_000),
         "in_use": bool(containers),
         "container_count": len(containers),
         "containers": containers,

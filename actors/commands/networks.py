@@ -1,15 +1,13 @@
 """Network commands (PROTOCOL §4.3.3), run by DockerGateway on its worker threads.
 
-The shaping helpers (``utc_z``, ``container_ref``, ``network_element``) are pure and shared with
-the image and volume families.
+The shaping helpers (``container_ref``, ``network_element``) are pure and shared with the image
+and volume families; times are shaped by :mod:`messages.timefmt`.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import docker.errors
@@ -18,35 +16,11 @@ import docker.types
 from actors.commands.tools import DockerTools, Handler, succeeded
 from messages.docker import CommandFailed, Reply
 from messages.networks import CreateNetwork, DeleteNetwork, ListNetworks, PruneNetworks
+from messages.timefmt import utc_z
 
 log = logging.getLogger(__name__)
 
 BUILTIN_NETWORKS = frozenset({"bridge", "host", "none"})
-
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.\d+)?(?:([Zz])|([+-])(\d\d):(\d\d))"
-)
-
-
-def utc_z(text: str) -> str:
-    """An RFC 3339 time as UTC ``YYYY-MM-DDTHH:MM:SSZ`` (fraction dropped, like Go's
-    ``t.UTC().Format(time.RFC3339)``); anything that does not parse is returned unchanged."""
-    match = _RFC3339.fullmatch(text.strip())
-    if match is None:
-        return text
-    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
-    try:
-        moment = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-        if match.group(8):
-            offset = timedelta(hours=int(match.group(9)), minutes=int(match.group(10)))
-            moment = moment - offset if match.group(8) == "+" else moment + offset
-    except (ValueError, OverflowError):
-        return text
-    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}Z"
-
-
-def unix_to_utc_z(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def short_id(docker_id: str) -> str:

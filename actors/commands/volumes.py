@@ -8,9 +8,10 @@ from typing import Any
 
 from docker.utils import version_gte
 
-from actors.commands.networks import container_ref, summary_name, utc_z
+from actors.commands.networks import container_ref, summary_name
 from actors.commands.tools import DockerTools, Handler, succeeded
 from messages.docker import Reply
+from messages.timefmt import utc_z
 from messages.volumes import DeleteVolume, ListVolumes, PruneVolumes
 
 log = logging.getLogger(__name__)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from messages.stats import ContainerReading, CpuReading
+from messages.timefmt import utc_seconds
 
 #: Docker's "never" time: the ``read`` of a sample for a container that is not running
 ZERO_TIME_PREFIX = "0001-01-01"
@@ -155,11 +155,6 @@ def container_reading(sample: Mapping[str, Any]) -> ContainerReading | None:
         disk_read=disk_read,
         disk_write=disk_write,
     )
-
-
-def utc_seconds(time_ns: int) -> str:
-    """RFC 3339 UTC, whole seconds: ``2026-07-13T20:05:01Z``."""
-    return datetime.fromtimestamp(time_ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def container_stats_payload(
