@@ -116,6 +116,14 @@ NetworkName = Annotated[str, NETWORK_NAME]
 VolumeRef = Annotated[str, VOLUME]
 SessionRef = Annotated[str, SESSION]
 
+#: the length of Docker's short ids (``docker ps``, a container's hostname and network alias)
+SHORT_ID_LENGTH = 12
+
+
+def short_id(docker_id: str) -> str:
+    """The first 12 hex characters of a Docker ID, without any ``sha256:`` prefix."""
+    return docker_id.removeprefix("sha256:")[:SHORT_ID_LENGTH]
+
 
 # --- checking decoded messages -----------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from messages.common import RawJson
 from messages.docker import CommandFailed, CommandSucceeded
 from messages.images import ListImages, PruneImages, RemoveImage
 from messages.networks import CreateNetwork, DeleteNetwork, ListNetworks, PruneNetworks
+from messages.references import short_id
 from messages.volumes import DeleteVolume, ListVolumes, PruneVolumes
 from messages.wire import RejectedRequest, decode_frame
 
@@ -155,8 +156,9 @@ def test_wrong_payload_types_become_in_band_errors(name: str, payload: Any, erro
 
 
 def test_short_ids_and_container_refs() -> None:
-    assert docker_networks.short_id("sha256:" + "ab" * 32) == "abababababab"
-    assert docker_networks.short_id("0123456789abcdef") == "0123456789ab"
+    assert short_id("sha256:" + "ab" * 32) == "abababababab"  # an image id
+    assert short_id("0123456789abcdef" * 4) == "0123456789ab"  # a container id
+    assert short_id("0123456789ab") == "0123456789ab" and short_id("") == ""
     assert docker_networks.container_ref("f" * 64, "/web") == {"id": "f" * 12, "name": "web"}
 
 

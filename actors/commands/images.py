@@ -6,10 +6,11 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
-from actors.commands.networks import container_ref, short_id, summary_name
+from actors.commands.networks import container_ref, summary_name
 from actors.commands.tools import DockerTools, Handler, succeeded
 from messages.docker import Reply
 from messages.images import ListImages, PruneImages, RemoveImage
+from messages.references import short_id
 from messages.timefmt import utc_seconds
 
 log = logging.getLogger(__name__)

@@ -16,16 +16,12 @@ import docker.types
 from actors.commands.tools import DockerTools, Handler, succeeded
 from messages.docker import CommandFailed, Reply
 from messages.networks import CreateNetwork, DeleteNetwork, ListNetworks, PruneNetworks
+from messages.references import short_id
 from messages.timefmt import utc_z
 
 log = logging.getLogger(__name__)
 
 BUILTIN_NETWORKS = frozenset({"bridge", "host", "none"})
-
-
-def short_id(docker_id: str) -> str:
-    """The first 12 hex characters of a Docker ID, without any ``sha256:`` prefix."""
-    return docker_id.removeprefix("sha256:")[:12]
 
 
 def container_ref(container_id: str, name: str) -> dict[str, str]:

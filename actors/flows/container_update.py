@@ -31,6 +31,7 @@ from actors.flows import update_config as uc
 from actors.flows.context import FlowContext
 from actors.flows.pull_progress import PullError, PullProgress
 from actors.runtime.fsio import write_atomic
+from messages.references import short_id
 from messages.status import WriteFailed
 from messages.updates import UpdateContainer
 
@@ -272,7 +273,7 @@ def run(
     the policy on it); ``report_id`` is the 12-hex id every event carries (§5.5); ``checked``:
     the ids the policy was checked on (the container and its dependents then), if any.
     """
-    key = uc.short_id(request.container_id)
+    key = short_id(request.container_id)
     report_id = report_id or key
     try:
         journal = Journal.acquire(fc.journal_dir, key)

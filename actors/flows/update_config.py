@@ -11,16 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from messages.references import short_id
+
 #: networks that are not "custom": never connected explicitly (§6 step 4)
 BUILTIN_NETWORKS = frozenset({"bridge", "host", "none", "default"})
 #: API version from which the primary network's endpoint settings go into the create call
 NETWORKING_CONFIG_API = (1, 44)
 #: restart policies under which an exited container may count as done (exit code 0)
 ONE_SHOT_POLICIES = frozenset({"", "no", "on-failure"})
-
-
-def short_id(container_id: str) -> str:
-    return container_id[:12]
 
 
 def container_name(inspect: Mapping[str, Any]) -> str:
