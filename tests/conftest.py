@@ -1,4 +1,5 @@
-"""Shared fixtures for tests that need a real Docker daemon (helpers in tests/support/dockerenv.py).
+"""Shared fixtures for tests that need a real Docker daemon (helpers in tests/support/: daemon.py,
+images.py, containers.py, registry.py).
 
 Everything Docker-related is lazy: a test session that asks for none of these fixtures starts no
 daemon. The daemon is private (its own socket, data-root and exec-root under /tmp, no bridge, no
@@ -21,21 +22,23 @@ import pytest
 import requests
 from docker.models.containers import Container
 
-from tests.support.dockerenv import (
+from tests.support.containers import (
+    TEST_LABEL,
+    ContainerFactory,
+    container_factory,
+    remove_labelled_containers,
+)
+from tests.support.daemon import PrivateDockerd
+from tests.support.hostenv import REPO_ROOT
+from tests.support.images import (
     DEFAULT_AGENT_TAG,
     DEFAULT_BUSYBOX_TAG,
     DEFAULT_PYTHON_BASE_TAG,
-    REPO_ROOT,
-    TEST_LABEL,
-    ContainerFactory,
-    LocalRegistry,
-    PrivateDockerd,
     build_agent_image,
     build_python_base_image,
-    container_factory,
     make_busybox_image,
-    remove_labelled_containers,
 )
+from tests.support.registry import LocalRegistry
 
 # Cold image builds (debootstrap + pip wheel + docker build) can take minutes; a test that asks
 # for one of these fixtures gets this timeout unless it sets its own.
@@ -111,7 +114,7 @@ def make_container(
     Creates (and by default starts) a container from ``image=`` (default: the busybox image)
     with ``network_mode="none"`` unless ``network_mode``/``network`` is given, the label
     ``dockmon-test=1`` and ``stop_timeout=2`` unless given (see
-    ``dockerenv.DEFAULT_STOP_TIMEOUT``). Every container it made is force-removed after the test.
+    ``containers.DEFAULT_STOP_TIMEOUT``). Every container it made is force-removed after the test.
     """
     with container_factory(docker_client, busybox_image) as make:
         yield make

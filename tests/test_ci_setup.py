@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dockerenv import CACHE_DIR, python_rootfs_tarball, remove_tree
+from tests.support.hostenv import CACHE_DIR, remove_tree
+from tests.support.images import python_rootfs_tarball
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -45,7 +45,7 @@ from messages.compose import MAX_SCAN_PATHS, ReadComposeFile, ScanComposeDirs
 from messages.docker import CommandFailed
 from messages.wire import RejectedRequest, decode_frame
 from tests.support.agent_harness import RunningAgent, running_agent
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 
 UTC_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
 WEB = "services:\n  web:\n    image: busybox\n"

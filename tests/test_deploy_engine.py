@@ -20,7 +20,7 @@ from actors.deploy import engine
 from actors.deploy.runner import scrub, secret_values
 from messages.common import Secret
 from messages.deploy import DeployCompose, RegistryCredential
-from tests.support.dockerenv import CACHE_DIR, REPO_ROOT
+from tests.support.hostenv import CACHE_DIR, REPO_ROOT
 
 EM_X86_64, EM_AARCH64 = 62, 183
 

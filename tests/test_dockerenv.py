@@ -1,4 +1,5 @@
-"""Proves the Docker test infrastructure itself (tests/support/dockerenv.py, tests/conftest.py)."""
+"""Proves the Docker test infrastructure itself: the private daemon, images, containers and
+registries of tests/support/ and the fixtures in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -11,17 +12,10 @@ import docker
 import docker.errors
 import pytest
 
-from tests.support.dockerenv import (
-    REQUIRED_APPLETS,
-    TEST_LABEL,
-    ContainerFactory,
-    LocalRegistry,
-    PrivateDockerd,
-    container_factory,
-    host_debian_mirror,
-    iter_stream_errors,
-    wait_for_exit,
-)
+from tests.support.containers import TEST_LABEL, ContainerFactory, container_factory, wait_for_exit
+from tests.support.daemon import PrivateDockerd
+from tests.support.images import REQUIRED_APPLETS, host_debian_mirror
+from tests.support.registry import LocalRegistry, iter_stream_errors
 
 
 def test_daemon_is_private_and_isolated(

@@ -15,7 +15,7 @@ import pytest
 
 import agent_cli
 from agent_config import SETTINGS
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 from tests.support.hub import FakeHub
 from tests.support.proxy import ConnectProxy
 from tests.support.tls import LocalPki, make_pki

@@ -22,7 +22,7 @@ from actors.event_streamer import EventStreamerActor
 from actors.telemetry import streams as stats_streams
 from tests.conftest import REPO_ROOT
 from tests.support.agent_harness import RunningAgent, running_agent
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 from tests.support.faults import FaultRig
 from tests.support.waiting import wait_for
 

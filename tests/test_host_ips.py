@@ -33,7 +33,7 @@ from messages.common import Secret
 from messages.docker import HostInfo
 from messages.wire import encode_register
 from tests.support.agent_harness import running_agent
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 from tests.support.hub import clean_host_ips, validate_registration
 from tests.support.waiting import wait_for
 from tests.test_shell import open_shell

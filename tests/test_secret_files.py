@@ -21,7 +21,7 @@ from actors.errors import ConfigError
 from agent_config import Config, format_config, load_config, setup_logging
 from messages.common import Secret
 from tests.support.agent_harness import running_agent
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 from tests.support.hub import FakeHub
 
 URL = "https://dockmon.example.com"

@@ -34,7 +34,7 @@ from messages.shell import (
 )
 from messages.wire import IgnoredFrame, decode_frame
 from tests.support.agent_harness import RunningAgent, running_agent
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
 from tests.support.hub import FakeHub
 from tests.support.hub_events import shell_data_problem
