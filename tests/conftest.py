@@ -1,5 +1,9 @@
-"""Shared fixtures for tests that need a real Docker daemon (helpers in tests/support/: daemon.py,
-images.py, containers.py, registry.py).
+"""Shared fixtures: the leak check every test gets, and the fixtures for tests that need a real
+Docker daemon (helpers in tests/support/: daemon.py, images.py, containers.py, registry.py).
+
+After every test, ``leak_check`` asserts that no actor and no actor or agent thread
+the test started is still alive (tests/support/leaks.py), after a bounded wait for what is still
+winding down.
 
 Everything Docker-related is lazy: a test session that asks for none of these fixtures starts no
 daemon. The daemon is private (its own socket, data-root and exec-root under /tmp, no bridge, no
@@ -22,6 +26,7 @@ import pytest
 import requests
 from docker.models.containers import Container
 
+from tests.support import leaks
 from tests.support.containers import (
     TEST_LABEL,
     ContainerFactory,
@@ -51,6 +56,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & _IMAGE_FIXTURES and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(IMAGE_FIXTURE_TIMEOUT))
+
+
+LEAK_WAIT = 5.0
+"""Seconds the leak check waits (joins with this timeout) for actors and threads to wind down."""
+
+
+@pytest.fixture(autouse=True)
+def leak_check() -> Iterator[None]:
+    """After every test (and its own fixtures' teardown): no actor it started is still
+    registered and no actor or agent thread it started is alive (see tests/support/leaks.py).
+
+    Its name is its own so that no module's fixture shadows it (test_supervisor.py and others
+    keep a stricter check of their own, of every thread)."""
+    baseline = leaks.Baseline.now()
+    yield
+    problems = leaks.leftovers(baseline, LEAK_WAIT)
+    assert not problems, "the test left " + "; ".join(problems)
 
 
 def _require(condition: bool, reason: str) -> None:
