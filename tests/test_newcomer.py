@@ -15,6 +15,7 @@ import pytest
 
 import agent_config
 from actors.commands.compose_files import DEFAULT_SCAN_ROOTS, OPTIONAL_SCAN_ROOTS
+from tests.support.prerequisites import requires
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,9 +60,7 @@ def test_logs_are_json_off_a_terminal_or_when_asked() -> None:
     assert "hello there" in plain and not plain.startswith("{")
 
 
-@pytest.mark.skipif(
-    shutil.which("git") is None or not (REPO / ".git").exists(), reason="needs a git checkout"
-)
+@requires(shutil.which("git") is not None and (REPO / ".git").exists(), "needs a git checkout")
 @pytest.mark.parametrize(
     "path",
     [
