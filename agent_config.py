@@ -1,4 +1,4 @@
-"""Agent configuration: settings table, loading (defaults < YAML < env < flags) and logging.
+"""Agent configuration: the settings table and loading (defaults < YAML < env < flags).
 
 ``SETTINGS`` is the one source of truth: ``load_config`` reads it, ``add_cli_flags`` turns it into
 flags and ``format_config`` prints it. Unlike the Go agent, a bad value is never silently replaced
@@ -10,20 +10,14 @@ from __future__ import annotations
 import argparse
 import difflib
 import errno
-import json
-import logging
 import os
 import re
 import stat
-import sys
-import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TextIO, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import colorlog
 import yaml
 
 from actors.commands.compose_files import is_system_path
@@ -32,7 +26,9 @@ from actors.flows.self_update import parse_image_ref
 from actors.host.privileges import DEFAULT_SOCKETS
 from actors.rules.policy import Policy, parse_policy
 from actors.runtime.docker_client import api_version_problem
+from actors.runtime.logs import parse_level, register_secret
 from messages.common import Secret
+from messages.tokens import TOKEN_PATTERN
 
 _T = TypeVar("_T")
 
@@ -157,8 +153,6 @@ _DOCKER_TLS = (
     "TLS to the Docker daemon is not supported by this agent yet; "
     "unset DOCKER_TLS_VERIFY/DOCKER_CERT_PATH or use a unix socket"
 )
-#: the backend's token grammar (settings, secret files and the token file)
-TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_:-]{1,255}")
 _USERINFO = re.compile(r"//([^/@:]*):([^/@]*)@")
 
 
@@ -216,12 +210,6 @@ _UNITS = {
 }
 _DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
 _DURATION = re.compile(rf"[+-]?(?:{_DURATION_PART.pattern})+")
-_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-}
 
 
 def _parse_bool(text: str) -> bool:
@@ -241,13 +229,6 @@ def _parse_duration(text: str) -> float:
         raise ValueError(f"invalid duration {text!r} (use Go syntax such as 500ms, 2s, 1m30s)")
     total = sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(text))
     return -total if text.startswith("-") else total
-
-
-def _parse_level(text: str) -> str:
-    level = "warning" if text.lower() == "warn" else text.lower()
-    if level not in _LEVELS:
-        raise ValueError(f"invalid level {text!r} (use debug, info, warning or error)")
-    return level
 
 
 def _seconds_text(seconds: float) -> str:
@@ -627,7 +608,7 @@ def inspect_config(
             if reason := _url_problem(proxy, ("http", "https")):
                 problems.append(f"{name}: invalid proxy URL {_mask_url(proxy)!r} ({reason})")
 
-    log_level = parsed("LOG_LEVEL", _parse_level)
+    log_level = parsed("LOG_LEVEL", parse_level)
     log_json: bool | None = None
     if (log_json_text := text("LOG_JSON")) is not None:
         try:
@@ -810,132 +791,3 @@ def format_report(report: ConfigReport) -> str:
         if problem_setting(problem) is None:
             lines.append(f"# INVALID: {problem}")
     return "\n".join(lines)
-
-
-# --- logging
-
-_HUMAN_FORMAT = (
-    "%(asctime)s %(log_color)s%(levelname)-8s%(reset)s [%(threadName)s] %(name)s: %(message)s"
-)
-_SECRET_KEY = r"[\w-]*(?:token|password)"
-_PLAIN = logging.Formatter()
-
-
-class _Redactor(logging.Filter):
-    """Handler filter masking registered secrets and JSON ``"…token"``/``"…password"`` values.
-
-    It rewrites the record (message, traceback, stack, ``fields``) before any formatter runs.
-    """
-
-    _KEY = re.compile(_SECRET_KEY, re.IGNORECASE)
-    _JSON_PAIR = re.compile(rf'("{_SECRET_KEY}"\s*:\s*")(?:[^"\\]|\\.)*"', re.IGNORECASE)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-        self._secrets: set[str] = set()
-        self._pattern: re.Pattern[str] | None = None
-
-    def register(self, value: str) -> None:
-        with self._lock:
-            self._secrets.add(value)
-            longest_first = sorted(self._secrets, key=len, reverse=True)
-            self._pattern = re.compile("|".join(map(re.escape, longest_first)))
-
-    def redact(self, text: str) -> str:
-        text = self._JSON_PAIR.sub(r'\1****"', text)
-        pattern = self._pattern
-        return pattern.sub("****", text) if pattern else text
-
-    def _scrub(self, value: object) -> object:
-        if isinstance(value, str):
-            return self.redact(value)
-        if isinstance(value, Mapping):
-            return {
-                k: "****" if self._KEY.fullmatch(str(k)) else self._scrub(v)
-                for k, v in value.items()
-            }
-        if isinstance(value, list | tuple):
-            return [self._scrub(v) for v in value]
-        return value
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except (TypeError, ValueError):  # bad %-args: log them instead of raising in the caller
-            message = f"unformattable log message {record.msg!r} % {record.args!r}"
-        record.msg, record.args = self.redact(message), None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = _PLAIN.formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self.redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = self.redact(record.stack_info)
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, Mapping):
-            record.fields = self._scrub(fields)
-        return True
-
-
-_REDACTOR = _Redactor()
-
-
-def register_secret(value: str) -> None:
-    """Make every log handler set up by ``setup_logging`` print ``value`` as ``****``."""
-    if value:
-        _REDACTOR.register(value)
-
-
-class _JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, thread, message, [exc], [stack], fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        entry: dict[str, object] = {
-            "time": f"{stamp}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "thread": record.threadName,
-            "message": record.getMessage(),
-        }
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.formatException(record.exc_info)
-        if record.exc_text:
-            entry["exc"] = record.exc_text
-        if record.stack_info:
-            entry["stack"] = record.stack_info
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, Mapping):
-            for key, value in fields.items():
-                entry.setdefault(str(key), value)
-        return json.dumps(entry, ensure_ascii=False, default=str)
-
-
-def setup_logging(level: str, json_format: bool | None, stream: TextIO | None = None) -> None:
-    """Point the root logger at one redacting handler on ``stream`` (default stderr).
-
-    ``json_format`` None: coloured text when ``stream`` is a terminal, JSON lines otherwise.
-
-    ``level`` is debug|info|warn|warning|error. pykka, websocket and urllib3 log at WARNING (or
-    ``level`` if higher), except at debug, where pykka logs INFO and the others DEBUG.
-    """
-    name = _parse_level(level)
-    stream = sys.stderr if stream is None else stream
-    if json_format is None:
-        isatty = getattr(stream, "isatty", None)
-        json_format = not (callable(isatty) and isatty())
-    handler = logging.StreamHandler(stream)
-    handler.addFilter(_REDACTOR)
-    handler.setFormatter(
-        _JsonFormatter() if json_format else colorlog.ColoredFormatter(_HUMAN_FORMAT, stream=stream)
-    )
-    root = logging.getLogger()
-    for old in root.handlers[:]:
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(_LEVELS[name])
-    debug = name == "debug"
-    quiet = max(logging.WARNING, _LEVELS[name])
-    logging.getLogger("pykka").setLevel(logging.INFO if debug else quiet)
-    for noisy in ("websocket", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else quiet)
