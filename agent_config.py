@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from actors.commands.compose_files import is_system_path
 from actors.errors import ConfigError
-from actors.flows.self_update import parse_image_ref
 from actors.host.privileges import DEFAULT_SOCKETS
+from actors.rules.image_refs import parse_image_ref
+from actors.rules.paths import is_system_path
 from actors.rules.policy import Policy, parse_policy
 from actors.runtime.docker_client import api_version_problem
 from actors.runtime.logs import parse_level, register_secret
