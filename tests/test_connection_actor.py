@@ -321,8 +321,8 @@ def _audited_rig(rig: Rig, path: Any) -> tuple[pykka.ActorRef[Any], AuditLog]:
 def test_a_duplicate_of_a_pending_request_id_is_refused_and_audited(
     rig: Rig, tmp_path: Any
 ) -> None:
-    rig.ref.stop()  # it asked for the host description before stopping: take that ask away
-    rig.gateway.expect(DescribeHost)
+    rig.gateway.expect(DescribeHost)  # the rig's Connection dialled: take that ask away,
+    rig.ref.stop()  # then stop it (stopped first, it may never dial: its Dial is told in on_start)
     ref, _ = _audited_rig(rig, tmp_path / "audit.log")
     rig.ref = ref
     link = rig.connect()
