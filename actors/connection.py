@@ -30,6 +30,7 @@ from actors.link.websocket import (
     frame_bytes,
 )
 from actors.rules.policy import AuditLog, Policy, audited, operation_of
+from actors.session.state import LinkState
 from messages import compose, deploy, health, images, networks, shell, stats, updates, volumes
 from messages.common import Secret
 from messages.connection import (
@@ -129,7 +130,7 @@ class _Stats:
 
 
 class ConnectionActor(SupervisedActor):
-    """States: waiting (backoff) -> describing -> dialing -> authenticating -> connected."""
+    """States: :class:`~actors.session.state.LinkState`."""
 
     def __init__(
         self,
@@ -154,7 +155,7 @@ class ConnectionActor(SupervisedActor):
         self._link_factory = link_factory
         self._backoff = Backoff(reconnect_initial, reconnect_max, rng)
         self._failure_log = RepeatLimiter(first=60.0, maximum=600.0)  # same reason: not every try
-        self._state = "waiting"
+        self._state = LinkState.WAITING
         self._attempt = 0
         self._link: WebSocketLink | None = None
         self._token: TokenInfo | None = None
@@ -186,14 +187,14 @@ class ConnectionActor(SupervisedActor):
     def _release(self) -> None:
         if self._audit is not None:
             self._audit.close()
-        was_connected = self._state == "connected"
+        was_connected = self._state is LinkState.CONNECTED
         self._drop_link("agent stopping")
-        self._state = "stopped"
+        self._state = LinkState.STOPPED
         if was_connected:
             self._notify_link(False)
 
     @property
-    def state(self) -> str:
+    def state(self) -> LinkState:
         return self._state
 
     @property
@@ -270,16 +271,16 @@ class ConnectionActor(SupervisedActor):
     # --- connection attempts ---------------------------------------------------------------
 
     def _dial(self) -> None:
-        if self._state != "waiting":
+        if self._state is not LinkState.WAITING:
             return
         self._attempt += 1
-        self._state = "describing"
-        self._arm_attempt_timer(self._settings.describe_timeout, "describing")
+        self._state = LinkState.DESCRIBING
+        self._arm_attempt_timer(self._settings.describe_timeout, LinkState.DESCRIBING)
         if not self.ctx.peers.tell("docker_gateway", DescribeHost(attempt=self._attempt)):
             self._attempt_failed("docker gateway is not running")
 
     def _host_described(self, msg: HostDescribed) -> None:
-        if msg.attempt != self._attempt or self._state != "describing":
+        if msg.attempt != self._attempt or self._state is not LinkState.DESCRIBING:
             return
         if msg.info is None:
             self._attempt_failed(
@@ -288,20 +289,20 @@ class ConnectionActor(SupervisedActor):
             return
         assert self._token is not None
         frame = encode_register(self._token.token, msg.info, self._identity)
-        self._state = "dialing"
-        self._arm_attempt_timer(self._settings.dial_timeout + 5, "dialing")
+        self._state = LinkState.DIALING
+        self._arm_attempt_timer(self._settings.dial_timeout + 5, LinkState.DIALING)
         self._link = self._link_factory(
             self._settings, self._attempt, frame, self.actor_ref, self.ctx.clock
         )
         self._link.start()
 
     def _link_opened(self) -> None:
-        self._state = "authenticating"
+        self._state = LinkState.AUTHENTICATING
         self._last_heard = self.ctx.clock.monotonic()
-        self._arm_attempt_timer(self._settings.auth_timeout, "authenticating")
+        self._arm_attempt_timer(self._settings.auth_timeout, LinkState.AUTHENTICATING)
 
     def _frame(self, data: str | bytes) -> None:
-        if self._state == "authenticating":
+        if self._state is LinkState.AUTHENTICATING:
             match decode_frame(data):
                 case AuthSucceeded() as ok:
                     self._authenticated(ok)
@@ -425,7 +426,7 @@ class ConnectionActor(SupervisedActor):
         self._report_status()
 
     def _report_status(self) -> None:
-        connected = self._state == "connected"
+        connected = self._state is LinkState.CONNECTED
         if connected != self._status_connected:
             self._status_connected = connected
             self._status_since_ns = self.ctx.clock.time_ns()
@@ -445,7 +446,7 @@ class ConnectionActor(SupervisedActor):
 
     def _authenticated(self, msg: AuthSucceeded) -> None:
         self._cancel_attempt_timer()
-        self._state = "connected"
+        self._state = LinkState.CONNECTED
         self._backoff.reset()
         self._failure_log.clear()
         self.stats.connects += 1
@@ -505,55 +506,55 @@ class ConnectionActor(SupervisedActor):
             getattr(log, level)(
                 "connection attempt failed: %s; retrying in %.1fs%s", reason, delay, more
             )
-        self._state = "waiting"
+        self._state = LinkState.WAITING
         self._report_status()
         self.tell_self_later(delay, Dial())
 
     # --- self-update hand-over (PROTOCOL §7, §2.5) ------------------------------------------
 
     def _handing_over(self) -> bool:
-        return self._state == "handing_over"
+        return self._state is LinkState.HANDING_OVER
 
     def _hand_over(self) -> None:
         """Flush, close and idle: the new agent registers with our token meanwhile."""
-        if self._state in ("handing_over", "handed_over", "stopped"):
+        if self._state.idle:
             return
         log.info("handing the DockMon connection over to the new agent; idle until resumed")
-        if self._state == "connected" and self._link is not None:
-            self._state = "handing_over"
+        if self._state is LinkState.CONNECTED and self._link is not None:
+            self._state = LinkState.HANDING_OVER
             if self._tick_timer is not None:
                 self._tick_timer.cancel()
                 self._tick_timer = None
             self._link.finish()  # after the frames already queued (the progress events)
-            self._arm_attempt_timer(self._settings.write_deadline, "handing_over")
+            self._arm_attempt_timer(self._settings.write_deadline, LinkState.HANDING_OVER)
             self._notify_link(False)
         else:
             self._drop_link("handed over")
-            self._state = "handed_over"
+            self._state = LinkState.HANDED_OVER
 
     def _handed_over(self, how: str, *, echoed: bool) -> None:
         if echoed:  # the backend read everything we sent before our close frame
             self._acknowledged(self._seq)
         self._drop_link(how)
-        self._state = "handed_over"
+        self._state = LinkState.HANDED_OVER
         log.info("connection handed over (%s)", how)
 
     def _resume_after_hand_over(self) -> None:
-        if self._state not in ("handing_over", "handed_over"):
+        if not self._state.hands_over:
             return
         log.info("the hand-over was abandoned; reconnecting to DockMon")
         self._drop_link("resuming")
-        self._state = "waiting"
+        self._state = LinkState.WAITING
         self._backoff.reset()
         self.actor_ref.tell(Dial())
 
     def _link_lost(self, reason: str) -> None:
-        if self._state != "connected":
+        if self._state is not LinkState.CONNECTED:
             self._attempt_failed(reason)
             return
         log.warning("connection to DockMon lost: %s; reconnecting", reason)
         self._drop_link(reason)
-        self._state = "waiting"
+        self._state = LinkState.WAITING
         self.stats.last_error = reason
         self._notify_link(False)
         self.actor_ref.tell(Dial())  # first retry after a drop is immediate (PROTOCOL §9)
@@ -594,7 +595,7 @@ class ConnectionActor(SupervisedActor):
         self._tick_timer = self.tell_self_later(1.0, Tick(generation=self._attempt))
 
     def _tick(self) -> None:
-        if self._state != "connected" or self._link is None:
+        if self._state is not LinkState.CONNECTED or self._link is None:
             return
         now = self.ctx.clock.monotonic()
         silent = now - self._last_heard
@@ -610,7 +611,7 @@ class ConnectionActor(SupervisedActor):
             self._link.ping(self._seq)
         self._schedule_tick()
 
-    def _arm_attempt_timer(self, delay: float, phase: str) -> None:
+    def _arm_attempt_timer(self, delay: float, phase: LinkState) -> None:
         self._cancel_attempt_timer()
         self._attempt_timer = self.tell_self_later(
             delay, AttemptTimedOut(generation=self._attempt, phase=phase)
@@ -622,6 +623,9 @@ class ConnectionActor(SupervisedActor):
             self._attempt_timer = None
 
     # --- outbound -----------------------------------------------------------------------------
+
+    def _connected(self) -> bool:
+        return self._state is LinkState.CONNECTED and self._link is not None
 
     def _transmit(self, text: str, event_seq: int = 0) -> None:
         """Send a frame that must not be lost and ask the server to confirm it with a pong.
@@ -644,7 +648,7 @@ class ConnectionActor(SupervisedActor):
         While disconnected they are skipped; after registering, the streamer replays every
         unconfirmed one in order (ReplayEvents), so none is lost even if this actor restarts.
         """
-        if self._state != "connected" or self._link is None or event.seq in self._sent_events:
+        if not self._connected() or event.seq in self._sent_events:
             return
         self._sent_events.add(event.seq)
         self._transmit(encode_container_event(event, self.ctx.clock.time_ns()), event.seq)
@@ -652,7 +656,7 @@ class ConnectionActor(SupervisedActor):
     def _send_tracked(self, msg: TrackedEventOut) -> None:
         """Like an event: sent once per link while connected, confirmed to its owner by pong."""
         tag = (msg.owner, msg.key)
-        if self._state != "connected" or self._link is None or tag in self._tracked_sent:
+        if not self._connected() or tag in self._tracked_sent:
             return
         self._tracked_sent.add(tag)
         self._transmit(encode_event(msg.command, msg.payload, self.ctx.clock.time_ns()))
@@ -699,7 +703,7 @@ class ConnectionActor(SupervisedActor):
                 frame_bytes(text),
             )
             return
-        if self._state == "connected" and self._link is not None:
+        if self._state is LinkState.CONNECTED and self._link is not None:
             if buffer:
                 self._transmit(text)
             else:
