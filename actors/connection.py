@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ from actors.link.websocket import (
     frame_bytes,
 )
 from actors.rules.policy import AuditLog, Policy, audited, operation_of
+from actors.session.delivery import Confirmed, Delivery, Receipt
 from actors.session.state import LinkState
 from messages import compose, deploy, health, images, networks, shell, stats, updates, volumes
 from messages.common import Secret
@@ -125,7 +125,6 @@ LINK_SUBSCRIBERS = ("updater", "deployer", "stats", "shell", "health_checks")
 @dataclass
 class _Stats:
     connects: int = 0
-    outbox_dropped: int = 0
     last_error: str = ""
 
 
@@ -159,19 +158,11 @@ class ConnectionActor(SupervisedActor):
         self._attempt = 0
         self._link: WebSocketLink | None = None
         self._token: TokenInfo | None = None
-        self._outbox: deque[str] = deque()
+        self._delivery = Delivery(settings.outbox_limit)
         self._attempt_timer: TimerHandle | None = None
         self._tick_timer: TimerHandle | None = None
         self._last_heard = 0.0
         self._last_ping = 0.0
-        self._seq = 0  # numbers the frames sent on the current link
-        # sent, but no pong proves them read yet: (frame number, frame, event number or 0)
-        self._unacked: deque[tuple[int, str, int]] = deque()
-        self._sent_events: set[int] = set()  # event numbers sent on the current link
-        # TrackedEventOut frames in _unacked: frame number -> (owner role, key)
-        self._receipts: dict[int, tuple[str, str]] = {}
-        self._tracked_sent: set[tuple[str, str]] = set()  # (owner, key) sent on this link
-        self._awaiting_replay = False
         self.stats = _Stats()
         self._status_connected = False
         self._status_since_ns = ctx.clock.time_ns()
@@ -200,7 +191,12 @@ class ConnectionActor(SupervisedActor):
     @property
     def unconfirmed(self) -> int:
         """Frames sent on this link that no pong has confirmed yet."""
-        return len(self._unacked)
+        return self._delivery.unconfirmed
+
+    @property
+    def outbox_dropped(self) -> int:
+        """Frames the full outbox dropped while disconnected."""
+        return self._delivery.dropped
 
     # --- dispatch ---------------------------------------------------------------------------------
 
@@ -218,7 +214,7 @@ class ConnectionActor(SupervisedActor):
             case PongReceived(generation=gen, ack=ack) if gen == self._attempt:
                 self._last_heard = self.ctx.clock.monotonic()
                 if ack is not None:
-                    self._acknowledged(ack)
+                    self._confirmed(self._delivery.confirm(ack))
             case ReaderStopped(generation=gen, reason=reason) if (
                 gen == self._attempt and self._handing_over()
             ):
@@ -237,10 +233,10 @@ class ConnectionActor(SupervisedActor):
                 if self._state == phase:
                     self._attempt_failed(f"timed out while {phase}")
             case ContainerEventObserved():
-                if not self._awaiting_replay:
+                if not self._delivery.awaiting_replay:
                     self._send_event(message)
             case EventsReplay(events=events):
-                self._awaiting_replay = False
+                self._delivery.awaiting_replay = False
                 for event in events:
                     self._send_event(event)
             case EventOut(command=command, payload=payload, buffer=buffer):
@@ -437,8 +433,8 @@ class ConnectionActor(SupervisedActor):
                 connected=connected,
                 since_ns=self._status_since_ns,
                 registrations=self.stats.connects,
-                outbox_depth=len(self._outbox),
-                outbox_dropped=self.stats.outbox_dropped,
+                outbox_depth=self._delivery.outbox_depth,
+                outbox_dropped=self._delivery.dropped,
                 last_error=self.stats.last_error,
             ),
             optional=True,
@@ -456,17 +452,20 @@ class ConnectionActor(SupervisedActor):
             or self._token.kind != "permanent"
         ):
             self._persist(msg.permanent_token)
+        queued = self._delivery.take_outbox()
         log.info(
             "registered with DockMon (host %s)%s",  # agent_id is the token: never logged
             msg.host_id,
-            f"; delivering {len(self._outbox)} queued messages" if self._outbox else "",
+            f"; delivering {len(queued)} queued messages" if queued else "",
         )
         now = self.ctx.clock.monotonic()
         self._last_heard = self._last_ping = now
         assert self._link is not None
-        while self._outbox:
-            self._transmit(self._outbox.popleft())
-        self._awaiting_replay = self.ctx.peers.tell("event_streamer", ReplayEvents(), optional=True)
+        for text in queued:
+            self._transmit(text)
+        self._delivery.awaiting_replay = self.ctx.peers.tell(
+            "event_streamer", ReplayEvents(), optional=True
+        )
         self._schedule_tick()
         self._notify_link(True)
 
@@ -534,7 +533,7 @@ class ConnectionActor(SupervisedActor):
 
     def _handed_over(self, how: str, *, echoed: bool) -> None:
         if echoed:  # the backend read everything we sent before our close frame
-            self._acknowledged(self._seq)
+            self._confirmed(self._delivery.confirm_all())
         self._drop_link(how)
         self._state = LinkState.HANDED_OVER
         log.info("connection handed over (%s)", how)
@@ -568,24 +567,12 @@ class ConnectionActor(SupervisedActor):
         if link is None:
             return
         link.close()
-        unconfirmed = [
-            text
-            for seq, text, event_seq in self._unacked
-            if not event_seq and seq not in self._receipts
-        ]
-        for text in reversed(unconfirmed):  # events and tracked frames come back from their owner
-            self._outbox.appendleft(text)
-        if self._unacked:
+        if unconfirmed := self._delivery.link_lost():
             log.info(
                 "%d sent messages were not confirmed by a pong; they go again on the next "
                 "connection",
-                len(self._unacked),
+                unconfirmed,
             )
-        self._unacked.clear()
-        self._sent_events.clear()
-        self._receipts.clear()
-        self._tracked_sent.clear()
-        self._awaiting_replay = False
         self._attempt += 1  # anything still in flight from that link is now stale
         log.debug("link closed: %s", reason)
 
@@ -608,7 +595,7 @@ class ConnectionActor(SupervisedActor):
             return
         if now - self._last_ping >= self._settings.ping_interval:
             self._last_ping = now
-            self._link.ping(self._seq)
+            self._link.ping(self._delivery.last_seq)
         self._schedule_tick()
 
     def _arm_attempt_timer(self, delay: float, phase: LinkState) -> None:
@@ -627,7 +614,7 @@ class ConnectionActor(SupervisedActor):
     def _connected(self) -> bool:
         return self._state is LinkState.CONNECTED and self._link is not None
 
-    def _transmit(self, text: str, event_seq: int = 0) -> None:
+    def _transmit(self, text: str, *, event_seq: int = 0, receipt: Receipt | None = None) -> None:
         """Send a frame that must not be lost and ask the server to confirm it with a pong.
 
         WebSocket frames are read in order, so the pong to a ping sent after frame N proves the
@@ -637,10 +624,8 @@ class ConnectionActor(SupervisedActor):
         of its own: a duplicate needs the link to die between those two reads.
         """
         assert self._link is not None
-        self._seq += 1
         self._link.send(text)
-        self._unacked.append((self._seq, text, event_seq))
-        self._link.ping(self._seq)
+        self._link.ping(self._delivery.sent(text, event_seq=event_seq, receipt=receipt))
 
     def _send_event(self, event: ContainerEventObserved) -> None:
         """Events live in the EventStreamer's cursor until confirmed: never in our outbox.
@@ -648,32 +633,26 @@ class ConnectionActor(SupervisedActor):
         While disconnected they are skipped; after registering, the streamer replays every
         unconfirmed one in order (ReplayEvents), so none is lost even if this actor restarts.
         """
-        if not self._connected() or event.seq in self._sent_events:
+        if not self._connected() or not self._delivery.claim_event(event.seq):
             return
-        self._sent_events.add(event.seq)
-        self._transmit(encode_container_event(event, self.ctx.clock.time_ns()), event.seq)
+        text = encode_container_event(event, self.ctx.clock.time_ns())
+        self._transmit(text, event_seq=event.seq)
 
     def _send_tracked(self, msg: TrackedEventOut) -> None:
         """Like an event: sent once per link while connected, confirmed to its owner by pong."""
-        tag = (msg.owner, msg.key)
-        if not self._connected() or tag in self._tracked_sent:
+        receipt = (msg.owner, msg.key)
+        if not self._connected() or not self._delivery.claim_tracked(receipt):
             return
-        self._tracked_sent.add(tag)
-        self._transmit(encode_event(msg.command, msg.payload, self.ctx.clock.time_ns()))
-        self._receipts[self._seq] = tag
+        text = encode_event(msg.command, msg.payload, self.ctx.clock.time_ns())
+        self._transmit(text, receipt=receipt)
 
-    def _acknowledged(self, ack: int) -> None:
-        confirmed: list[int] = []
-        while self._unacked and self._unacked[0][0] <= ack:
-            seq, _, event_seq = self._unacked.popleft()
-            if event_seq:
-                confirmed.append(event_seq)
-            if (receipt := self._receipts.pop(seq, None)) is not None:
-                owner, key = receipt
-                self.ctx.peers.tell(owner, EventDelivered(key=key), optional=True)
-        if confirmed:
+    def _confirmed(self, confirmed: Confirmed) -> None:
+        """Tell the owners of the events a pong confirmed."""
+        for owner, key in confirmed.receipts:
+            self.ctx.peers.tell(owner, EventDelivered(key=key), optional=True)
+        if confirmed.events:
             self.ctx.peers.tell(
-                "event_streamer", EventsConfirmed(seqs=tuple(confirmed)), optional=True
+                "event_streamer", EventsConfirmed(seqs=confirmed.events), optional=True
             )
 
     def _bounded_reply(self, reply: Reply) -> str:
@@ -711,16 +690,6 @@ class ConnectionActor(SupervisedActor):
             return
         if not buffer:
             return  # stats and the like are worthless later (PROTOCOL §5.2)
-        if len(self._outbox) >= self._settings.outbox_limit:
-            self._outbox.popleft()
-            self.stats.outbox_dropped += 1
-            if self.stats.outbox_dropped == 1 or self.stats.outbox_dropped % 1000 == 0:
-                log.error(
-                    "outbox full (%d messages) while disconnected: dropped the oldest; "
-                    "%d dropped so far",
-                    self._settings.outbox_limit,
-                    self.stats.outbox_dropped,
-                )
-        self._outbox.append(text)
+        self._delivery.queue(text)
         if self.ctx.clock.monotonic() - self._status_reported >= 1.0:
             self._report_status()

@@ -73,7 +73,7 @@ class Rig:
 
     @property
     def dropped(self) -> int:
-        return int(self.ref.proxy().stats.get(timeout=3).outbox_dropped)
+        return int(self.ref.proxy().outbox_dropped.get(timeout=3))
 
     def barrier(self) -> None:
         self.ref.ask(Ping(), timeout=3)
