@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 from actors.base import (
     ActorContext,
@@ -28,7 +28,7 @@ from actors.link.websocket import (
     control_url_for_log,
     frame_bytes,
 )
-from actors.rules.policy import AuditLog, Policy, audited, operation_of
+from actors.rules.policy import AuditLog, Policy
 from actors.session.delivery import Confirmed, Delivery, Receipt
 from actors.session.state import LinkState
 from messages import compose, deploy, health, images, networks, shell, stats, updates, volumes
@@ -83,14 +83,12 @@ from messages.wire import (
     AuthSucceeded,
     IgnoredFrame,
     RejectedRequest,
-    decode_frame,
-    decode_object,
+    Request,
+    decode_envelope,
     encode_container_event,
     encode_event,
     encode_register,
     encode_reply,
-    parse_frame,
-    request_id_of,
     rfc3339_nano,
 )
 
@@ -116,6 +114,11 @@ for _family in (images, networks, volumes, compose, deploy, updates, shell, heal
 
 #: requests whose reply has not gone out yet, remembered for the audit log (oldest dropped)
 AUDIT_PENDING_LIMIT = 10_000
+
+
+def _described(request: Request) -> str:
+    """The request's operation and target, for a log line."""
+    return request.operation + (f" on {request.target}" if request.target else "")
 
 
 #: roles told LinkStateChanged when the connection comes up or goes down (if they run)
@@ -148,7 +151,6 @@ class ConnectionActor(SupervisedActor):
         self._policy = policy or Policy()
         self._audit = audit
         self._audit_pending: dict[str, tuple[str, str | None]] = {}
-        self._auditing = True  # False while handling a frame that gets no audit line
         self._settings = settings
         self._identity = identity
         self._link_factory = link_factory
@@ -298,70 +300,60 @@ class ConnectionActor(SupervisedActor):
         self._arm_attempt_timer(self._settings.auth_timeout, LinkState.AUTHENTICATING)
 
     def _frame(self, data: str | bytes) -> None:
+        envelope = decode_envelope(data)
         if self._state is LinkState.AUTHENTICATING:
-            match decode_frame(data):
-                case AuthSucceeded() as ok:
-                    self._authenticated(ok)
+            match envelope:
+                case AuthSucceeded():
+                    self._authenticated(envelope)
                 case AuthRejected(error=error):
                     self._auth_rejected(error)
                 case _:
                     self._attempt_failed("expected auth_success or auth_error as first reply")
             return
-        frame = parse_frame(data)
-        if isinstance(frame, IgnoredFrame):
-            log.warning("ignored a frame from DockMon: %s", frame.reason)
-            return
-        operation, target = operation_of(frame)
-        request_id = request_id_of(frame)
-        self._auditing = audited(frame)
+        match envelope:
+            case IgnoredFrame(reason=reason):
+                log.warning("ignored a frame from DockMon: %s", reason)
+            case AuthSucceeded() | AuthRejected():
+                log.warning("ignored an unexpected %s", type(envelope).__name__)
+            case Request():
+                self._request(envelope)
+            case _:
+                assert_never(envelope)
+
+    def _request(self, request: Request) -> None:
+        """Refused (a duplicate id, the policy), answered (rejected), dropped, or routed."""
+        request_id = request.request_id
         if request_id is not None and request_id in self._audit_pending:
-            self._refuse_duplicate(frame, request_id, operation, target)
+            self._refuse_duplicate(request, request_id)
             return
-        if frame.get("type") not in ("auth_success", "auth_error"):
-            denial = self._policy.check(operation)
-            if denial is not None:
-                self._deny(frame, request_id, operation, target, denial)
-                return
-        match decode_object(frame):
+        denial = self._policy.judge(request)
+        if denial is not None:
+            self._deny(request, denial)
+            return
+        match request.body:
             case IgnoredFrame(reason=reason):
                 log.warning("ignored a frame from DockMon: %s", reason)
             case RejectedRequest(reply=reply):
-                log.warning("rejected a request from DockMon: %s", reply.error)  # type: ignore[union-attr]
-                self._audit_now(operation, target, f"rejected: {reply.error}")  # type: ignore[union-attr]
+                log.warning("rejected a request from DockMon: %s", reply.error)
+                self._audit_now(request, f"rejected: {reply.error}")
                 self._send(encode_reply(reply, self.ctx.clock.time_ns()))
-            case AuthSucceeded() | AuthRejected() as unexpected:
-                log.warning("ignored an unexpected %s", type(unexpected).__name__)
             case command:
                 if request_id is None:
-                    self._audit_now(operation, target, "accepted")
+                    self._audit_now(request, "accepted")
                 else:
-                    self._audit_pending[request_id] = (operation, target)
+                    self._audit_pending[request_id] = (request.operation, request.target)
                     while len(self._audit_pending) > AUDIT_PENDING_LIMIT:
                         self._audit_pending.pop(next(iter(self._audit_pending)))
                 self._route(command)
 
-    def _deny(
-        self,
-        frame: dict[str, Any],
-        request_id: str | None,
-        operation: str,
-        target: str | None,
-        denial: str,
-    ) -> None:
-        log.warning("refused %s%s: %s", operation, f" on {target}" if target else "", denial)
-        self._audit_now(operation, target, f"denied: {denial}")
-        if request_id is None:
-            return
-        reply: Reply = (
-            ContainerOpFailed(request_id=request_id, error=denial, error_type="permission_denied")
-            if frame.get("type") == "container_operation"
-            else CommandFailed(request_id=request_id, error=denial, error_type="permission_denied")
-        )
-        self._send(encode_reply(reply, self.ctx.clock.time_ns()))
+    def _deny(self, request: Request, denial: str) -> None:
+        log.warning("refused %s: %s", _described(request), denial)
+        self._audit_now(request, f"denied: {denial}")
+        if request.request_id is not None:
+            reply = request.refusal(denial, "permission_denied")
+            self._send(encode_reply(reply, self.ctx.clock.time_ns()))
 
-    def _refuse_duplicate(
-        self, frame: dict[str, Any], request_id: str, operation: str, target: str | None
-    ) -> None:
+    def _refuse_duplicate(self, request: Request, request_id: str) -> None:
         """One request id, one request: a second request under an id still pending never runs.
 
         Its refusal is audited at once; the first request keeps its own audit line (its result).
@@ -370,19 +362,14 @@ class ConnectionActor(SupervisedActor):
         error = (
             f"duplicate request id {request_id}: a {first} request with this id is still pending"
         )
-        log.warning("refused %s%s: %s", operation, f" on {target}" if target else "", error)
-        self._audit_now(operation, target, f"rejected: {error}")
-        reply: Reply = (
-            ContainerOpFailed(request_id=request_id, error=error)
-            if frame.get("type") == "container_operation"
-            else CommandFailed(request_id=request_id, error=error)
-        )
-        self._send(encode_reply(reply, self.ctx.clock.time_ns()))
+        log.warning("refused %s: %s", _described(request), error)
+        self._audit_now(request, f"rejected: {error}")
+        self._send(encode_reply(request.refusal(error), self.ctx.clock.time_ns()))
 
-    def _audit_now(self, operation: str, target: str | None, result: str) -> None:
-        """An audit line for the frame being handled (if that kind of frame gets one)."""
-        if self._auditing:
-            self._record(operation, target, result)
+    def _audit_now(self, request: Request, result: str) -> None:
+        """An audit line for a request (if that kind of request gets one)."""
+        if request.audited:
+            self._record(request.operation, request.target, result)
 
     def _record(self, operation: str, target: str | None, result: str) -> None:
         if self._audit is not None:
