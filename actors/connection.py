@@ -29,6 +29,7 @@ from actors.link.websocket import (
     frame_bytes,
 )
 from actors.rules.policy import AuditLog, Policy
+from actors.session.audit import AuditBook, AuditLine
 from actors.session.delivery import Confirmed, Delivery, Receipt
 from actors.session.state import LinkState
 from messages import compose, deploy, health, images, networks, shell, stats, updates, volumes
@@ -45,7 +46,6 @@ from messages.connection import (
     Tick,
 )
 from messages.docker import (
-    ACTION_NAMES,
     CommandFailed,
     CommandSucceeded,
     ContainerEventObserved,
@@ -112,9 +112,6 @@ ROUTES: dict[type, str] = {
 for _family in (images, networks, volumes, compose, deploy, updates, shell, health, stats):
     ROUTES.update(_family.ROUTES)
 
-#: requests whose reply has not gone out yet, remembered for the audit log (oldest dropped)
-AUDIT_PENDING_LIMIT = 10_000
-
 
 def _described(request: Request) -> str:
     """The request's operation and target, for a log line."""
@@ -150,7 +147,7 @@ class ConnectionActor(SupervisedActor):
         super().__init__(ctx)
         self._policy = policy or Policy()
         self._audit = audit
-        self._audit_pending: dict[str, tuple[str, str | None]] = {}
+        self._book = AuditBook()  # which requests get which audit line; the pending ones
         self._settings = settings
         self._identity = identity
         self._link_factory = link_factory
@@ -322,9 +319,8 @@ class ConnectionActor(SupervisedActor):
 
     def _request(self, request: Request) -> None:
         """Refused (a duplicate id, the policy), answered (rejected), dropped, or routed."""
-        request_id = request.request_id
-        if request_id is not None and request_id in self._audit_pending:
-            self._refuse_duplicate(request, request_id)
+        if (duplicate := self._book.duplicate(request)) is not None:
+            self._refuse_duplicate(request, duplicate)
             return
         denial = self._policy.judge(request)
         if denial is not None:
@@ -335,41 +331,31 @@ class ConnectionActor(SupervisedActor):
                 log.warning("ignored a frame from DockMon: %s", reason)
             case RejectedRequest(reply=reply):
                 log.warning("rejected a request from DockMon: %s", reply.error)
-                self._audit_now(request, f"rejected: {reply.error}")
+                self._write(self._book.rejected(request, reply.error))
                 self._send(encode_reply(reply, self.ctx.clock.time_ns()))
             case command:
-                if request_id is None:
-                    self._audit_now(request, "accepted")
-                else:
-                    self._audit_pending[request_id] = (request.operation, request.target)
-                    while len(self._audit_pending) > AUDIT_PENDING_LIMIT:
-                        self._audit_pending.pop(next(iter(self._audit_pending)))
-                self._route(command)
+                self._write(self._book.accepted(request))
+                self._route(request, command)
 
     def _deny(self, request: Request, denial: str) -> None:
         log.warning("refused %s: %s", _described(request), denial)
-        self._audit_now(request, f"denied: {denial}")
+        self._write(self._book.denied(request, denial))
         if request.request_id is not None:
             reply = request.refusal(denial, "permission_denied")
             self._send(encode_reply(reply, self.ctx.clock.time_ns()))
 
-    def _refuse_duplicate(self, request: Request, request_id: str) -> None:
+    def _refuse_duplicate(self, request: Request, error: str) -> None:
         """One request id, one request: a second request under an id still pending never runs.
 
         Its refusal is audited at once; the first request keeps its own audit line (its result).
         """
-        first = self._audit_pending[request_id][0]
-        error = (
-            f"duplicate request id {request_id}: a {first} request with this id is still pending"
-        )
         log.warning("refused %s: %s", _described(request), error)
-        self._audit_now(request, f"rejected: {error}")
+        self._write(self._book.rejected(request, error))
         self._send(encode_reply(request.refusal(error), self.ctx.clock.time_ns()))
 
-    def _audit_now(self, request: Request, result: str) -> None:
-        """An audit line for a request (if that kind of request gets one)."""
-        if request.audited:
-            self._record(request.operation, request.target, result)
+    def _write(self, line: AuditLine | None) -> None:
+        if line is not None:
+            self._record(line.operation, line.target, line.result)
 
     def _record(self, operation: str, target: str | None, result: str) -> None:
         if self._audit is not None:
@@ -377,30 +363,17 @@ class ConnectionActor(SupervisedActor):
             if error := self._audit.record(at, operation, target, result):  # never raises
                 self.ctx.peers.tell("status", WriteFailed(what="audit", error=error), optional=True)
 
-    def _audit_reply(self, reply: Reply) -> None:
-        entry = self._audit_pending.pop(reply.request_id, None)
-        if entry is None or self._audit is None:
-            return
-        error = getattr(reply, "error", None)
-        self._record(entry[0], entry[1], f"error: {error}" if error else "ok")
-
-    def _route(self, command: Any) -> None:
+    def _route(self, request: Request, command: Any) -> None:
         role = ROUTES.get(type(command))
         if role is None:
             log.error("no route for %s", type(command).__name__)
             return
         if self.ctx.peers.tell(role, command):
             return
-        request_id = getattr(command, "request_id", None)
-        if request_id is None:
+        if request.request_id is None:
             return  # fire-and-forget families (shell input, health configs) have no reply
-        error = f"{role} is restarting; try again"
-        reply: Reply = (
-            ContainerOpFailed(request_id=request_id, error=error)
-            if type(command) in ACTION_NAMES
-            else CommandFailed(request_id=request_id, error=error)
-        )
-        self._audit_reply(reply)  # answered: no longer pending
+        reply = request.refusal(f"{role} is restarting; try again")
+        self._write(self._book.answered(reply))  # answered: no longer pending
         self._send(encode_reply(reply, self.ctx.clock.time_ns()))
 
     def _notify_link(self, connected: bool) -> None:
@@ -659,7 +632,7 @@ class ConnectionActor(SupervisedActor):
                 else CommandFailed(request_id=reply.request_id, error=error)
             )
             text = encode_reply(reply, self.ctx.clock.time_ns())
-        self._audit_reply(reply)
+        self._write(self._book.answered(reply))
         return text
 
     def _send(self, text: str, *, buffer: bool = True) -> None:
