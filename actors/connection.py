@@ -3,6 +3,10 @@
 The actor never blocks: the socket and its reader and writer threads live in a
 :class:`~actors.link.websocket.WebSocketLink` per connection attempt, which tells the actor what
 it reads. Keepalive, dead-link detection and backoff run on the injected scheduler and clock.
+Each frame is decoded once into an envelope (``messages.wire.decode_envelope``) that the policy
+judges. The decisions are plain classes in :mod:`actors.session`: the link state, delivery
+(frame numbers, unconfirmed frames, the outbox) and the audit bookkeeping; the actor does the
+I/O (the link, the timers, the peers) and asks them what to do.
 """
 
 from __future__ import annotations
@@ -113,11 +117,6 @@ for _family in (images, networks, volumes, compose, deploy, updates, shell, heal
     ROUTES.update(_family.ROUTES)
 
 
-def _described(request: Request) -> str:
-    """The request's operation and target, for a log line."""
-    return request.operation + (f" on {request.target}" if request.target else "")
-
-
 #: roles told LinkStateChanged when the connection comes up or goes down (if they run)
 LINK_SUBSCRIBERS = ("updater", "deployer", "stats", "shell", "health_checks")
 
@@ -129,7 +128,7 @@ class _Stats:
 
 
 class ConnectionActor(SupervisedActor):
-    """States: :class:`~actors.session.state.LinkState`."""
+    """The DockMon connection, one attempt after another (:class:`LinkState`)."""
 
     def __init__(
         self,
@@ -653,3 +652,8 @@ class ConnectionActor(SupervisedActor):
         self._delivery.queue(text)
         if self.ctx.clock.monotonic() - self._status_reported >= 1.0:
             self._report_status()
+
+
+def _described(request: Request) -> str:
+    """The request's operation and target, for a log line."""
+    return request.operation + (f" on {request.target}" if request.target else "")
