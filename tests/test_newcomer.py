@@ -15,6 +15,7 @@ import pytest
 
 import agent_config
 from actors.commands.compose_files import DEFAULT_SCAN_ROOTS, OPTIONAL_SCAN_ROOTS
+from actors.runtime.logs import setup_logging
 from tests.support.prerequisites import requires
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,12 +33,12 @@ def _restore_logging() -> object:
 def _log_one_line(json_format: bool | None, *, tty: bool) -> str:
     if not tty:
         stream = io.StringIO()
-        agent_config.setup_logging("info", json_format, stream=stream)
+        setup_logging("info", json_format, stream=stream)
         logging.getLogger("newcomer").warning("hello %s", "there")
         return stream.getvalue()
     master, slave = os.openpty()  # a real terminal
     with os.fdopen(slave, "w") as terminal:
-        agent_config.setup_logging("info", json_format, stream=terminal)
+        setup_logging("info", json_format, stream=terminal)
         logging.getLogger("newcomer").warning("hello %s", "there")
         terminal.flush()
         data = os.read(master, 65536).decode()

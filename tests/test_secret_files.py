@@ -18,7 +18,8 @@ import pytest
 
 import agent_cli
 from actors.errors import ConfigError
-from agent_config import Config, format_config, load_config, setup_logging
+from actors.runtime.logs import setup_logging
+from agent_config import Config, format_config, load_config
 from messages.common import Secret
 from tests.support.agent_harness import running_agent
 from tests.support.daemon import PrivateDockerd

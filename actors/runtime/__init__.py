@@ -1,1 +1,1 @@
-"""What every actor uses, written once: atomic files, Docker clients."""
+"""What every actor uses, written once: atomic files, Docker clients, logs and redaction."""
