@@ -2,7 +2,7 @@
 #
 #   docker build -t dockmon-agent .            # online: dependencies come from PyPI
 #
-# Offline (what tests/dockerenv.py:build_agent_image does): put the project wheel and every
+# Offline (what tests/support/images.py:build_agent_image does): put the project wheel and every
 # dependency wheel in ./wheels of the build context, then
 #
 #   docker build --network none \

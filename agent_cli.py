@@ -30,6 +30,7 @@ from actors.host.privileges import PrivilegeError, drop_privileges
 from actors.link.ingest import ingest_settings
 from actors.link.websocket import LinkSettings
 from actors.rules.policy import AuditLog
+from actors.runtime.logs import setup_logging
 from actors.shell import ShellActor
 from actors.stats import StatsActor, StatsSettings
 from actors.status import StatusReporterActor, health_verdict, read_status
@@ -434,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_problems(problems)
         return 2
     cfg = report.config
-    agent_config.setup_logging(cfg.log_level, cfg.log_json)
+    setup_logging(cfg.log_level, cfg.log_json)
     for level, note in privileges.notes:
         log.log(level, "%s", note)
     own_id = detect_own_container_id()

@@ -1,4 +1,4 @@
-"""Agent configuration: settings table, loading (defaults < YAML < env < flags) and logging.
+"""Agent configuration: the settings table and loading (defaults < YAML < env < flags).
 
 ``SETTINGS`` is the one source of truth: ``load_config`` reads it, ``add_cli_flags`` turns it into
 flags and ``format_config`` prints it. Unlike the Go agent, a bad value is never silently replaced
@@ -10,29 +10,25 @@ from __future__ import annotations
 import argparse
 import difflib
 import errno
-import json
-import logging
 import os
 import re
 import stat
-import sys
-import threading
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, TextIO, TypeVar
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import colorlog
 import yaml
 
-from actors.commands.compose_files import is_system_path
 from actors.errors import ConfigError
-from actors.flows.self_update import parse_image_ref
 from actors.host.privileges import DEFAULT_SOCKETS
+from actors.rules.image_refs import parse_image_ref
+from actors.rules.paths import is_system_path
 from actors.rules.policy import Policy, parse_policy
 from actors.runtime.docker_client import api_version_problem
+from actors.runtime.logs import parse_level, register_secret
 from messages.common import Secret
+from messages.tokens import TOKEN_PATTERN
 
 _T = TypeVar("_T")
 
@@ -157,8 +153,6 @@ _DOCKER_TLS = (
     "TLS to the Docker daemon is not supported by this agent yet; "
     "unset DOCKER_TLS_VERIFY/DOCKER_CERT_PATH or use a unix socket"
 )
-#: the backend's token grammar (settings, secret files and the token file)
-TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_:-]{1,255}")
 _USERINFO = re.compile(r"//([^/@:]*):([^/@]*)@")
 
 
@@ -216,12 +210,6 @@ _UNITS = {
 }
 _DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
 _DURATION = re.compile(rf"[+-]?(?:{_DURATION_PART.pattern})+")
-_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-}
 
 
 def _parse_bool(text: str) -> bool:
@@ -241,13 +229,6 @@ def _parse_duration(text: str) -> float:
         raise ValueError(f"invalid duration {text!r} (use Go syntax such as 500ms, 2s, 1m30s)")
     total = sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(text))
     return -total if text.startswith("-") else total
-
-
-def _parse_level(text: str) -> str:
-    level = "warning" if text.lower() == "warn" else text.lower()
-    if level not in _LEVELS:
-        raise ValueError(f"invalid level {text!r} (use debug, info, warning or error)")
-    return level
 
 
 def _seconds_text(seconds: float) -> str:
@@ -490,215 +471,313 @@ def inspect_config(
     path_exists: Callable[[str], bool] = os.path.exists,
 ) -> ConfigReport:
     """``load_config`` without raising: every problem, and every value it could parse."""
-    problems: list[str] = []
-    given: dict[str, tuple[str, str]] = {}  # name -> (text, source)
     path = config_path or environ.get("DOCKMON_CONFIG")
-    sections: dict[str, Any] = {}
-    file_failed = False
+    given = _Given()
     if path:
-        settings = _read_yaml(path, problems, sections)
-        file_failed = settings is None
-        given.update((name, (v, "yaml")) for name, v in (settings or {}).items())
-    for s in SETTINGS:
-        value = environ.get(s.name) or (
-            environ.get(s.name.lower()) if s.name in _LOWERCASE_TOO else ""
-        )
-        if value:
-            given[s.name] = (value, "env")
-    for name, value in (overrides or {}).items():
-        if name not in _BY_NAME:
-            problems.append(f"unknown setting {name!r}")
-        elif value:
-            given[name] = (value, "flag")
+        given.read_file(path)
+    given.read_env(environ)
+    given.read_flags(overrides or {})
+    values = _parse_settings(given, path, path_exists)
+    return _report(given, values)
 
-    failed: set[str] = set()
 
-    def text(name: str) -> str | None:
-        return given[name][0] if name in given else _BY_NAME[name].default
+# --- loading, step 1: the text each setting was given, and where from
 
-    def parsed(name: str, parse: Callable[[str], _T]) -> _T:
+
+class _Given:
+    """The settings' texts as given (defaults < YAML < env < flags; empty counts as unset) and
+    every problem found so far, in the order found."""
+
+    def __init__(self) -> None:
+        self.texts: dict[str, tuple[str, str]] = {}  # name -> (text, source)
+        self.problems: list[str] = []
+        #: the settings whose text did not parse (their default stands in)
+        self.failed: set[str] = set()
+        #: the YAML file's mapping-valued sections (``policy``)
+        self.sections: dict[str, Any] = {}
+        #: the YAML file could not be used at all (so "not set" means nothing)
+        self.file_failed = False
+
+    def read_file(self, path: str) -> None:
+        settings = _read_yaml(path, self.problems, self.sections)
+        self.file_failed = settings is None
+        self.texts.update((name, (v, "yaml")) for name, v in (settings or {}).items())
+
+    def read_env(self, environ: Mapping[str, str]) -> None:
+        for s in SETTINGS:
+            value = environ.get(s.name) or (
+                environ.get(s.name.lower()) if s.name in _LOWERCASE_TOO else ""
+            )
+            if value:
+                self.texts[s.name] = (value, "env")
+
+    def read_flags(self, overrides: Mapping[str, str]) -> None:
+        for name, value in overrides.items():
+            if name not in _BY_NAME:
+                self.problems.append(f"unknown setting {name!r}")
+            elif value:
+                self.texts[name] = (value, "flag")
+
+    def text(self, name: str) -> str | None:
+        """The setting's text, or its default (None: no default)."""
+        return self.texts[name][0] if name in self.texts else _BY_NAME[name].default
+
+    def parsed(self, name: str, parse: Callable[[str], _T]) -> _T:
+        """The setting's text parsed; its default (and a problem) when the text is invalid."""
         default = _BY_NAME[name].default
         assert default is not None, name
         try:
-            return parse(text(name) or default)
+            return parse(self.text(name) or default)
         except ValueError as exc:
-            problems.append(f"{name}: {exc}")
-            failed.add(name)
+            self.problems.append(f"{name}: {exc}")
+            self.failed.add(name)
             return parse(default)
 
-    url = text("DOCKMON_URL")
+
+# --- loading, step 2: each group of settings parsed, with the rules that join its settings
+
+
+def _parse_settings(
+    given: _Given, path: str | None, path_exists: Callable[[str], bool]
+) -> dict[str, Any]:
+    """Every ``Config`` field but ``sources``, parsed and checked in this order (the order of
+    the problems)."""
+    return {
+        **_server_url(given),
+        **_tokens(given),
+        "ca_cert": _ca_cert(given),
+        **_docker(given, path_exists),
+        **_registration(given),
+        **_reconnect(given),
+        **_storage(given),
+        **_proxies(given),
+        **_log_settings(given),
+        "insecure_skip_verify": given.parsed("INSECURE_SKIP_VERIFY", _parse_bool),
+        **_updates(given),
+        "unhealthy_after": given.parsed("UNHEALTHY_AFTER", _parse_duration),
+        "policy": parse_policy(
+            given.sections.get("policy"), f"config file {path!r}", given.problems
+        ),
+        "compose_roots": _compose_roots(given.text("COMPOSE_ROOTS"), given.problems),
+    }
+
+
+def _server_url(given: _Given) -> dict[str, Any]:
+    """DOCKMON_URL (required) and the WebSocket URL made from it."""
+    url = given.text("DOCKMON_URL")
     if url is None:
-        if not file_failed:  # it may well be in the file we could not read
-            problems.append(f"DOCKMON_URL is not set; {_URL_HINT}")
+        if not given.file_failed:  # it may well be in the file we could not read
+            given.problems.append(f"DOCKMON_URL is not set; {_URL_HINT}")
     elif reason := _url_problem(url, ("http", "https", "ws", "wss")):
-        problems.append(f"DOCKMON_URL: invalid URL {_mask_url(url)!r} ({reason}); {_URL_HINT}")
+        given.problems.append(
+            f"DOCKMON_URL: invalid URL {_mask_url(url)!r} ({reason}); {_URL_HINT}"
+        )
         url = None
+    return {"dockmon_url": url or "", "ws_url": _ws_url(url) if url else ""}
 
-    tokens: dict[str, Secret | None] = {}
-    for name in ("REGISTRATION_TOKEN", "PERMANENT_TOKEN"):
-        token, label, file_name = text(name), name, f"{name}_FILE"
-        file_path = text(file_name)
-        if file_path and token:  # the value itself wins; say so in --print-config
-            given[file_name] = (file_path, f"{given[file_name][1]}; unused, {name} is set")
-        elif file_path:
-            token = _read_secret_file(file_name, file_path, problems)
-            if token:
-                given[name] = (token, f"file:{file_path}")
-                label = f"{file_name} ({file_path!r})"
+
+def _tokens(given: _Given) -> dict[str, Any]:
+    """REGISTRATION_TOKEN and PERMANENT_TOKEN, each given itself or in its ``*_FILE``."""
+    return {
+        "registration_token": _token(given, "REGISTRATION_TOKEN"),
+        "permanent_token": _token(given, "PERMANENT_TOKEN"),
+        "registration_token_file": given.text("REGISTRATION_TOKEN_FILE"),
+        "permanent_token_file": given.text("PERMANENT_TOKEN_FILE"),
+    }
+
+
+def _token(given: _Given, name: str) -> Secret | None:
+    """One token: the value itself wins over its file; registered for redaction, then checked."""
+    token, label, file_name = given.text(name), name, f"{name}_FILE"
+    file_path = given.text(file_name)
+    if file_path and token:  # the value itself wins; say so in --print-config
+        given.texts[file_name] = (file_path, f"{given.texts[file_name][1]}; unused, {name} is set")
+    elif file_path:
+        token = _read_secret_file(file_name, file_path, given.problems)
         if token:
-            register_secret(token)
-            if not TOKEN_PATTERN.fullmatch(token):
-                problems.append(
-                    f"{label}: invalid token of {len(token)} characters; the server accepts only "
-                    "letters, digits, '_', ':' and '-', at most 255 (check for quotes or spaces)"
-                )
-        tokens[name] = Secret(token) if token else None
+            given.texts[name] = (token, f"file:{file_path}")
+            label = f"{file_name} ({file_path!r})"
+    if token:
+        register_secret(token)
+        if not TOKEN_PATTERN.fullmatch(token):
+            given.problems.append(
+                f"{label}: invalid token of {len(token)} characters; the server accepts only "
+                "letters, digits, '_', ':' and '-', at most 255 (check for quotes or spaces)"
+            )
+    return Secret(token) if token else None
 
-    ca_cert = text("CA_CERT")
+
+def _ca_cert(given: _Given) -> str | None:
+    """CA_CERT: a readable file holding PEM certificates."""
+    ca_cert = given.text("CA_CERT")
     if ca_cert:
         try:
             with open(ca_cert, encoding="utf-8", errors="replace") as f:
                 pem = f.read()
         except OSError as exc:
-            problems.append(
+            given.problems.append(
                 f"CA_CERT: cannot read {ca_cert!r}: {exc.strerror}; point CA_CERT at a PEM file "
                 "the agent can read (mount it into the container), or unset CA_CERT"
             )
         else:
             if "-----BEGIN CERTIFICATE-----" not in pem:
-                problems.append(
+                given.problems.append(
                     f"CA_CERT: {ca_cert!r} contains no PEM certificate; it must hold "
                     "'-----BEGIN CERTIFICATE-----' blocks (convert DER with "
                     "'openssl x509 -inform der -in ca.der -out ca.pem')"
                 )
+    return ca_cert
 
-    docker_host = text("DOCKER_HOST") or next(
+
+def _docker(given: _Given, path_exists: Callable[[str], bool]) -> dict[str, Any]:
+    """DOCKER_HOST (default: the first socket that exists), DOCKER_API_VERSION, and the TLS
+    settings, which a tcp:// host refuses (not supported)."""
+    docker_host = given.text("DOCKER_HOST") or next(
         (f"unix://{p}" for p in _DOCKER_SOCKETS if path_exists(p)), f"unix://{_DOCKER_SOCKETS[0]}"
     )
-    docker_api_version = (text("DOCKER_API_VERSION") or "").strip() or None
+    docker_api_version = (given.text("DOCKER_API_VERSION") or "").strip() or None
     if docker_api_version and (why := api_version_problem(docker_api_version)):
-        problems.append(f"DOCKER_API_VERSION: {why}")
-    docker_cert_path = text("DOCKER_CERT_PATH")
-    docker_tls_verify = parsed("DOCKER_TLS_VERIFY", _parse_bool)
+        given.problems.append(f"DOCKER_API_VERSION: {why}")
+    docker_cert_path = given.text("DOCKER_CERT_PATH")
+    docker_tls_verify = given.parsed("DOCKER_TLS_VERIFY", _parse_bool)
     if docker_host.startswith("unix://"):
         if not docker_host.removeprefix("unix://").startswith("/"):
-            problems.append(f"DOCKER_HOST: {docker_host!r} needs an absolute socket path")
+            given.problems.append(f"DOCKER_HOST: {docker_host!r} needs an absolute socket path")
     else:
         if reason := _url_problem(docker_host, ("unix", "tcp")):
-            problems.append(f"DOCKER_HOST: unsupported value {_mask_url(docker_host)!r} ({reason})")
+            given.problems.append(
+                f"DOCKER_HOST: unsupported value {_mask_url(docker_host)!r} ({reason})"
+            )
         if docker_tls_verify or docker_cert_path:
-            problems.append(_DOCKER_TLS)
+            given.problems.append(_DOCKER_TLS)
+    return {
+        "docker_host": docker_host,
+        "docker_api_version": docker_api_version,
+        "docker_cert_path": docker_cert_path,
+        "docker_tls_verify": docker_tls_verify,
+    }
 
-    proto_version = parsed("PROTO_VERSION", str)
+
+def _registration(given: _Given) -> dict[str, Any]:
+    """PROTO_VERSION, AGENT_NAME, and FORCE_UNIQUE_REGISTRATION, which needs AGENT_NAME."""
+    proto_version = given.parsed("PROTO_VERSION", str)
     if len(proto_version) > 20:
-        problems.append(f"PROTO_VERSION: {proto_version!r} is longer than 20 characters")
-
-    agent_name = (text("AGENT_NAME") or "").strip() or None
+        given.problems.append(f"PROTO_VERSION: {proto_version!r} is longer than 20 characters")
+    agent_name = (given.text("AGENT_NAME") or "").strip() or None
     if agent_name and len(agent_name) > 255:
-        problems.append(f"AGENT_NAME: {len(agent_name)} characters, at most 255 allowed")
-    force_unique = parsed("FORCE_UNIQUE_REGISTRATION", _parse_bool)
+        given.problems.append(f"AGENT_NAME: {len(agent_name)} characters, at most 255 allowed")
+    force_unique = given.parsed("FORCE_UNIQUE_REGISTRATION", _parse_bool)
     if force_unique and not agent_name:
-        problems.append("FORCE_UNIQUE_REGISTRATION=true requires AGENT_NAME to be set")
+        given.problems.append("FORCE_UNIQUE_REGISTRATION=true requires AGENT_NAME to be set")
+    return {
+        "proto_version": proto_version,
+        "agent_name": agent_name,
+        "force_unique_registration": force_unique,
+    }
 
-    reconnect_initial = parsed("RECONNECT_INITIAL", _parse_duration)
-    reconnect_max = parsed("RECONNECT_MAX", _parse_duration)
+
+def _reconnect(given: _Given) -> dict[str, Any]:
+    """RECONNECT_INITIAL (greater than 0) and RECONNECT_MAX (at least RECONNECT_INITIAL)."""
+    reconnect_initial = given.parsed("RECONNECT_INITIAL", _parse_duration)
+    reconnect_max = given.parsed("RECONNECT_MAX", _parse_duration)
+    both_parsed = not given.failed & {"RECONNECT_INITIAL", "RECONNECT_MAX"}
     if reconnect_initial <= 0:
-        problems.append(
-            f"RECONNECT_INITIAL: must be greater than 0, got {text('RECONNECT_INITIAL')}"
+        given.problems.append(
+            f"RECONNECT_INITIAL: must be greater than 0, got {given.text('RECONNECT_INITIAL')}"
         )
-    elif reconnect_max < reconnect_initial and not failed & {"RECONNECT_INITIAL", "RECONNECT_MAX"}:
-        problems.append(
-            f"RECONNECT_MAX ({text('RECONNECT_MAX')}) must be at least "
-            f"RECONNECT_INITIAL ({text('RECONNECT_INITIAL')})"
+    elif reconnect_max < reconnect_initial and both_parsed:
+        given.problems.append(
+            f"RECONNECT_MAX ({given.text('RECONNECT_MAX')}) must be at least "
+            f"RECONNECT_INITIAL ({given.text('RECONNECT_INITIAL')})"
         )
+    return {"reconnect_initial": reconnect_initial, "reconnect_max": reconnect_max}
 
-    data_path = parsed("DATA_PATH", str)
+
+def _storage(given: _Given) -> dict[str, Any]:
+    """DATA_PATH (absolute) and the stacks directories (default: ``$DATA_PATH/stacks``)."""
+    data_path = given.parsed("DATA_PATH", str)
     if not os.path.isabs(data_path):
-        problems.append(
+        given.problems.append(
             f"DATA_PATH: {data_path!r} must be an absolute path, e.g. /data (a mounted volume)"
         )
+    return {
+        "data_path": data_path,
+        "agent_stacks_dir": given.text("AGENT_STACKS_DIR") or os.path.join(data_path, "stacks"),
+        "host_stacks_dir": given.text("HOST_STACKS_DIR"),
+    }
 
-    proxies: dict[str, str | None] = {}
+
+def _proxies(given: _Given) -> dict[str, Any]:
+    """HTTPS_PROXY and HTTP_PROXY (http:// or https://; a password is redacted), NO_PROXY."""
+    values: dict[str, Any] = {}
     for name in ("HTTPS_PROXY", "HTTP_PROXY"):
-        proxy = proxies[name] = text(name)
+        proxy = values[name.lower()] = given.text(name)
         if proxy:
             if userinfo := _USERINFO.search(proxy):
                 register_secret(userinfo[2])
             if reason := _url_problem(proxy, ("http", "https")):
-                problems.append(f"{name}: invalid proxy URL {_mask_url(proxy)!r} ({reason})")
+                given.problems.append(f"{name}: invalid proxy URL {_mask_url(proxy)!r} ({reason})")
+    values["no_proxy"] = given.text("NO_PROXY")
+    return values
 
-    log_level = parsed("LOG_LEVEL", _parse_level)
+
+def _log_settings(given: _Given) -> dict[str, Any]:
+    """LOG_LEVEL and LOG_JSON (unset: None, decided by whether stderr is a terminal)."""
+    log_level = given.parsed("LOG_LEVEL", parse_level)
     log_json: bool | None = None
-    if (log_json_text := text("LOG_JSON")) is not None:
+    if (log_json_text := given.text("LOG_JSON")) is not None:
         try:
             log_json = _parse_bool(log_json_text)
         except ValueError as exc:
-            problems.append(f"LOG_JSON: {exc}")
-    insecure_skip_verify = parsed("INSECURE_SKIP_VERIFY", _parse_bool)
-    update_timeout = parsed("UPDATE_TIMEOUT", _parse_duration)
-    self_update_image = (text("SELF_UPDATE_IMAGE") or "").strip() or None
+            given.problems.append(f"LOG_JSON: {exc}")
+    return {"log_level": log_level, "log_json": log_json}
+
+
+def _updates(given: _Given) -> dict[str, Any]:
+    """UPDATE_TIMEOUT, SELF_UPDATE_IMAGE (an image reference), SELF_UPDATE_TIMEOUT (greater
+    than 0) and DEPLOY_STOP_TIMEOUT (not negative)."""
+    update_timeout = given.parsed("UPDATE_TIMEOUT", _parse_duration)
+    self_update_image = (given.text("SELF_UPDATE_IMAGE") or "").strip() or None
     if self_update_image:
         try:
             parse_image_ref(self_update_image)
         except ValueError as exc:
-            problems.append(f"SELF_UPDATE_IMAGE: {exc}")
-    self_update_timeout = parsed("SELF_UPDATE_TIMEOUT", _parse_duration)
-    if self_update_timeout <= 0 and "SELF_UPDATE_TIMEOUT" not in failed:
-        problems.append(
-            f"SELF_UPDATE_TIMEOUT: must be greater than 0, got {text('SELF_UPDATE_TIMEOUT')}"
+            given.problems.append(f"SELF_UPDATE_IMAGE: {exc}")
+    self_update_timeout = given.parsed("SELF_UPDATE_TIMEOUT", _parse_duration)
+    if self_update_timeout <= 0 and "SELF_UPDATE_TIMEOUT" not in given.failed:
+        given.problems.append(
+            f"SELF_UPDATE_TIMEOUT: must be greater than 0, got {given.text('SELF_UPDATE_TIMEOUT')}"
         )
-    deploy_stop_timeout = parsed("DEPLOY_STOP_TIMEOUT", _parse_duration)
-    if deploy_stop_timeout < 0 and "DEPLOY_STOP_TIMEOUT" not in failed:
-        problems.append(
-            f"DEPLOY_STOP_TIMEOUT: must not be negative, got {text('DEPLOY_STOP_TIMEOUT')}"
+    deploy_stop_timeout = given.parsed("DEPLOY_STOP_TIMEOUT", _parse_duration)
+    if deploy_stop_timeout < 0 and "DEPLOY_STOP_TIMEOUT" not in given.failed:
+        given.problems.append(
+            f"DEPLOY_STOP_TIMEOUT: must not be negative, got {given.text('DEPLOY_STOP_TIMEOUT')}"
         )
-    unhealthy_after = parsed("UNHEALTHY_AFTER", _parse_duration)
-    policy = parse_policy(sections.get("policy"), f"config file {path!r}", problems)
-    compose_roots = _compose_roots(text("COMPOSE_ROOTS"), problems)
-    values: dict[str, Any] = dict(
-        dockmon_url=url or "",
-        ws_url=_ws_url(url) if url else "",
-        registration_token=tokens["REGISTRATION_TOKEN"],
-        permanent_token=tokens["PERMANENT_TOKEN"],
-        registration_token_file=text("REGISTRATION_TOKEN_FILE"),
-        permanent_token_file=text("PERMANENT_TOKEN_FILE"),
-        insecure_skip_verify=insecure_skip_verify,
-        ca_cert=ca_cert,
-        docker_host=docker_host,
-        docker_api_version=docker_api_version,
-        docker_cert_path=docker_cert_path,
-        docker_tls_verify=docker_tls_verify,
-        proto_version=proto_version,
-        agent_name=agent_name,
-        force_unique_registration=force_unique,
-        reconnect_initial=reconnect_initial,
-        reconnect_max=reconnect_max,
-        data_path=data_path,
-        agent_stacks_dir=text("AGENT_STACKS_DIR") or os.path.join(data_path, "stacks"),
-        host_stacks_dir=text("HOST_STACKS_DIR"),
-        compose_roots=compose_roots,
-        update_timeout=update_timeout,
-        self_update_image=self_update_image,
-        self_update_timeout=self_update_timeout,
-        deploy_stop_timeout=deploy_stop_timeout,
-        unhealthy_after=unhealthy_after,
-        policy=policy,
-        log_level=log_level,
-        log_json=log_json,
-        https_proxy=proxies["HTTPS_PROXY"],
-        http_proxy=proxies["HTTP_PROXY"],
-        no_proxy=text("NO_PROXY"),
-        sources=tuple(
-            (s.name, given[s.name][1] if s.name in given else "default") for s in SETTINGS
-        ),
+    return {
+        "update_timeout": update_timeout,
+        "self_update_image": self_update_image,
+        "self_update_timeout": self_update_timeout,
+        "deploy_stop_timeout": deploy_stop_timeout,
+    }
+
+
+# --- loading, step 3: the report
+
+
+def _report(given: _Given, values: dict[str, Any]) -> ConfigReport:
+    """The config when no problem was found, and in any case every problem, value and source."""
+    sources = tuple(
+        (s.name, given.texts[s.name][1] if s.name in given.texts else "default") for s in SETTINGS
     )
+    values = {**values, "sources": sources}
+    values = {field.name: values[field.name] for field in fields(Config)}  # each one, in order
     return ConfigReport(
-        config=None if problems else Config(**values),
-        problems=tuple(problems),
+        config=None if given.problems else Config(**values),
+        problems=tuple(given.problems),
         values=values,
-        texts={name: text for name, (text, _) in given.items()},
-        sources=dict(values["sources"]),
-        file_failed=file_failed,
+        texts={name: text for name, (text, _) in given.texts.items()},
+        sources=dict(sources),
+        file_failed=given.file_failed,
     )
 
 
@@ -810,132 +889,3 @@ def format_report(report: ConfigReport) -> str:
         if problem_setting(problem) is None:
             lines.append(f"# INVALID: {problem}")
     return "\n".join(lines)
-
-
-# --- logging
-
-_HUMAN_FORMAT = (
-    "%(asctime)s %(log_color)s%(levelname)-8s%(reset)s [%(threadName)s] %(name)s: %(message)s"
-)
-_SECRET_KEY = r"[\w-]*(?:token|password)"
-_PLAIN = logging.Formatter()
-
-
-class _Redactor(logging.Filter):
-    """Handler filter masking registered secrets and JSON ``"…token"``/``"…password"`` values.
-
-    It rewrites the record (message, traceback, stack, ``fields``) before any formatter runs.
-    """
-
-    _KEY = re.compile(_SECRET_KEY, re.IGNORECASE)
-    _JSON_PAIR = re.compile(rf'("{_SECRET_KEY}"\s*:\s*")(?:[^"\\]|\\.)*"', re.IGNORECASE)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-        self._secrets: set[str] = set()
-        self._pattern: re.Pattern[str] | None = None
-
-    def register(self, value: str) -> None:
-        with self._lock:
-            self._secrets.add(value)
-            longest_first = sorted(self._secrets, key=len, reverse=True)
-            self._pattern = re.compile("|".join(map(re.escape, longest_first)))
-
-    def redact(self, text: str) -> str:
-        text = self._JSON_PAIR.sub(r'\1****"', text)
-        pattern = self._pattern
-        return pattern.sub("****", text) if pattern else text
-
-    def _scrub(self, value: object) -> object:
-        if isinstance(value, str):
-            return self.redact(value)
-        if isinstance(value, Mapping):
-            return {
-                k: "****" if self._KEY.fullmatch(str(k)) else self._scrub(v)
-                for k, v in value.items()
-            }
-        if isinstance(value, list | tuple):
-            return [self._scrub(v) for v in value]
-        return value
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except (TypeError, ValueError):  # bad %-args: log them instead of raising in the caller
-            message = f"unformattable log message {record.msg!r} % {record.args!r}"
-        record.msg, record.args = self.redact(message), None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = _PLAIN.formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self.redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = self.redact(record.stack_info)
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, Mapping):
-            record.fields = self._scrub(fields)
-        return True
-
-
-_REDACTOR = _Redactor()
-
-
-def register_secret(value: str) -> None:
-    """Make every log handler set up by ``setup_logging`` print ``value`` as ``****``."""
-    if value:
-        _REDACTOR.register(value)
-
-
-class _JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, thread, message, [exc], [stack], fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        entry: dict[str, object] = {
-            "time": f"{stamp}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "thread": record.threadName,
-            "message": record.getMessage(),
-        }
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.formatException(record.exc_info)
-        if record.exc_text:
-            entry["exc"] = record.exc_text
-        if record.stack_info:
-            entry["stack"] = record.stack_info
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, Mapping):
-            for key, value in fields.items():
-                entry.setdefault(str(key), value)
-        return json.dumps(entry, ensure_ascii=False, default=str)
-
-
-def setup_logging(level: str, json_format: bool | None, stream: TextIO | None = None) -> None:
-    """Point the root logger at one redacting handler on ``stream`` (default stderr).
-
-    ``json_format`` None: coloured text when ``stream`` is a terminal, JSON lines otherwise.
-
-    ``level`` is debug|info|warn|warning|error. pykka, websocket and urllib3 log at WARNING (or
-    ``level`` if higher), except at debug, where pykka logs INFO and the others DEBUG.
-    """
-    name = _parse_level(level)
-    stream = sys.stderr if stream is None else stream
-    if json_format is None:
-        isatty = getattr(stream, "isatty", None)
-        json_format = not (callable(isatty) and isatty())
-    handler = logging.StreamHandler(stream)
-    handler.addFilter(_REDACTOR)
-    handler.setFormatter(
-        _JsonFormatter() if json_format else colorlog.ColoredFormatter(_HUMAN_FORMAT, stream=stream)
-    )
-    root = logging.getLogger()
-    for old in root.handlers[:]:
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(_LEVELS[name])
-    debug = name == "debug"
-    quiet = max(logging.WARNING, _LEVELS[name])
-    logging.getLogger("pykka").setLevel(logging.INFO if debug else quiet)
-    for noisy in ("websocket", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else quiet)

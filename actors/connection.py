@@ -3,15 +3,18 @@
 The actor never blocks: the socket and its reader and writer threads live in a
 :class:`~actors.link.websocket.WebSocketLink` per connection attempt, which tells the actor what
 it reads. Keepalive, dead-link detection and backoff run on the injected scheduler and clock.
+Each frame is decoded once into an envelope (``messages.wire.decode_envelope``) that the policy
+judges. The decisions are plain classes in :mod:`actors.session`: the link state, delivery
+(frame numbers, unconfirmed frames, the outbox) and the audit bookkeeping; the actor does the
+I/O (the link, the timers, the peers) and asks them what to do.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 from actors.base import (
     ActorContext,
@@ -28,8 +31,11 @@ from actors.link.websocket import (
     control_url_for_log,
     frame_bytes,
 )
-from actors.rules.policy import AuditLog, Policy, audited, operation_of
+from actors.rules.policy import AuditLog, Policy
 from actors.runtime.backoff import Backoff
+from actors.session.audit import AuditBook, AuditLine
+from actors.session.delivery import Confirmed, Delivery, Receipt
+from actors.session.state import LinkState
 from messages import compose, deploy, health, images, networks, shell, stats, updates, volumes
 from messages.common import Secret
 from messages.connection import (
@@ -44,7 +50,6 @@ from messages.connection import (
     Tick,
 )
 from messages.docker import (
-    ACTION_NAMES,
     CommandFailed,
     CommandSucceeded,
     ContainerEventObserved,
@@ -75,6 +80,7 @@ from messages.outbound import (
     TrackedEventOut,
 )
 from messages.status import ConnectionStatus, WriteFailed
+from messages.timefmt import rfc3339_nano
 from messages.tokens import GetToken, SaveToken, TokenInfo
 from messages.wire import (
     AgentIdentity,
@@ -82,15 +88,12 @@ from messages.wire import (
     AuthSucceeded,
     IgnoredFrame,
     RejectedRequest,
-    decode_frame,
-    decode_object,
+    Request,
+    decode_envelope,
     encode_container_event,
     encode_event,
     encode_register,
     encode_reply,
-    parse_frame,
-    request_id_of,
-    rfc3339_nano,
 )
 
 log = logging.getLogger(__name__)
@@ -113,9 +116,6 @@ ROUTES: dict[type, str] = {
 for _family in (images, networks, volumes, compose, deploy, updates, shell, health, stats):
     ROUTES.update(_family.ROUTES)
 
-#: requests whose reply has not gone out yet, remembered for the audit log (oldest dropped)
-AUDIT_PENDING_LIMIT = 10_000
-
 
 #: roles told LinkStateChanged when the connection comes up or goes down (if they run)
 LINK_SUBSCRIBERS = ("updater", "deployer", "stats", "shell", "health_checks")
@@ -124,12 +124,11 @@ LINK_SUBSCRIBERS = ("updater", "deployer", "stats", "shell", "health_checks")
 @dataclass
 class _Stats:
     connects: int = 0
-    outbox_dropped: int = 0
     last_error: str = ""
 
 
 class ConnectionActor(SupervisedActor):
-    """States: waiting (backoff) -> describing -> dialing -> authenticating -> connected."""
+    """The DockMon connection, one attempt after another (:class:`LinkState`)."""
 
     def __init__(
         self,
@@ -147,30 +146,21 @@ class ConnectionActor(SupervisedActor):
         super().__init__(ctx)
         self._policy = policy or Policy()
         self._audit = audit
-        self._audit_pending: dict[str, tuple[str, str | None]] = {}
-        self._auditing = True  # False while handling a frame that gets no audit line
+        self._book = AuditBook()  # which requests get which audit line; the pending ones
         self._settings = settings
         self._identity = identity
         self._link_factory = link_factory
         self._backoff = Backoff(reconnect_initial, reconnect_max, rng)
         self._failure_log = RepeatLimiter(first=60.0, maximum=600.0)  # same reason: not every try
-        self._state = "waiting"
+        self._state = LinkState.WAITING
         self._attempt = 0
         self._link: WebSocketLink | None = None
         self._token: TokenInfo | None = None
-        self._outbox: deque[str] = deque()
+        self._delivery = Delivery(settings.outbox_limit)
         self._attempt_timer: TimerHandle | None = None
         self._tick_timer: TimerHandle | None = None
         self._last_heard = 0.0
         self._last_ping = 0.0
-        self._seq = 0  # numbers the frames sent on the current link
-        # sent, but no pong proves them read yet: (frame number, frame, event number or 0)
-        self._unacked: deque[tuple[int, str, int]] = deque()
-        self._sent_events: set[int] = set()  # event numbers sent on the current link
-        # TrackedEventOut frames in _unacked: frame number -> (owner role, key)
-        self._receipts: dict[int, tuple[str, str]] = {}
-        self._tracked_sent: set[tuple[str, str]] = set()  # (owner, key) sent on this link
-        self._awaiting_replay = False
         self.stats = _Stats()
         self._status_connected = False
         self._status_since_ns = ctx.clock.time_ns()
@@ -186,20 +176,25 @@ class ConnectionActor(SupervisedActor):
     def _release(self) -> None:
         if self._audit is not None:
             self._audit.close()
-        was_connected = self._state == "connected"
+        was_connected = self._state is LinkState.CONNECTED
         self._drop_link("agent stopping")
-        self._state = "stopped"
+        self._state = LinkState.STOPPED
         if was_connected:
             self._notify_link(False)
 
     @property
-    def state(self) -> str:
+    def state(self) -> LinkState:
         return self._state
 
     @property
     def unconfirmed(self) -> int:
         """Frames sent on this link that no pong has confirmed yet."""
-        return len(self._unacked)
+        return self._delivery.unconfirmed
+
+    @property
+    def outbox_dropped(self) -> int:
+        """Frames the full outbox dropped while disconnected."""
+        return self._delivery.dropped
 
     # --- dispatch ---------------------------------------------------------------------------------
 
@@ -217,7 +212,7 @@ class ConnectionActor(SupervisedActor):
             case PongReceived(generation=gen, ack=ack) if gen == self._attempt:
                 self._last_heard = self.ctx.clock.monotonic()
                 if ack is not None:
-                    self._acknowledged(ack)
+                    self._confirmed(self._delivery.confirm(ack))
             case ReaderStopped(generation=gen, reason=reason) if (
                 gen == self._attempt and self._handing_over()
             ):
@@ -236,10 +231,10 @@ class ConnectionActor(SupervisedActor):
                 if self._state == phase:
                     self._attempt_failed(f"timed out while {phase}")
             case ContainerEventObserved():
-                if not self._awaiting_replay:
+                if not self._delivery.awaiting_replay:
                     self._send_event(message)
             case EventsReplay(events=events):
-                self._awaiting_replay = False
+                self._delivery.awaiting_replay = False
                 for event in events:
                     self._send_event(event)
             case EventOut(command=command, payload=payload, buffer=buffer):
@@ -270,16 +265,16 @@ class ConnectionActor(SupervisedActor):
     # --- connection attempts ---------------------------------------------------------------
 
     def _dial(self) -> None:
-        if self._state != "waiting":
+        if self._state is not LinkState.WAITING:
             return
         self._attempt += 1
-        self._state = "describing"
-        self._arm_attempt_timer(self._settings.describe_timeout, "describing")
+        self._state = LinkState.DESCRIBING
+        self._arm_attempt_timer(self._settings.describe_timeout, LinkState.DESCRIBING)
         if not self.ctx.peers.tell("docker_gateway", DescribeHost(attempt=self._attempt)):
             self._attempt_failed("docker gateway is not running")
 
     def _host_described(self, msg: HostDescribed) -> None:
-        if msg.attempt != self._attempt or self._state != "describing":
+        if msg.attempt != self._attempt or self._state is not LinkState.DESCRIBING:
             return
         if msg.info is None:
             self._attempt_failed(
@@ -288,104 +283,78 @@ class ConnectionActor(SupervisedActor):
             return
         assert self._token is not None
         frame = encode_register(self._token.token, msg.info, self._identity)
-        self._state = "dialing"
-        self._arm_attempt_timer(self._settings.dial_timeout + 5, "dialing")
+        self._state = LinkState.DIALING
+        self._arm_attempt_timer(self._settings.dial_timeout + 5, LinkState.DIALING)
         self._link = self._link_factory(
             self._settings, self._attempt, frame, self.actor_ref, self.ctx.clock
         )
         self._link.start()
 
     def _link_opened(self) -> None:
-        self._state = "authenticating"
+        self._state = LinkState.AUTHENTICATING
         self._last_heard = self.ctx.clock.monotonic()
-        self._arm_attempt_timer(self._settings.auth_timeout, "authenticating")
+        self._arm_attempt_timer(self._settings.auth_timeout, LinkState.AUTHENTICATING)
 
     def _frame(self, data: str | bytes) -> None:
-        if self._state == "authenticating":
-            match decode_frame(data):
-                case AuthSucceeded() as ok:
-                    self._authenticated(ok)
+        envelope = decode_envelope(data)
+        if self._state is LinkState.AUTHENTICATING:
+            match envelope:
+                case AuthSucceeded():
+                    self._authenticated(envelope)
                 case AuthRejected(error=error):
                     self._auth_rejected(error)
                 case _:
                     self._attempt_failed("expected auth_success or auth_error as first reply")
             return
-        frame = parse_frame(data)
-        if isinstance(frame, IgnoredFrame):
-            log.warning("ignored a frame from DockMon: %s", frame.reason)
+        match envelope:
+            case IgnoredFrame(reason=reason):
+                log.warning("ignored a frame from DockMon: %s", reason)
+            case AuthSucceeded() | AuthRejected():
+                log.warning("ignored an unexpected %s", type(envelope).__name__)
+            case Request():
+                self._request(envelope)
+            case _:
+                assert_never(envelope)
+
+    def _request(self, request: Request) -> None:
+        """Refused (a duplicate id, the policy), answered (rejected), dropped, or routed."""
+        if (duplicate := self._book.duplicate(request)) is not None:
+            self._refuse_duplicate(request, duplicate)
             return
-        operation, target = operation_of(frame)
-        request_id = request_id_of(frame)
-        self._auditing = audited(frame)
-        if request_id is not None and request_id in self._audit_pending:
-            self._refuse_duplicate(frame, request_id, operation, target)
+        denial = self._policy.judge(request)
+        if denial is not None:
+            self._deny(request, denial)
             return
-        if frame.get("type") not in ("auth_success", "auth_error"):
-            denial = self._policy.check(operation)
-            if denial is not None:
-                self._deny(frame, request_id, operation, target, denial)
-                return
-        match decode_object(frame):
+        match request.body:
             case IgnoredFrame(reason=reason):
                 log.warning("ignored a frame from DockMon: %s", reason)
             case RejectedRequest(reply=reply):
-                log.warning("rejected a request from DockMon: %s", reply.error)  # type: ignore[union-attr]
-                self._audit_now(operation, target, f"rejected: {reply.error}")  # type: ignore[union-attr]
+                log.warning("rejected a request from DockMon: %s", reply.error)
+                self._write(self._book.rejected(request, reply.error))
                 self._send(encode_reply(reply, self.ctx.clock.time_ns()))
-            case AuthSucceeded() | AuthRejected() as unexpected:
-                log.warning("ignored an unexpected %s", type(unexpected).__name__)
             case command:
-                if request_id is None:
-                    self._audit_now(operation, target, "accepted")
-                else:
-                    self._audit_pending[request_id] = (operation, target)
-                    while len(self._audit_pending) > AUDIT_PENDING_LIMIT:
-                        self._audit_pending.pop(next(iter(self._audit_pending)))
-                self._route(command)
+                self._write(self._book.accepted(request))
+                self._route(request, command)
 
-    def _deny(
-        self,
-        frame: dict[str, Any],
-        request_id: str | None,
-        operation: str,
-        target: str | None,
-        denial: str,
-    ) -> None:
-        log.warning("refused %s%s: %s", operation, f" on {target}" if target else "", denial)
-        self._audit_now(operation, target, f"denied: {denial}")
-        if request_id is None:
-            return
-        reply: Reply = (
-            ContainerOpFailed(request_id=request_id, error=denial, error_type="permission_denied")
-            if frame.get("type") == "container_operation"
-            else CommandFailed(request_id=request_id, error=denial, error_type="permission_denied")
-        )
-        self._send(encode_reply(reply, self.ctx.clock.time_ns()))
+    def _deny(self, request: Request, denial: str) -> None:
+        log.warning("refused %s: %s", _described(request), denial)
+        self._write(self._book.denied(request, denial))
+        if request.request_id is not None:
+            reply = request.refusal(denial, "permission_denied")
+            self._send(encode_reply(reply, self.ctx.clock.time_ns()))
 
-    def _refuse_duplicate(
-        self, frame: dict[str, Any], request_id: str, operation: str, target: str | None
-    ) -> None:
+    def _refuse_duplicate(self, request: Request, error: str) -> None:
         """One request id, one request: a second request under an id still pending never runs.
 
         Its refusal is audited at once; the first request keeps its own audit line (its result).
         """
-        first = self._audit_pending[request_id][0]
-        error = (
-            f"duplicate request id {request_id}: a {first} request with this id is still pending"
-        )
-        log.warning("refused %s%s: %s", operation, f" on {target}" if target else "", error)
-        self._audit_now(operation, target, f"rejected: {error}")
-        reply: Reply = (
-            ContainerOpFailed(request_id=request_id, error=error)
-            if frame.get("type") == "container_operation"
-            else CommandFailed(request_id=request_id, error=error)
-        )
-        self._send(encode_reply(reply, self.ctx.clock.time_ns()))
+        log.warning("refused %s: %s", _described(request), error)
+        self._write(self._book.rejected(request, error))
+        self._send(encode_reply(request.refusal(error), self.ctx.clock.time_ns()))
 
-    def _audit_now(self, operation: str, target: str | None, result: str) -> None:
-        """An audit line for the frame being handled (if that kind of frame gets one)."""
-        if self._auditing:
-            self._record(operation, target, result)
+    def _write(self, line: AuditLine | None) -> None:
+        if line is not None:
+            self._record(line.operation, line.target, line.result)
 
     def _record(self, operation: str, target: str | None, result: str) -> None:
         if self._audit is not None:
@@ -393,30 +362,17 @@ class ConnectionActor(SupervisedActor):
             if error := self._audit.record(at, operation, target, result):  # never raises
                 self.ctx.peers.tell("status", WriteFailed(what="audit", error=error), optional=True)
 
-    def _audit_reply(self, reply: Reply) -> None:
-        entry = self._audit_pending.pop(reply.request_id, None)
-        if entry is None or self._audit is None:
-            return
-        error = getattr(reply, "error", None)
-        self._record(entry[0], entry[1], f"error: {error}" if error else "ok")
-
-    def _route(self, command: Any) -> None:
+    def _route(self, request: Request, command: Any) -> None:
         role = ROUTES.get(type(command))
         if role is None:
             log.error("no route for %s", type(command).__name__)
             return
         if self.ctx.peers.tell(role, command):
             return
-        request_id = getattr(command, "request_id", None)
-        if request_id is None:
+        if request.request_id is None:
             return  # fire-and-forget families (shell input, health configs) have no reply
-        error = f"{role} is restarting; try again"
-        reply: Reply = (
-            ContainerOpFailed(request_id=request_id, error=error)
-            if type(command) in ACTION_NAMES
-            else CommandFailed(request_id=request_id, error=error)
-        )
-        self._audit_reply(reply)  # answered: no longer pending
+        reply = request.refusal(f"{role} is restarting; try again")
+        self._write(self._book.answered(reply))  # answered: no longer pending
         self._send(encode_reply(reply, self.ctx.clock.time_ns()))
 
     def _notify_link(self, connected: bool) -> None:
@@ -425,7 +381,7 @@ class ConnectionActor(SupervisedActor):
         self._report_status()
 
     def _report_status(self) -> None:
-        connected = self._state == "connected"
+        connected = self._state is LinkState.CONNECTED
         if connected != self._status_connected:
             self._status_connected = connected
             self._status_since_ns = self.ctx.clock.time_ns()
@@ -436,8 +392,8 @@ class ConnectionActor(SupervisedActor):
                 connected=connected,
                 since_ns=self._status_since_ns,
                 registrations=self.stats.connects,
-                outbox_depth=len(self._outbox),
-                outbox_dropped=self.stats.outbox_dropped,
+                outbox_depth=self._delivery.outbox_depth,
+                outbox_dropped=self._delivery.dropped,
                 last_error=self.stats.last_error,
             ),
             optional=True,
@@ -445,7 +401,7 @@ class ConnectionActor(SupervisedActor):
 
     def _authenticated(self, msg: AuthSucceeded) -> None:
         self._cancel_attempt_timer()
-        self._state = "connected"
+        self._state = LinkState.CONNECTED
         self._backoff.reset()
         self._failure_log.clear()
         self.stats.connects += 1
@@ -455,17 +411,20 @@ class ConnectionActor(SupervisedActor):
             or self._token.kind != "permanent"
         ):
             self._persist(msg.permanent_token)
+        queued = self._delivery.take_outbox()
         log.info(
             "registered with DockMon (host %s)%s",  # agent_id is the token: never logged
             msg.host_id,
-            f"; delivering {len(self._outbox)} queued messages" if self._outbox else "",
+            f"; delivering {len(queued)} queued messages" if queued else "",
         )
         now = self.ctx.clock.monotonic()
         self._last_heard = self._last_ping = now
         assert self._link is not None
-        while self._outbox:
-            self._transmit(self._outbox.popleft())
-        self._awaiting_replay = self.ctx.peers.tell("event_streamer", ReplayEvents(), optional=True)
+        for text in queued:
+            self._transmit(text)
+        self._delivery.awaiting_replay = self.ctx.peers.tell(
+            "event_streamer", ReplayEvents(), optional=True
+        )
         self._schedule_tick()
         self._notify_link(True)
 
@@ -505,55 +464,55 @@ class ConnectionActor(SupervisedActor):
             getattr(log, level)(
                 "connection attempt failed: %s; retrying in %.1fs%s", reason, delay, more
             )
-        self._state = "waiting"
+        self._state = LinkState.WAITING
         self._report_status()
         self.tell_self_later(delay, Dial())
 
     # --- self-update hand-over (PROTOCOL §7, §2.5) ------------------------------------------
 
     def _handing_over(self) -> bool:
-        return self._state == "handing_over"
+        return self._state is LinkState.HANDING_OVER
 
     def _hand_over(self) -> None:
         """Flush, close and idle: the new agent registers with our token meanwhile."""
-        if self._state in ("handing_over", "handed_over", "stopped"):
+        if self._state.idle:
             return
         log.info("handing the DockMon connection over to the new agent; idle until resumed")
-        if self._state == "connected" and self._link is not None:
-            self._state = "handing_over"
+        if self._state is LinkState.CONNECTED and self._link is not None:
+            self._state = LinkState.HANDING_OVER
             if self._tick_timer is not None:
                 self._tick_timer.cancel()
                 self._tick_timer = None
             self._link.finish()  # after the frames already queued (the progress events)
-            self._arm_attempt_timer(self._settings.write_deadline, "handing_over")
+            self._arm_attempt_timer(self._settings.write_deadline, LinkState.HANDING_OVER)
             self._notify_link(False)
         else:
             self._drop_link("handed over")
-            self._state = "handed_over"
+            self._state = LinkState.HANDED_OVER
 
     def _handed_over(self, how: str, *, echoed: bool) -> None:
         if echoed:  # the backend read everything we sent before our close frame
-            self._acknowledged(self._seq)
+            self._confirmed(self._delivery.confirm_all())
         self._drop_link(how)
-        self._state = "handed_over"
+        self._state = LinkState.HANDED_OVER
         log.info("connection handed over (%s)", how)
 
     def _resume_after_hand_over(self) -> None:
-        if self._state not in ("handing_over", "handed_over"):
+        if not self._state.hands_over:
             return
         log.info("the hand-over was abandoned; reconnecting to DockMon")
         self._drop_link("resuming")
-        self._state = "waiting"
+        self._state = LinkState.WAITING
         self._backoff.reset()
         self.actor_ref.tell(Dial())
 
     def _link_lost(self, reason: str) -> None:
-        if self._state != "connected":
+        if self._state is not LinkState.CONNECTED:
             self._attempt_failed(reason)
             return
         log.warning("connection to DockMon lost: %s; reconnecting", reason)
         self._drop_link(reason)
-        self._state = "waiting"
+        self._state = LinkState.WAITING
         self.stats.last_error = reason
         self._notify_link(False)
         self.actor_ref.tell(Dial())  # first retry after a drop is immediate (PROTOCOL §9)
@@ -567,24 +526,12 @@ class ConnectionActor(SupervisedActor):
         if link is None:
             return
         link.close()
-        unconfirmed = [
-            text
-            for seq, text, event_seq in self._unacked
-            if not event_seq and seq not in self._receipts
-        ]
-        for text in reversed(unconfirmed):  # events and tracked frames come back from their owner
-            self._outbox.appendleft(text)
-        if self._unacked:
+        if unconfirmed := self._delivery.link_lost():
             log.info(
                 "%d sent messages were not confirmed by a pong; they go again on the next "
                 "connection",
-                len(self._unacked),
+                unconfirmed,
             )
-        self._unacked.clear()
-        self._sent_events.clear()
-        self._receipts.clear()
-        self._tracked_sent.clear()
-        self._awaiting_replay = False
         self._attempt += 1  # anything still in flight from that link is now stale
         log.debug("link closed: %s", reason)
 
@@ -594,7 +541,7 @@ class ConnectionActor(SupervisedActor):
         self._tick_timer = self.tell_self_later(1.0, Tick(generation=self._attempt))
 
     def _tick(self) -> None:
-        if self._state != "connected" or self._link is None:
+        if self._state is not LinkState.CONNECTED or self._link is None:
             return
         now = self.ctx.clock.monotonic()
         silent = now - self._last_heard
@@ -607,10 +554,10 @@ class ConnectionActor(SupervisedActor):
             return
         if now - self._last_ping >= self._settings.ping_interval:
             self._last_ping = now
-            self._link.ping(self._seq)
+            self._link.ping(self._delivery.last_seq)
         self._schedule_tick()
 
-    def _arm_attempt_timer(self, delay: float, phase: str) -> None:
+    def _arm_attempt_timer(self, delay: float, phase: LinkState) -> None:
         self._cancel_attempt_timer()
         self._attempt_timer = self.tell_self_later(
             delay, AttemptTimedOut(generation=self._attempt, phase=phase)
@@ -623,7 +570,10 @@ class ConnectionActor(SupervisedActor):
 
     # --- outbound -----------------------------------------------------------------------------
 
-    def _transmit(self, text: str, event_seq: int = 0) -> None:
+    def _connected(self) -> bool:
+        return self._state is LinkState.CONNECTED and self._link is not None
+
+    def _transmit(self, text: str, *, event_seq: int = 0, receipt: Receipt | None = None) -> None:
         """Send a frame that must not be lost and ask the server to confirm it with a pong.
 
         WebSocket frames are read in order, so the pong to a ping sent after frame N proves the
@@ -633,10 +583,8 @@ class ConnectionActor(SupervisedActor):
         of its own: a duplicate needs the link to die between those two reads.
         """
         assert self._link is not None
-        self._seq += 1
         self._link.send(text)
-        self._unacked.append((self._seq, text, event_seq))
-        self._link.ping(self._seq)
+        self._link.ping(self._delivery.sent(text, event_seq=event_seq, receipt=receipt))
 
     def _send_event(self, event: ContainerEventObserved) -> None:
         """Events live in the EventStreamer's cursor until confirmed: never in our outbox.
@@ -644,32 +592,26 @@ class ConnectionActor(SupervisedActor):
         While disconnected they are skipped; after registering, the streamer replays every
         unconfirmed one in order (ReplayEvents), so none is lost even if this actor restarts.
         """
-        if self._state != "connected" or self._link is None or event.seq in self._sent_events:
+        if not self._connected() or not self._delivery.claim_event(event.seq):
             return
-        self._sent_events.add(event.seq)
-        self._transmit(encode_container_event(event, self.ctx.clock.time_ns()), event.seq)
+        text = encode_container_event(event, self.ctx.clock.time_ns())
+        self._transmit(text, event_seq=event.seq)
 
     def _send_tracked(self, msg: TrackedEventOut) -> None:
         """Like an event: sent once per link while connected, confirmed to its owner by pong."""
-        tag = (msg.owner, msg.key)
-        if self._state != "connected" or self._link is None or tag in self._tracked_sent:
+        receipt = (msg.owner, msg.key)
+        if not self._connected() or not self._delivery.claim_tracked(receipt):
             return
-        self._tracked_sent.add(tag)
-        self._transmit(encode_event(msg.command, msg.payload, self.ctx.clock.time_ns()))
-        self._receipts[self._seq] = tag
+        text = encode_event(msg.command, msg.payload, self.ctx.clock.time_ns())
+        self._transmit(text, receipt=receipt)
 
-    def _acknowledged(self, ack: int) -> None:
-        confirmed: list[int] = []
-        while self._unacked and self._unacked[0][0] <= ack:
-            seq, _, event_seq = self._unacked.popleft()
-            if event_seq:
-                confirmed.append(event_seq)
-            if (receipt := self._receipts.pop(seq, None)) is not None:
-                owner, key = receipt
-                self.ctx.peers.tell(owner, EventDelivered(key=key), optional=True)
-        if confirmed:
+    def _confirmed(self, confirmed: Confirmed) -> None:
+        """Tell the owners of the events a pong confirmed."""
+        for owner, key in confirmed.receipts:
+            self.ctx.peers.tell(owner, EventDelivered(key=key), optional=True)
+        if confirmed.events:
             self.ctx.peers.tell(
-                "event_streamer", EventsConfirmed(seqs=tuple(confirmed)), optional=True
+                "event_streamer", EventsConfirmed(seqs=confirmed.events), optional=True
             )
 
     def _bounded_reply(self, reply: Reply) -> str:
@@ -689,7 +631,7 @@ class ConnectionActor(SupervisedActor):
                 else CommandFailed(request_id=reply.request_id, error=error)
             )
             text = encode_reply(reply, self.ctx.clock.time_ns())
-        self._audit_reply(reply)
+        self._write(self._book.answered(reply))
         return text
 
     def _send(self, text: str, *, buffer: bool = True) -> None:
@@ -699,7 +641,7 @@ class ConnectionActor(SupervisedActor):
                 frame_bytes(text),
             )
             return
-        if self._state == "connected" and self._link is not None:
+        if self._state is LinkState.CONNECTED and self._link is not None:
             if buffer:
                 self._transmit(text)
             else:
@@ -707,16 +649,11 @@ class ConnectionActor(SupervisedActor):
             return
         if not buffer:
             return  # stats and the like are worthless later (PROTOCOL §5.2)
-        if len(self._outbox) >= self._settings.outbox_limit:
-            self._outbox.popleft()
-            self.stats.outbox_dropped += 1
-            if self.stats.outbox_dropped == 1 or self.stats.outbox_dropped % 1000 == 0:
-                log.error(
-                    "outbox full (%d messages) while disconnected: dropped the oldest; "
-                    "%d dropped so far",
-                    self._settings.outbox_limit,
-                    self.stats.outbox_dropped,
-                )
-        self._outbox.append(text)
+        self._delivery.queue(text)
         if self.ctx.clock.monotonic() - self._status_reported >= 1.0:
             self._report_status()
+
+
+def _described(request: Request) -> str:
+    """The request's operation and target, for a log line."""
+    return request.operation + (f" on {request.target}" if request.target else "")

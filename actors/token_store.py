@@ -21,9 +21,9 @@ from typing import Any
 from actors.base import ActorContext, SupervisedActor
 from actors.errors import ConfigError, FatalError
 from actors.runtime.fsio import write_atomic
-from agent_config import TOKEN_PATTERN, register_secret
+from actors.runtime.logs import register_secret
 from messages.common import Secret
-from messages.tokens import GetToken, SaveToken, TokenInfo
+from messages.tokens import TOKEN_PATTERN, GetToken, SaveToken, TokenInfo
 
 log = logging.getLogger(__name__)
 

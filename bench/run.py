@@ -34,8 +34,9 @@ sys.path.insert(0, str(REPO))
 
 import docker  # noqa: E402
 
-from tests.support.dockerenv import PrivateDockerd, make_busybox_image  # noqa: E402
+from tests.support.daemon import PrivateDockerd  # noqa: E402
 from tests.support.hub import FakeHub  # noqa: E402
+from tests.support.images import make_busybox_image  # noqa: E402
 
 TOKEN = "0b6d1c2e-7f3a-4c19-8e2b-5a4d3c2b1a09"
 FLOOR_TOKEN = "5d7f0e2a-1b9d-4e55-9a61-2f0c3d4b5e6f"

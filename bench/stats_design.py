@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Container stats: one streaming thread per container vs. one-shot polling from a small pool.
 
-A benchmark, not a test. It starts a private dockerd (tests/support/dockerenv.py: own socket and
+A benchmark, not a test. It starts a private dockerd (tests/support/daemon.py: own socket and
 data-root, ``--bridge=none``, no iptables) unless ``--docker-host`` names one, runs
 ``--containers`` busybox ``sleep`` containers (network ``none``), then measures each design in
 a fresh child process for ``--seconds`` of steady state (after a warm-up):
@@ -283,13 +283,9 @@ def table(results: list[dict]) -> str:
 
 
 def parent(args: argparse.Namespace) -> None:
-    from tests.support.dockerenv import (
-        DEFAULT_BUSYBOX_TAG,
-        TEST_LABEL,
-        PrivateDockerd,
-        create_container,
-        make_busybox_image,
-    )
+    from tests.support.containers import TEST_LABEL, create_container
+    from tests.support.daemon import PrivateDockerd
+    from tests.support.images import DEFAULT_BUSYBOX_TAG, make_busybox_image
 
     with contextlib.ExitStack() as stack:
         if args.docker_host:

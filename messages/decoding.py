@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from messages.docker import CommandFailed, Reply
+from messages.docker import CommandFailed
 
 
 class BadPayload(Exception):
@@ -58,6 +58,6 @@ def obj(payload: Any, what: str) -> Mapping[str, Any]:
 CommandDecoder = Callable[[str, Any], Any]
 
 
-def command_failed(request_id: str, command: str, exc: BadPayload) -> Reply:
+def command_failed(request_id: str, command: str, exc: BadPayload) -> CommandFailed:
     message = str(exc)
     return CommandFailed(request_id=request_id, error=f"invalid payload for {command}: {message}")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 from messages.common import Secret
 
 TokenKind = Literal["permanent", "registration"]
+
+#: the backend's token grammar (settings, secret files and the token file)
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_:-]{1,255}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,7 +1,8 @@
 """Strict codec between WebSocket text frames and typed messages (PROTOCOL §2-§5, §11).
 
-Inbound: :func:`decode_frame` turns one frame into a typed command, an auth reply, a ready-made
-failure reply (for requests we can answer but not run), or an :class:`IgnoredFrame`.
+Inbound: :func:`decode_envelope` decodes each frame once: an auth reply, an :class:`IgnoredFrame`,
+or a :class:`Request` envelope (request id, operation, target) around its typed command, its
+ready-made failure reply (for requests we can answer but not run) or why it is dropped.
 Outbound: ``encode_*`` build frames byte-compatible with the Go agent: flat ``register``,
 ``response`` envelope for ``command``, raw ``correlation_id`` replies for ``container_operation``,
 ``event`` envelope; ``payload`` always present on successful responses, even when null.
@@ -65,11 +66,15 @@ class AuthRejected:
     error: str
 
 
+#: the in-band failure a request gets instead of running
+Refusal = ContainerOpFailed | CommandFailed
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RejectedRequest:
     """A request we can answer but not run (unknown command, bad payload): reply and move on."""
 
-    reply: Reply
+    reply: Refusal
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,7 +85,41 @@ class IgnoredFrame:
 
 
 Command = ContainerOperation | ListContainers
-Inbound = AuthSucceeded | AuthRejected | Command | RejectedRequest | IgnoredFrame
+#: what a request frame's content decodes to
+Decoded = Command | RejectedRequest | IgnoredFrame
+#: what :func:`decode_frame` gives: an auth reply, or a request's content
+Inbound = AuthSucceeded | AuthRejected | Decoded
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    """A request frame from the backend, decoded once: the envelope the policy judges, the
+    audit log records and the Connection routes, answers or drops.
+
+    Everything but auth replies and frames without a type is a request, even one whose content
+    is ignored (a command without id, a malformed shell frame): the policy judges what it asks
+    for (its operation) before its content counts.
+    """
+
+    kind: str  # the frame's type: command, container_operation, shell_session, ...
+    #: the policy's name for it: the generic command, the container action, else the kind
+    operation: str
+    target: str | None  # the container it names (a deployment: its stack), for the audit log
+    request_id: str | None  # the id its reply carries; None: fire-and-forget, never answered
+    audited: bool  # whether it gets an audit line (all but shell keystrokes and resizes)
+    body: Decoded  # the typed command, the ready-made refusal, or why it is dropped
+
+    def refusal(self, error: str, error_type: str | None = None) -> Refusal:
+        """A failure reply to this request, in the shape its kind is answered in."""
+        if self.request_id is None:
+            raise ValueError(f"a {self.kind} frame without id gets no reply")
+        if self.kind == "container_operation":
+            return ContainerOpFailed(request_id=self.request_id, error=error, error_type=error_type)
+        return CommandFailed(request_id=self.request_id, error=error, error_type=error_type)
+
+
+#: one frame from the backend, decoded once by :func:`decode_envelope`
+Envelope = AuthSucceeded | AuthRejected | Request | IgnoredFrame
 
 _FAMILIES = (images, networks, volumes, compose, deploy, updates, shell, health, stats)
 
@@ -95,7 +134,9 @@ for _family in _FAMILIES:
     FRAME_DECODERS.update(_family.FRAME_DECODERS)
 
 
-def _container_operation(request_id: str, payload: Mapping[str, Any]) -> Command | Reply:
+def _container_operation(
+    request_id: str, payload: Mapping[str, Any]
+) -> ContainerOperation | ContainerOpFailed:
     action = payload.get("action")
     if not isinstance(action, str):
         return ContainerOpFailed(
@@ -140,22 +181,18 @@ _ACTIONS = frozenset(
 )
 
 
-def _request_id(frame: Mapping[str, Any], *, prefer: str) -> str | None:
-    other = "id" if prefer == "correlation_id" else "correlation_id"
-    for key in (prefer, other):
+def _request_id(frame: Mapping[str, Any], kind: str) -> str | None:
+    """The id a reply to this request must carry (None for fire-and-forget frames)."""
+    if kind == "command":
+        keys = ("id", "correlation_id")
+    elif kind == "container_operation":
+        keys = ("correlation_id", "id")
+    else:
+        return None
+    for key in keys:
         value = frame.get(key)
         if isinstance(value, str) and value:
             return value
-    return None
-
-
-def request_id_of(frame: Mapping[str, Any]) -> str | None:
-    """The id a reply to this request must carry (None for fire-and-forget frames)."""
-    kind = frame.get("type")
-    if kind == "command":
-        return _request_id(frame, prefer="id")
-    if kind == "container_operation":
-        return _request_id(frame, prefer="correlation_id")
     return None
 
 
@@ -172,25 +209,51 @@ def parse_frame(text: str | bytes) -> dict[str, Any] | IgnoredFrame:
     return frame
 
 
-def decode_frame(text: str | bytes) -> Inbound:
-    """Decode one frame from the backend. Never raises."""
+def decode_envelope(text: str | bytes) -> Envelope:
+    """Decode one frame from the backend, once. Never raises."""
     frame = parse_frame(text)
-    return frame if isinstance(frame, IgnoredFrame) else decode_object(frame)
-
-
-def decode_object(frame: Mapping[str, Any]) -> Inbound:
-    """Decode one parsed frame object. Never raises."""
+    if isinstance(frame, IgnoredFrame):
+        return frame
     kind = frame.get("type")
+    if not isinstance(kind, str):
+        return IgnoredFrame(reason="frame has no string 'type'")
+    if kind == "auth_success":
+        return _auth_success(frame)
+    if kind == "auth_error":
+        error = frame.get("error")
+        return AuthRejected(error=error if isinstance(error, str) else repr(error))
+    payload = frame.get("payload")
+    body: Mapping[str, Any] = payload if isinstance(payload, dict) else {}
+    if kind == "command":
+        operation = str(frame.get("command"))
+    elif kind == "container_operation":
+        operation = str(body.get("action"))
+    else:
+        operation = kind
+    # a deployment's target is its stack; the compose file and env contents are never audited
+    target = body.get("project_name" if operation == "deploy_compose" else "container_id")
+    request_id = _request_id(frame, kind)
+    return Request(
+        kind=kind,
+        operation=operation,
+        target=target if isinstance(target, str) and target else None,
+        request_id=request_id,
+        audited=kind != "shell_session" or body.get("action") in ("start", "close"),
+        body=_content(frame, kind, request_id),
+    )
+
+
+def decode_frame(text: str | bytes) -> Inbound:
+    """Decode one frame from the backend: an auth reply, or what a request asks. Never raises."""
+    envelope = decode_envelope(text)
+    return envelope.body if isinstance(envelope, Request) else envelope
+
+
+def _content(frame: Mapping[str, Any], kind: str, request_id: str | None) -> Decoded:
     match kind:
-        case "auth_success":
-            return _auth_success(frame)
-        case "auth_error":
-            error = frame.get("error")
-            return AuthRejected(error=error if isinstance(error, str) else repr(error))
         case "command":
-            return _generic_command(frame)
+            return _generic_command(frame, request_id)
         case "container_operation":
-            request_id = _request_id(frame, prefer="correlation_id")
             if request_id is None:
                 return IgnoredFrame(reason="container_operation without id")
             payload = frame.get("payload")
@@ -206,21 +269,19 @@ def decode_object(frame: Mapping[str, Any]) -> Inbound:
                 return RejectedRequest(reply=result)
             if bad := references.problem(result):
                 return RejectedRequest(reply=ContainerOpFailed(request_id=request_id, error=bad))
-            return result  # type: ignore[return-value]
-        case str() if kind in FRAME_DECODERS:
+            return result
+        case _ if kind in FRAME_DECODERS:
             decoded = FRAME_DECODERS[kind](frame)
             if decoded is None:
                 return IgnoredFrame(reason=f"malformed {kind}")
             if bad := references.problem(decoded):
                 return IgnoredFrame(reason=f"{kind}: {bad}")
-            return cast(Inbound, decoded)
-        case str():
-            return IgnoredFrame(reason=f"unsupported message type: {kind}")
+            return cast(Decoded, decoded)
         case _:
-            return IgnoredFrame(reason="frame has no string 'type'")
+            return IgnoredFrame(reason=f"unsupported message type: {kind}")
 
 
-def _auth_success(frame: Mapping[str, Any]) -> Inbound:
+def _auth_success(frame: Mapping[str, Any]) -> AuthSucceeded | AuthRejected:
     agent_id, host_id = frame.get("agent_id"), frame.get("host_id")
     if not isinstance(agent_id, str) or not isinstance(host_id, str) or not agent_id:
         return AuthRejected(error="malformed auth_success: agent_id and host_id must be strings")
@@ -232,8 +293,7 @@ def _auth_success(frame: Mapping[str, Any]) -> Inbound:
     )
 
 
-def _generic_command(frame: Mapping[str, Any]) -> Inbound:
-    request_id = _request_id(frame, prefer="id")
+def _generic_command(frame: Mapping[str, Any], request_id: str | None) -> Decoded:
     if request_id is None:
         return IgnoredFrame(reason="command without id")
     name = frame.get("command")
@@ -254,7 +314,7 @@ def _generic_command(frame: Mapping[str, Any]) -> Inbound:
         return RejectedRequest(reply=decoded)
     if bad := references.problem(decoded):
         return RejectedRequest(reply=CommandFailed(request_id=request_id, error=bad))
-    return cast(Inbound, decoded)
+    return cast(Decoded, decoded)
 
 
 # --- outbound -------------------------------------------------------------------------------------

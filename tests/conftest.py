@@ -1,4 +1,13 @@
-"""Shared fixtures for tests that need a real Docker daemon (helpers in tests/support/dockerenv.py).
+"""Shared fixtures: the leak check every test gets, and the fixtures for tests that need a real
+Docker daemon (helpers in tests/support/: daemon.py, images.py, containers.py, registry.py).
+
+After every test, ``leak_check`` asserts that no actor and no actor or agent thread
+the test started is still alive (tests/support/leaks.py), after a bounded wait for what is still
+winding down.
+
+A test that needs root, a tool or a mount says so with ``require()`` or the ``requires`` marker
+(tests/support/prerequisites.py): without it the test skips on a developer machine and fails in
+CI, where .ci/run provides everything.
 
 Everything Docker-related is lazy: a test session that asks for none of these fixtures starts no
 daemon. The daemon is private (its own socket, data-root and exec-root under /tmp, no bridge, no
@@ -21,26 +30,42 @@ import pytest
 import requests
 from docker.models.containers import Container
 
-from tests.support.dockerenv import (
+from tests.support import leaks, prerequisites
+from tests.support.containers import (
+    TEST_LABEL,
+    ContainerFactory,
+    container_factory,
+    remove_labelled_containers,
+)
+from tests.support.daemon import PrivateDockerd
+from tests.support.hostenv import REPO_ROOT
+from tests.support.images import (
     DEFAULT_AGENT_TAG,
     DEFAULT_BUSYBOX_TAG,
     DEFAULT_PYTHON_BASE_TAG,
-    REPO_ROOT,
-    TEST_LABEL,
-    ContainerFactory,
-    LocalRegistry,
-    PrivateDockerd,
     build_agent_image,
     build_python_base_image,
-    container_factory,
     make_busybox_image,
-    remove_labelled_containers,
 )
+from tests.support.prerequisites import require
+from tests.support.registry import LocalRegistry
 
 # Cold image builds (debootstrap + pip wheel + docker build) can take minutes; a test that asks
 # for one of these fixtures gets this timeout unless it sets its own.
 IMAGE_FIXTURE_TIMEOUT = 1200
 _IMAGE_FIXTURES = frozenset({"agent_image", "python_base_image", "make_agent_container"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{prerequisites.MARKER}(condition, reason): the test needs this; skipped without it on "
+        "a developer machine, failed in CI (tests/support/prerequisites.py)",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    prerequisites.check_markers(item)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -50,13 +75,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.timeout(IMAGE_FIXTURE_TIMEOUT))
 
 
-def _require(condition: bool, reason: str) -> None:
-    """Skip on a developer machine without Docker; in CI a missing prerequisite is a failure."""
-    if condition:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set: .ci/run should have installed it)", pytrace=False)
-    pytest.skip(reason)
+LEAK_WAIT = 5.0
+"""Seconds the leak check waits (joins with this timeout) for actors and threads to wind down."""
+
+
+@pytest.fixture(autouse=True)
+def leak_check() -> Iterator[None]:
+    """After every test (and its own fixtures' teardown): no actor it started is still
+    registered and no actor or agent thread it started is alive (see tests/support/leaks.py).
+
+    Its name is its own so that no module's fixture shadows it (test_supervisor.py and others
+    keep a stricter check of their own, of every thread)."""
+    baseline = leaks.Baseline.now()
+    yield
+    problems = leaks.leftovers(baseline, LEAK_WAIT)
+    assert not problems, "the test left " + "; ".join(problems)
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,8 +99,8 @@ def _require(condition: bool, reason: str) -> None:
 @pytest.fixture(scope="session")
 def dockerd() -> Iterator[PrivateDockerd]:
     """A private dockerd for the whole session; ``restart()`` keeps its images."""
-    _require(os.geteuid() == 0, "a private dockerd needs root")
-    _require(shutil.which("dockerd") is not None, "dockerd not installed (Debian: docker.io)")
+    require(os.geteuid() == 0, "a private dockerd needs root")
+    require(shutil.which("dockerd") is not None, "dockerd not installed (Debian: docker.io)")
     daemon = PrivateDockerd()
     try:
         daemon.start()
@@ -94,7 +127,7 @@ def docker_client(dockerd: PrivateDockerd) -> Iterator[docker.DockerClient]:
 @pytest.fixture(scope="session")
 def busybox_image(docker_client: docker.DockerClient) -> str:
     """Tag of a tiny imported busybox image (sh, sleep, wget, nc, ...; no network needed)."""
-    _require(
+    require(
         shutil.which("busybox") is not None or Path("/bin/busybox").exists(),
         "busybox not installed (Debian: busybox-static)",
     )
@@ -111,7 +144,7 @@ def make_container(
     Creates (and by default starts) a container from ``image=`` (default: the busybox image)
     with ``network_mode="none"`` unless ``network_mode``/``network`` is given, the label
     ``dockmon-test=1`` and ``stop_timeout=2`` unless given (see
-    ``dockerenv.DEFAULT_STOP_TIMEOUT``). Every container it made is force-removed after the test.
+    ``containers.DEFAULT_STOP_TIMEOUT``). Every container it made is force-removed after the test.
     """
     with container_factory(docker_client, busybox_image) as make:
         yield make
@@ -124,7 +157,7 @@ def make_container(
 @pytest.fixture(scope="session")
 def registry() -> Iterator[LocalRegistry]:
     """Debian's docker-registry on 127.0.0.1 without auth; push to ``registry.repository(n)``."""
-    _require(shutil.which("docker-registry") is not None, "docker-registry not installed")
+    require(shutil.which("docker-registry") is not None, "docker-registry not installed")
     with LocalRegistry() as reg:
         yield reg
 
@@ -132,8 +165,8 @@ def registry() -> Iterator[LocalRegistry]:
 @pytest.fixture(scope="session")
 def auth_registry() -> Iterator[LocalRegistry]:
     """Like ``registry`` but with htpasswd auth; credentials in ``.auth_config``."""
-    _require(shutil.which("docker-registry") is not None, "docker-registry not installed")
-    _require(shutil.which("htpasswd") is not None, "htpasswd not installed (apache2-utils)")
+    require(shutil.which("docker-registry") is not None, "docker-registry not installed")
+    require(shutil.which("htpasswd") is not None, "htpasswd not installed (apache2-utils)")
     with LocalRegistry(username="dockmon", password="registry-secret-pw") as reg:
         yield reg
 
@@ -145,7 +178,7 @@ def auth_registry() -> Iterator[LocalRegistry]:
 @pytest.fixture(scope="session")
 def python_base_image(docker_client: docker.DockerClient) -> str:
     """Tag of a Debian bookworm + python3 image (debootstrap, cached in /var/cache)."""
-    _require(shutil.which("debootstrap") is not None, "debootstrap not installed")
+    require(shutil.which("debootstrap") is not None, "debootstrap not installed")
     build_python_base_image(docker_client, DEFAULT_PYTHON_BASE_TAG)
     return DEFAULT_PYTHON_BASE_TAG
 

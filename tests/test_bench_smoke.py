@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.support.hostenv import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 

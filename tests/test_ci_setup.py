@@ -26,7 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dockerenv import CACHE_DIR, python_rootfs_tarball, remove_tree
+from tests.support.hostenv import CACHE_DIR, remove_tree
+from tests.support.images import python_rootfs_tarball
+from tests.support.prerequisites import require
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -49,19 +51,11 @@ def readme_command(title: str) -> str:
     return match.group(1).strip()
 
 
-def _require(condition: bool, reason: str) -> None:
-    if condition:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set)", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def stock_debian() -> Iterator[Path]:
-    _require(os.geteuid() == 0, "chroot needs root")
+    require(os.geteuid() == 0, "chroot needs root")
     for tool in ("debootstrap", "unshare", "chroot", "mount"):
-        _require(shutil.which(tool) is not None, f"{tool} is not installed")
+        require(shutil.which(tool) is not None, f"{tool} is not installed")
     tarball = python_rootfs_tarball()
     root = Path(tempfile.mkdtemp(prefix="dm-debian-", dir="/tmp"))
     try:

@@ -29,23 +29,22 @@ from actors.commands.compose_files import (
     NOT_FOUND,
     PATH_NOT_ALLOWED,
     READ_FAILED,
-    REFUSED_PREFIXES,
     TOO_LARGE,
     Refused,
     allowed_roots,
     confine,
     env_file_refs,
-    is_system_path,
     read_compose_file,
     scan_compose_dirs,
 )
 from actors.commands.tools import HandlerSettings
+from actors.rules.paths import REFUSED_PREFIXES, is_system_path
 from messages import compose
 from messages.compose import MAX_SCAN_PATHS, ReadComposeFile, ScanComposeDirs
 from messages.docker import CommandFailed
 from messages.wire import RejectedRequest, decode_frame
 from tests.support.agent_harness import RunningAgent, running_agent
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 
 UTC_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
 WEB = "services:\n  web:\n    image: busybox\n"

@@ -37,15 +37,12 @@ from messages.docker import CommandFailed, CommandSucceeded
 from messages.outbound import EventOut
 from messages.updates import UpdateContainer
 from tests.support.agent_harness import REGISTRATION_TOKEN, RunningAgent, running_agent
-from tests.support.dockerenv import (
-    REPO_ROOT,
-    TEST_LABEL,
-    ContainerFactory,
-    LocalRegistry,
-    PrivateDockerd,
-)
+from tests.support.containers import TEST_LABEL, ContainerFactory
+from tests.support.daemon import PrivateDockerd
 from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
+from tests.support.hostenv import REPO_ROOT
 from tests.support.hub import FakeHub
+from tests.support.registry import LocalRegistry
 from tests.support.waiting import wait_for
 from tests.test_protection_e2e import RenameAfterInspect
 

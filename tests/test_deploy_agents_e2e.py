@@ -12,8 +12,8 @@ import docker
 import pytest
 
 from tests.support.agent_harness import REGISTRATION_TOKEN, running_agent
+from tests.support.daemon import PrivateDockerd
 from tests.support.deploy_stacks import deploy, exec_out, project_containers, service, stack
-from tests.support.dockerenv import PrivateDockerd
 from tests.support.hub import FakeHub
 from tests.support.waiting import wait_for
 

@@ -21,6 +21,7 @@ import yaml
 
 from messages.deploy import STAGES
 from tests.support.agent_harness import RunningAgent, running_agent
+from tests.support.daemon import PrivateDockerd
 from tests.support.deploy_stacks import (
     SLOW,
     at_stage,
@@ -31,7 +32,7 @@ from tests.support.deploy_stacks import (
     service,
     stack,
 )
-from tests.support.dockerenv import LocalRegistry, PrivateDockerd
+from tests.support.registry import LocalRegistry
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow

@@ -1,9 +1,11 @@
-"""Proves the Docker test infrastructure itself (tests/support/dockerenv.py, tests/conftest.py)."""
+"""Proves the Docker test infrastructure itself: the private daemon, images, containers and
+registries of tests/support/ and the fixtures in tests/conftest.py."""
 
 from __future__ import annotations
 
 import secrets
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,17 +13,10 @@ import docker
 import docker.errors
 import pytest
 
-from tests.support.dockerenv import (
-    REQUIRED_APPLETS,
-    TEST_LABEL,
-    ContainerFactory,
-    LocalRegistry,
-    PrivateDockerd,
-    container_factory,
-    host_debian_mirror,
-    iter_stream_errors,
-    wait_for_exit,
-)
+from tests.support.containers import TEST_LABEL, ContainerFactory, container_factory, wait_for_exit
+from tests.support.daemon import PrivateDockerd
+from tests.support.images import REQUIRED_APPLETS, host_debian_mirror
+from tests.support.registry import LocalRegistry, iter_stream_errors
 
 
 def test_daemon_is_private_and_isolated(
@@ -159,20 +154,30 @@ def test_container_factory_removes_its_containers(
     assert not ids & left
 
 
-_made_by_fixture: list[str] = []
+@pytest.fixture
+def gone_after_teardown(docker_client: docker.DockerClient) -> Iterator[list[str]]:
+    """Ids that must no longer exist once the test's later fixtures are torn down.
+
+    Requested before ``make_container``, this fixture is set up before it and so torn down
+    after it: its check runs once ``make_container`` has cleaned up. Were the order ever the
+    other way round, the containers would still exist and the check would fail, not pass."""
+    ids: list[str] = []
+    yield ids
+    assert ids, "the test registered no container to check"
+    for cid in ids:
+        with pytest.raises(docker.errors.NotFound):
+            docker_client.containers.get(cid)
 
 
-def test_make_container_fixture_part_1(make_container: ContainerFactory) -> None:
-    _made_by_fixture.append(str(make_container().id))
-
-
-def test_make_container_fixture_part_2_removed_after_test(
+def test_make_container_fixture_removes_its_containers_after_the_test(
+    gone_after_teardown: list[str],
+    make_container: ContainerFactory,
     docker_client: docker.DockerClient,
 ) -> None:
-    if not _made_by_fixture:
-        pytest.skip("part 1 did not run first")
-    with pytest.raises(docker.errors.NotFound):
-        docker_client.containers.get(_made_by_fixture[0])
+    running, created = make_container(), make_container(start=False)
+    assert docker_client.containers.get(str(running.id)).status == "running"
+    assert docker_client.containers.get(str(created.id)).status == "created"
+    gone_after_teardown.extend([str(running.id), str(created.id)])
 
 
 def test_host_debian_mirror_parses_deb822_and_one_line_sources(tmp_path: Path) -> None:

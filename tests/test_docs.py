@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 import agent_config
-from tests.conftest import REPO_ROOT
+from tests.support.hostenv import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
 

@@ -15,8 +15,9 @@ import pytest
 
 import agent_cli
 from agent_config import SETTINGS
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 from tests.support.hub import FakeHub
+from tests.support.prerequisites import require
 from tests.support.proxy import ConnectProxy
 from tests.support.tls import LocalPki, make_pki
 
@@ -428,8 +429,11 @@ def test_docker_socket_permission_denied_is_explained(
 ) -> None:
     # root without CAP_DAC_OVERRIDE is held to the socket's mode bits like any other user
     setpriv = shutil.which("setpriv")
-    if os.geteuid() != 0 or setpriv is None:
-        pytest.skip("needs root and setpriv (util-linux) to drop CAP_DAC_OVERRIDE")
+    require(
+        os.geteuid() == 0 and setpriv is not None,
+        "needs root and setpriv (util-linux) to drop CAP_DAC_OVERRIDE",
+    )
+    assert setpriv is not None
     sock_path = tmp_path / "docker.sock"
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(sock_path))

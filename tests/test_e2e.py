@@ -14,7 +14,7 @@ import docker
 import pytest
 
 from tests.support.agent_harness import REGISTRATION_TOKEN, RunningAgent, running_agent
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 from tests.support.waiting import wait_for
 
 # sh as PID 1 with a TERM trap: stops at once. Plain `sleep` as PID 1 ignores SIGTERM.

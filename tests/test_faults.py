@@ -20,10 +20,11 @@ import websocket
 
 from actors.event_streamer import EventStreamerActor
 from actors.telemetry import streams as stats_streams
-from tests.conftest import REPO_ROOT
 from tests.support.agent_harness import RunningAgent, running_agent
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 from tests.support.faults import FaultRig
+from tests.support.hostenv import REPO_ROOT
+from tests.support.prerequisites import require
 from tests.support.waiting import wait_for
 
 FAST_LINK = {"ping_interval": 0.5, "dead_after": 2.0, "write_deadline": 2.0}
@@ -268,8 +269,8 @@ def test_full_disk_during_the_first_token_write(
     """The registration succeeds but the token cannot be kept: stop clearly, keep nothing half."""
     data = tmp_path / "tiny"
     data.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(data)]).returncode:
-        pytest.skip("cannot mount a tmpfs here")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(data)])
+    require(mounted.returncode == 0, "cannot mount a tmpfs here")
     try:
         _fill(data)  # no data blocks left; creating empty files (the write probe) still works
         with running_agent(data, dockerd.base_url) as agent:
@@ -294,8 +295,8 @@ def test_a_full_data_path_never_kills_the_agent(
     request is still answered, and the failures are counted once space is back."""
     data = tmp_path / "tiny"
     data.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(data)]).returncode:
-        pytest.skip("cannot mount a tmpfs here")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(data)])
+    require(mounted.returncode == 0, "cannot mount a tmpfs here")
     try:
         c = make_container(["sleep", "3600"])
         with running_agent(data, dockerd.base_url) as agent:
@@ -371,8 +372,8 @@ def _fill(directory: Path) -> None:
 def readonly_dir(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "ro"
     path.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)]).returncode:
-        pytest.skip("cannot mount a read-only tmpfs here")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)])
+    require(mounted.returncode == 0, "cannot mount a read-only tmpfs here")
     try:
         yield path
     finally:

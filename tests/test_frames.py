@@ -25,7 +25,7 @@ from actors.base import SystemClock
 from actors.link.websocket import MAX_MESSAGE_BYTES, LinkSettings, WebSocketLink
 from messages.connection import FrameReceived, LinkOpened, ReaderStopped
 from tests.support.agent_harness import running_agent
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 from tests.support.fakes import ProbeHandle
 
 MIB = 1024 * 1024

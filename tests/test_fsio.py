@@ -28,8 +28,9 @@ from actors.runtime import fsio
 from actors.status import StatusReporterActor
 from actors.token_store import TOKEN_FILE, write_token_atomic
 from messages.common import Secret
-from tests.conftest import REPO_ROOT
 from tests.support.fakes import FakeClock, FakeScheduler, make_ctx
+from tests.support.hostenv import REPO_ROOT
+from tests.support.prerequisites import require
 
 
 def _fd_path(fd: int) -> str:
@@ -152,8 +153,8 @@ def test_short_writes_are_continued(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def full_tmpfs(tmp_path: Path) -> Iterator[Path]:
     target = tmp_path / "full"
     target.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(target)]).returncode:
-        pytest.skip("cannot mount a tmpfs here")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(target)])
+    require(mounted.returncode == 0, "cannot mount a tmpfs here")
     try:
         yield target
     finally:

@@ -53,7 +53,7 @@ from messages.health import (
 from messages.outbound import EventOut, LinkStateChanged
 from messages.wire import IgnoredFrame, decode_frame
 from tests.support.agent_harness import REGISTRATION_TOKEN, running_agent
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
 from tests.support.hub import FakeHub
 from tests.support.hub_events import health_check_result_problem

@@ -15,7 +15,7 @@ import pytest
 from actors.status import health_verdict, read_status
 from agent_cli import main
 from tests.support.agent_harness import running_agent
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 from tests.support.waiting import wait_for
 
 

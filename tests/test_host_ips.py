@@ -33,8 +33,9 @@ from messages.common import Secret
 from messages.docker import HostInfo
 from messages.wire import encode_register
 from tests.support.agent_harness import running_agent
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 from tests.support.hub import clean_host_ips, validate_registration
+from tests.support.prerequisites import requires
 from tests.support.waiting import wait_for
 from tests.test_shell import open_shell
 from tests.test_startup_race import IDENT
@@ -107,7 +108,7 @@ def test_native_mode_filters_interfaces_and_addresses() -> None:
     assert skipped_interface("br-x:1") and not skipped_interface("bridge0")
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
+@requires(shutil.which("unshare") is not None, "needs util-linux unshare")
 def test_native_mode_on_real_interfaces_in_a_network_namespace() -> None:
     script = """
 set -e
@@ -193,7 +194,7 @@ def _up_addresses() -> list[str]:
     return ips
 
 
-@pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2")
+@requires(shutil.which("ip") is not None, "needs iproute2")
 def test_native_agent_registers_with_this_hosts_addresses(
     tmp_path: Path, dockerd: PrivateDockerd
 ) -> None:

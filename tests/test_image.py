@@ -9,7 +9,9 @@ import docker
 import pytest
 
 from messages.common import Secret
-from tests.support.dockerenv import REPO_ROOT, ContainerFactory, PrivateDockerd, wait_for_exit
+from tests.support.containers import ContainerFactory, wait_for_exit
+from tests.support.daemon import PrivateDockerd
+from tests.support.hostenv import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 

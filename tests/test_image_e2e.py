@@ -34,9 +34,10 @@ import docker.errors
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
 from tests.support.agent_harness import REGISTRATION_TOKEN
-from tests.support.dockerenv import ContainerFactory, PrivateDockerd, wait_for_exit
+from tests.support.containers import ContainerFactory, wait_for_exit
+from tests.support.daemon import PrivateDockerd
+from tests.support.hostenv import REPO_ROOT
 from tests.support.hub import FakeHub
 from tests.support.waiting import wait_for
 

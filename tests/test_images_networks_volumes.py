@@ -28,11 +28,8 @@ import requests
 
 from messages.timefmt import utc_z
 from tests.support.agent_harness import RunningAgent, running_agent
-from tests.support.dockerenv import (
-    ContainerFactory,
-    PrivateDockerd,
-    container_factory,
-)
+from tests.support.containers import ContainerFactory, container_factory
+from tests.support.daemon import PrivateDockerd
 from tests.support.hub import Response
 
 SHORT_ID = re.compile(r"[0-9a-f]{12}")

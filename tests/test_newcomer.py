@@ -15,6 +15,8 @@ import pytest
 
 import agent_config
 from actors.commands.compose_files import DEFAULT_SCAN_ROOTS, OPTIONAL_SCAN_ROOTS
+from actors.runtime.logs import setup_logging
+from tests.support.prerequisites import requires
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,12 +33,12 @@ def _restore_logging() -> object:
 def _log_one_line(json_format: bool | None, *, tty: bool) -> str:
     if not tty:
         stream = io.StringIO()
-        agent_config.setup_logging("info", json_format, stream=stream)
+        setup_logging("info", json_format, stream=stream)
         logging.getLogger("newcomer").warning("hello %s", "there")
         return stream.getvalue()
     master, slave = os.openpty()  # a real terminal
     with os.fdopen(slave, "w") as terminal:
-        agent_config.setup_logging("info", json_format, stream=terminal)
+        setup_logging("info", json_format, stream=terminal)
         logging.getLogger("newcomer").warning("hello %s", "there")
         terminal.flush()
         data = os.read(master, 65536).decode()
@@ -59,9 +61,7 @@ def test_logs_are_json_off_a_terminal_or_when_asked() -> None:
     assert "hello there" in plain and not plain.startswith("{")
 
 
-@pytest.mark.skipif(
-    shutil.which("git") is None or not (REPO / ".git").exists(), reason="needs a git checkout"
-)
+@requires(shutil.which("git") is not None and (REPO / ".git").exists(), "needs a git checkout")
 @pytest.mark.parametrize(
     "path",
     [

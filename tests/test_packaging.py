@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dockerenv import REPO_ROOT
+from tests.support.hostenv import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 

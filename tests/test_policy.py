@@ -12,7 +12,7 @@ import pytest
 
 from actors.rules.policy import Policy, parse_policy
 from tests.support.agent_harness import RunningAgent, running_agent
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 from tests.support.waiting import wait_for
 
 GRACEFUL = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]

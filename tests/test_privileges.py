@@ -22,11 +22,12 @@ from typing import Any
 import pytest
 
 from actors.host.privileges import PrivilegeError, in_user_namespace, parse_run_as, repair_data_dir
+from tests.support.prerequisites import requires
 
 REPO = Path(__file__).resolve().parent.parent
 SOCKET_GID = 2375
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+pytestmark = requires(os.geteuid() == 0, "dropping privileges needs root")
 
 CHILD = r"""
 import json, os, sys

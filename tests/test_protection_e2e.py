@@ -44,8 +44,10 @@ from messages.outbound import EventOut
 from messages.shell import StartShell
 from messages.updates import SelfUpdate, UpdateContainer
 from tests.support.agent_harness import RunningAgent, running_agent
-from tests.support.dockerenv import DEFAULT_BUSYBOX_TAG, ContainerFactory, PrivateDockerd
+from tests.support.containers import ContainerFactory
+from tests.support.daemon import PrivateDockerd
 from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
+from tests.support.images import DEFAULT_BUSYBOX_TAG
 
 GRACEFUL = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
 POLICY = "  protected_containers:\n    names: ['keep-*']\n    labels: ['tier=prod']\n"

@@ -66,7 +66,7 @@ from messages.updates import SelfUpdate, UpdateContainer
 from messages.volumes import DeleteVolume
 from messages.wire import IgnoredFrame, RejectedRequest, decode_frame
 from tests.support.agent_harness import RunningAgent, running_agent
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 
 DIGEST = "sha256:" + "a" * 64
 FULL_ID = "0123456789abcdef" * 4

@@ -18,11 +18,13 @@ import pytest
 
 import agent_cli
 from actors.errors import ConfigError
-from agent_config import Config, format_config, load_config, setup_logging
+from actors.runtime.logs import setup_logging
+from agent_config import Config, format_config, load_config
 from messages.common import Secret
 from tests.support.agent_harness import running_agent
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 from tests.support.hub import FakeHub
+from tests.support.prerequisites import require
 
 URL = "https://dockmon.example.com"
 REG = "reg-from-file-0f1e2d3c4b5a"
@@ -189,8 +191,10 @@ def test_unreadable_file(tmp_path: Path) -> None:
     else:
         # root reads anything; drop CAP_DAC_OVERRIDE in a child so the mode bits apply to it
         setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("needs setpriv (util-linux) to test an unreadable file as root")
+        require(
+            setpriv is not None, "needs setpriv (util-linux) to test an unreadable file as root"
+        )
+        assert setpriv is not None
         code = (
             "import sys, agent_config\n"
             "try:\n"

@@ -25,14 +25,13 @@ from actors.flows.self_update import (
     CLEANUP_FILE,
     NATIVE_MODE_ERROR,
     OUTCOME_FILE,
-    ImageRef,
     build_create_config,
     claim_outcome,
-    parse_image_ref,
     precheck,
     read_outcome,
 )
 from actors.link.websocket import LinkSettings
+from actors.rules.image_refs import ImageRef, parse_image_ref
 from messages.common import Ping, RawJson, Secret
 from messages.connection import (
     AttemptTimedOut,

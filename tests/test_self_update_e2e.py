@@ -24,13 +24,10 @@ import requests
 
 from actors.flows.self_update import CLEANUP_FILE, OUTCOME_FILE
 from tests.support.agent_harness import REGISTRATION_TOKEN
-from tests.support.dockerenv import (
-    ContainerFactory,
-    LocalRegistry,
-    PrivateDockerd,
-    iter_stream_errors,
-)
+from tests.support.containers import ContainerFactory
+from tests.support.daemon import PrivateDockerd
 from tests.support.hub import FakeHub
+from tests.support.registry import LocalRegistry, iter_stream_errors
 
 pytestmark = pytest.mark.slow
 

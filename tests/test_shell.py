@@ -34,10 +34,11 @@ from messages.shell import (
 )
 from messages.wire import IgnoredFrame, decode_frame
 from tests.support.agent_harness import RunningAgent, running_agent
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
 from tests.support.hub import FakeHub
 from tests.support.hub_events import shell_data_problem
+from tests.support.prerequisites import require
 from tests.support.waiting import wait_for
 
 SID = "8d3c1c9e-0d5e-4c1b-9a53-7f0f3b7a1e11"
@@ -591,8 +592,8 @@ def test_shell_session_end_to_end(
 def test_resize_reaches_the_tty(agent: RunningAgent, make_container: Any) -> None:
     hub = agent.hub
     c = make_container(["sleep", "3600"])
-    if "stty" not in c.exec_run(["busybox", "--list"]).output.decode().split():
-        pytest.skip("this busybox has no stty applet to read the TTY size with")
+    applets = c.exec_run(["busybox", "--list"]).output.decode().split()
+    require("stty" in applets, "this busybox has no stty applet to read the TTY size with")
     sid = open_shell(hub, c.id)
     send_shell(hub, action="resize", session_id=sid, cols=111, rows=33)
     type_in(hub, sid, b"busybox stty size\n")

@@ -14,7 +14,7 @@ import pytest
 import websocket
 
 from tests.support.agent_harness import RunningAgent, running_agent
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 from tests.support.hub import INGEST_WS_PATH, FakeHub
 
 GRACEFUL = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]

@@ -19,7 +19,7 @@ from messages.common import Ping
 from messages.status import EventForwarded, FlushStatus, WriteFailed
 from messages.timefmt import rfc3339_nano
 from tests.support.agent_harness import running_agent
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 from tests.support.fakes import FakeClock, FakeScheduler, make_ctx
 from tests.support.waiting import wait_for
 

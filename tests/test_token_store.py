@@ -1,7 +1,7 @@
 """TokenStore: token precedence, the atomic 0600 write, and real filesystem failures.
 
 Read-only and full filesystems are real tmpfs mounts (we run as root, so chmod would not stop a
-write); those tests skip with a reason when mounting is not possible.
+write); when mounting is not possible those tests skip with a reason, or fail in CI.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from agent_config import load_config
 from messages.common import Ping, Secret
 from messages.supervision import ChildFailed
 from messages.tokens import GetToken, SaveToken, TokenInfo
-from tests.conftest import REPO_ROOT
 from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
+from tests.support.hostenv import REPO_ROOT
+from tests.support.prerequisites import require
 
 REGISTRATION = "reg-2f0c3d4b5e6f"
 PERMANENT_ENV = "perm-env-7c0e2f4a1b9d"
@@ -68,8 +69,9 @@ def tmpfs(tmp_path: Path) -> Iterator[Mount]:
     mounted: list[Path] = []
 
     def mount(name: str, *options: str) -> Path:
-        if os.geteuid() != 0:
-            pytest.skip("mounting a tmpfs needs root (chmod alone cannot deny root a write)")
+        require(
+            os.geteuid() == 0, "mounting a tmpfs needs root (chmod alone cannot deny root a write)"
+        )
         target = tmp_path / name
         target.mkdir()
         result = subprocess.run(
@@ -78,8 +80,10 @@ def tmpfs(tmp_path: Path) -> Iterator[Mount]:
             text=True,
             check=False,
         )
-        if result.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip() or result.returncode}")
+        require(
+            result.returncode == 0,
+            f"cannot mount a tmpfs here: {result.stderr.strip() or result.returncode}",
+        )
         mounted.append(target)
         return target
 
@@ -414,8 +418,7 @@ def test_a_fifo_token_file_is_refused_at_once(tmp_path: Path) -> None:
 
 
 def test_a_device_token_file_is_refused_without_reading_it(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("creating a device node needs root")
+    require(os.geteuid() == 0, "creating a device node needs root")
     os.mknod(token_path(tmp_path), stat.S_IFCHR | 0o600, os.makedev(1, 5))  # like /dev/zero
     _refused(tmp_path, "character device")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent_harness import REGISTRATION_TOKEN, running_agent
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 from tests.support.hub import FakeHub
 from tests.support.proxy import ConnectProxy
 from tests.support.tls import LocalPki, make_pki

@@ -23,7 +23,7 @@ from actors.updater import UpdaterActor
 from messages.docker import CommandFailed
 from messages.updates import SelfUpdate
 from tests.support.agent_harness import running_agent
-from tests.support.dockerenv import PrivateDockerd
+from tests.support.daemon import PrivateDockerd
 from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
 from tests.support.hub import validate_registration
 

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from actors.commands.tools import DockerTools, Handler, HandlerSettings, succeeded
+from actors.rules.paths import is_inside, is_system_path
 from messages.common import RawJson
 from messages.compose import DEFAULT_MAX_DEPTH, ReadComposeFile, ScanComposeDirs
 from messages.docker import CommandFailed, CommandSucceeded, Reply
@@ -36,22 +37,6 @@ log = logging.getLogger(__name__)
 MAX_FILE_SIZE = 1024 * 1024  # compose and env files (§8.3)
 COMPOSE_NAMES = frozenset(
     {"docker-compose.yml", "docker-compose.yaml", "compose.yml", "compose.yaml"}
-)
-#: never scanned or read, whatever the roots (§8.2)
-REFUSED_PREFIXES = (
-    "/proc",
-    "/sys",
-    "/dev",
-    "/run",
-    "/boot",
-    "/bin",
-    "/sbin",
-    "/lib",
-    "/lib64",
-    "/usr/bin",
-    "/usr/sbin",
-    "/usr/lib",
-    "/etc",
 )
 SKIPPED_DIRS = frozenset(
     {"node_modules", "vendor", "__pycache__", "venv", "dist", "build", "target"}
@@ -89,23 +74,6 @@ class Refused(Exception):
 
 
 # --- paths and roots --------------------------------------------------------------------------
-
-
-def _clean(path: str) -> str:
-    """``normpath`` without POSIX's special case for a leading ``//``."""
-    cleaned = os.path.normpath(path)
-    return "/" + cleaned.lstrip("/") if cleaned.startswith("//") else cleaned
-
-
-def is_inside(path: str, root: str) -> bool:
-    """Whether absolute ``path`` is ``root`` or below it (both already resolved)."""
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def is_system_path(path: str) -> bool:
-    """Under one of the refused system directories of §8.2 (lexically, after cleaning)."""
-    cleaned = _clean(path)
-    return any(is_inside(cleaned, prefix) for prefix in REFUSED_PREFIXES)
 
 
 def is_compose_name(name: str) -> bool:

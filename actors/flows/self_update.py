@@ -32,10 +32,8 @@ import contextlib
 import json
 import logging
 import os
-import re
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +41,9 @@ import docker.errors
 import requests
 
 from actors.flows.context import FlowContext, UpdaterSettings
+from actors.rules.image_refs import parse_image_ref
 from actors.runtime.fsio import create_exclusive, fsync_dir, write_json_atomic, write_temp
 from messages.connection import HandOver, ResumeAfterHandOver
-from messages.references import IMAGE_REFERENCE
 from messages.updates import SelfUpdate
 
 log = logging.getLogger(__name__)
@@ -76,43 +74,6 @@ _RUNNING = threading.Event()
 
 class SelfUpdateError(Exception):
     """A step failed; the message is what selfupdate_progress reports."""
-
-
-# --- image references -----------------------------------------------------------------------
-
-_REFERENCE = IMAGE_REFERENCE  # the one grammar the decoders use for server-sent images too
-
-
-@dataclass(frozen=True, slots=True)
-class ImageRef:
-    """``name[:tag][@sha256:digest]``, Docker's reference grammar (sha256 digests only)."""
-
-    name: str
-    tag: str | None
-    digest: str | None
-
-    def __str__(self) -> str:
-        tag = f":{self.tag}" if self.tag else ""
-        digest = f"@{self.digest}" if self.digest else ""
-        return f"{self.name}{tag}{digest}"
-
-    @property
-    def pull_tag(self) -> str:
-        """What Docker's pull API takes as ``tag``: the digest if pinned, else the tag."""
-        return self.digest or self.tag or "latest"
-
-
-def parse_image_ref(text: str) -> ImageRef:
-    """Parse an image reference; ``ValueError`` says what is wrong."""
-    match = _REFERENCE.fullmatch(text.strip())
-    if match is None:
-        if "@" in text and not re.search(r"@sha256:[0-9a-f]{64}$", text):
-            raise ValueError(f"invalid image reference {text!r} (a digest must be sha256:<64 hex>)")
-        raise ValueError(
-            f"invalid image reference {text!r} (expected e.g. registry.example.com/agent:1.2 "
-            "or registry.example.com/agent@sha256:<digest>)"
-        )
-    return ImageRef(match["name"], match["tag"], match["digest"])
 
 
 # --- the new container's configuration (§7.3 step 3) ----------------------------------------

@@ -1,1 +1,1 @@
-"""Pure rules the actors enforce: the server's policy, protected containers, audit."""
+"""Pure rules the actors enforce: the server's policy and audit, system paths, image references."""

@@ -51,6 +51,7 @@ from messages.networks import CreateNetwork, DeleteNetwork, ListNetworks, PruneN
 from messages.shell import CloseShell, ResizeShell, ShellInput, StartShell
 from messages.updates import SelfUpdate, UpdateContainer
 from messages.volumes import DeleteVolume, ListVolumes, PruneVolumes
+from messages.wire import Request
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,12 @@ class Policy:
     protected_names: tuple[str, ...] = ()  # fnmatch patterns, without leading "/"
     protected_labels: tuple[tuple[str, str | None], ...] = ()  # key, or key=value
     audit: bool = True
+
+    def judge(self, request: Request) -> str | None:
+        """Why the request is refused, or None: by what it asks for (its operation), before
+        its content is looked at, so a refused request never runs and reads the same whatever
+        its payload."""
+        return self.check(request.operation)
 
     def check(self, operation: str) -> str | None:
         """Why ``operation`` is refused, or None."""
@@ -403,30 +410,6 @@ def parse_policy(raw: Any, where: str, problems: list[str]) -> Policy:
         protected_labels=tuple(labels),
         audit=flag("audit_log", True),
     )
-
-
-def operation_of(frame: Mapping[str, Any]) -> tuple[str, str | None]:
-    """(operation name, target container or None) of a request frame from the backend."""
-    kind = str(frame.get("type"))
-    payload = frame.get("payload")
-    body: Mapping[str, Any] = payload if isinstance(payload, dict) else {}
-    if kind == "command":
-        name = str(frame.get("command"))
-    elif kind == "container_operation":
-        name = str(body.get("action"))
-    else:
-        name = kind
-    # a deployment's target is its stack; the compose file and env contents are never audited
-    target = body.get("project_name" if name == "deploy_compose" else "container_id")
-    return name, target if isinstance(target, str) and target else None
-
-
-def audited(frame: Mapping[str, Any]) -> bool:
-    """Whether a request gets an audit line: every one, except shell keystrokes and resizes."""
-    if frame.get("type") != "shell_session":
-        return True
-    payload = frame.get("payload")
-    return isinstance(payload, dict) and payload.get("action") in ("start", "close")
 
 
 #: a write that keeps failing is logged again at most this often

@@ -1,2 +1,2 @@
 """What every actor uses, written once: helper threads, the worker pool, backoff, atomic files,
-Docker clients."""
+Docker clients, logs and redaction."""

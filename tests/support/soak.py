@@ -88,14 +88,33 @@ class FakeGateway(SupervisedActor):
 
 
 class _EventStream:
-    """docker-py's events() generator: yields what the rig feeds until it is closed."""
+    """docker-py's events() generator: yields what the rig feeds until it is closed.
 
-    def __init__(self, feed: queue.Queue[Any]) -> None:
-        self._feed = feed
+    ``handed`` counts the events the reader came back from: it asks for the next one only after
+    it told the streamer about the last, so ``handed == fed`` means all of them were told.
+    """
+
+    def __init__(self) -> None:
+        self._feed: queue.Queue[Any] = queue.Queue()
+        self._cond = threading.Condition()
+        self.fed = 0
+        self.handed = 0
+
+    def put(self, event: dict[str, Any]) -> None:
+        with self._cond:
+            self.fed += 1
+        self._feed.put(event)
 
     def __iter__(self) -> Iterator[Any]:
         while (item := self._feed.get()) is not None:
             yield item
+            with self._cond:
+                self.handed += 1
+                self._cond.notify_all()
+
+    def wait_handed(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.handed >= self.fed, timeout)
 
     def close(self) -> None:
         self._feed.put(None)
@@ -108,9 +127,9 @@ class FakeDockerEvents:
         self._rig = rig
 
     def events(self, **_kwargs: Any) -> _EventStream:
-        feed: queue.Queue[Any] = queue.Queue()
-        self._rig.event_feeds.append(feed)
-        return _EventStream(feed)
+        stream = _EventStream()
+        self._rig.event_feeds.append(stream)
+        return stream
 
     def close(self) -> None:
         pass
@@ -197,7 +216,7 @@ class MonthRig:
         self.clock = FakeClock()
         self.scheduler = FakeScheduler(self.clock)
         self.peers = Peers()
-        self.event_feeds: list[queue.Queue[Any]] = []
+        self.event_feeds: list[_EventStream] = []
         self.streams: list[FakeStreams] = []
         self._answered: set[int] = set()
         self._event_n = 0
@@ -265,7 +284,10 @@ class MonthRig:
             ),
             ChildSpec(
                 "health_checks",
-                ctx_start(HealthCheckActor, memory=self.memory, checker=_healthy),
+                # two workers: the pool shrinks after 30 s of *real* idle time, which a month
+                # simulated in seconds never gives it, so a pool free to grow to each burst's
+                # size would show as thread growth that has nothing to do with uptime
+                ctx_start(HealthCheckActor, memory=self.memory, checker=_healthy, workers=2),
             ),
         ]
 
@@ -414,7 +436,20 @@ class MonthRig:
             self.barrier()
         return depth
 
+    def settle(self) -> None:
+        """A quiet moment to measure: every event fed has reached the cursor (the streamer's
+        reader thread hands them over on its own time), the backend confirmed what it read, and
+        the timers that came due meanwhile fired (which also drops the ones cancelled since)."""
+        if self.event_feeds:
+            assert self.event_feeds[-1].wait_handed(30), "the fed events never reached the streamer"
+        self.barrier()
+        self.pong()
+        self.barrier()
+        self.scheduler.advance(0)
+        self.barrier()
+
     def sample(self, day: int, fired_before: Counter[str], max_inbox: int) -> DaySample:
+        self.settle()
         gc.collect()
         fired = self.scheduler.fired.copy()
         fired.subtract(fired_before)

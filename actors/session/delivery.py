@@ -1,0 +1,140 @@
+"""At-least-once delivery of the frames the Connection sends (PROTOCOL §9).
+
+WebSocket frames are read in order, so the pong to a ping sent after frame N proves the backend
+read every frame up to N. :class:`Delivery` numbers the frames sent on a link, keeps those no
+pong has confirmed yet, and, when the link drops, decides what goes again: plain frames go back
+to the front of the outbox in their order; container events and tracked events do not, their
+owners (the EventStreamer's cursor, the Deployer) send them again. While disconnected, frames
+wait in a bounded outbox that drops its oldest when full, and counts what it dropped.
+
+No threads and no I/O: the actor sends and pings, and tells the owners what was confirmed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+#: an event another actor owns and resends until confirmed: (owner role, its key)
+Receipt = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    seq: int  # the frame's number on its link
+    text: str
+    event_seq: int  # the EventStreamer's number of a container event, else 0
+    receipt: Receipt | None  # a tracked event's owner and key, else None
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    """What a pong confirmed, for the owners to forget."""
+
+    events: tuple[int, ...] = ()  # container events (EventStreamer numbers), in order
+    receipts: tuple[Receipt, ...] = ()  # tracked events, in order
+
+
+class Delivery:
+    """The outbox, the frame numbers and the unconfirmed frames of the Connection."""
+
+    def __init__(self, outbox_limit: int) -> None:
+        self.outbox_limit = outbox_limit
+        self.dropped = 0  # frames the full outbox dropped since the start
+        self._outbox: deque[str] = deque()
+        self._seq = 0  # the number of the last frame sent (never reused, across links)
+        self._unacked: deque[_Sent] = deque()  # sent on this link, not yet confirmed
+        self._sent_events: set[int] = set()  # container events sent on this link
+        self._tracked_sent: set[Receipt] = set()  # tracked events sent on this link
+        #: the EventStreamer was asked to replay: live events wait for it (it holds them too)
+        self.awaiting_replay = False
+
+    @property
+    def outbox_depth(self) -> int:
+        return len(self._outbox)
+
+    @property
+    def unconfirmed(self) -> int:
+        """Frames sent on this link that no pong has confirmed yet."""
+        return len(self._unacked)
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    # --- while disconnected ---------------------------------------------------------------------
+
+    def queue(self, text: str) -> None:
+        """Keep a frame for the next link; a full outbox drops its oldest frame to make room."""
+        if len(self._outbox) >= self.outbox_limit:
+            self._outbox.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error(
+                    "outbox full (%d messages) while disconnected: dropped the oldest; "
+                    "%d dropped so far",
+                    self.outbox_limit,
+                    self.dropped,
+                )
+        self._outbox.append(text)
+
+    def take_outbox(self) -> list[str]:
+        """Everything queued, oldest first, to send on the new link; the outbox is empty after."""
+        queued = list(self._outbox)
+        self._outbox.clear()
+        return queued
+
+    # --- on a link ------------------------------------------------------------------------------
+
+    def claim_event(self, event_seq: int) -> bool:
+        """Whether a container event is still to be sent on this link (True once per link)."""
+        if event_seq in self._sent_events:
+            return False
+        self._sent_events.add(event_seq)
+        return True
+
+    def claim_tracked(self, receipt: Receipt) -> bool:
+        """Whether a tracked event is still to be sent on this link (True once per link)."""
+        if receipt in self._tracked_sent:
+            return False
+        self._tracked_sent.add(receipt)
+        return True
+
+    def sent(self, text: str, *, event_seq: int = 0, receipt: Receipt | None = None) -> int:
+        """Number a frame just sent and keep it until confirmed; the ping after it carries the
+        number returned."""
+        self._seq += 1
+        self._unacked.append(_Sent(self._seq, text, event_seq, receipt))
+        return self._seq
+
+    def confirm(self, ack: int) -> Confirmed:
+        """A pong carrying ``ack``: every frame up to that number was read."""
+        events: list[int] = []
+        receipts: list[Receipt] = []
+        while self._unacked and self._unacked[0].seq <= ack:
+            sent = self._unacked.popleft()
+            if sent.event_seq:
+                events.append(sent.event_seq)
+            if sent.receipt is not None:
+                receipts.append(sent.receipt)
+        return Confirmed(tuple(events), tuple(receipts))
+
+    def confirm_all(self) -> Confirmed:
+        """The backend read everything sent on this link (it echoed our close frame)."""
+        return self.confirm(self._seq)
+
+    def link_lost(self) -> int:
+        """The link is gone: unconfirmed plain frames go back to the front of the outbox, in
+        order (events and tracked events come back from their owners); the per-link memory is
+        cleared. Returns how many sent frames were not confirmed."""
+        unconfirmed = len(self._unacked)
+        again = [s.text for s in self._unacked if not s.event_seq and s.receipt is None]
+        self._outbox.extendleft(reversed(again))
+        self._unacked.clear()
+        self._sent_events.clear()
+        self._tracked_sent.clear()
+        self.awaiting_replay = False
+        return unconfirmed
