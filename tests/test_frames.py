@@ -201,6 +201,24 @@ def test_a_frame_just_under_the_limit_is_delivered(
     assert probe.expect(FrameReceived, timeout=30).data == body
 
 
+def test_utf8_is_checked_by_pythons_codec_not_by_websocket_clients_validator(
+    link: tuple[RawServer, WebSocketLink, ProbeHandle], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """websocket-client's own validator is pure Python (~0.8 s/MB here): a 16 MiB frame would
+    hold the reader for seconds, and with it every other request. It must never run."""
+    import websocket._abnf
+
+    calls: list[int] = []
+    monkeypatch.setattr(websocket._abnf, "validate_utf8", lambda data: calls.append(len(data)))
+    server, _, probe = link
+    body = '{"type":"noop","pad":"' + "é" * 4096 + '"}'
+    server.send(text_frame(body.encode()))
+    assert probe.expect(FrameReceived, timeout=10).data == body
+    server.send(text_frame(b'{"type":"x","v":"\xff"}'))
+    assert "UTF-8" in stopped(probe)  # still refused, by the codec
+    assert calls == []
+
+
 def test_invalid_utf8_closes_the_link_with_1007(
     link: tuple[RawServer, WebSocketLink, ProbeHandle],
 ) -> None:
