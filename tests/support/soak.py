@@ -1,13 +1,13 @@
 """A month of uptime in seconds: every actor that schedules timers, on a fake clock.
 
 :class:`MonthRig` runs the real supervisor and the real Connection, StatusReporter,
-EventStreamer, Stats, HealthChecks and TokenStore actors, with fakes only at their I/O seams
-(the WebSocket link, the Docker clients, the stats streams, the HTTP checker), all on one
+DockerGateway, EventStreamer, Stats, HealthChecks and TokenStore actors, with fakes only at their
+I/O seams (the WebSocket link, the Docker clients, the stats streams, the HTTP checker), all on one
 :class:`FakeClock` / :class:`FakeScheduler`. :meth:`MonthRig.run` drives ordinary traffic through
 simulated time in steps (container events, stats samples, health checks, pongs, a reconnect
-every hour, an actor crash and restart every day) and samples, once per simulated day, what
-must stay flat: pending timers, timers fired (mailbox traffic), the deepest mailbox seen, and
-the objects the process retains.
+every hour, Docker away for an hour and an actor crash and restart every day) and samples, once
+per simulated day, what must stay flat: pending timers, timers fired (mailbox traffic), the
+deepest mailbox seen, and the objects the process retains.
 
 Used by tests/test_soak_month.py (assertions) and bench/hardening.py (figures).
 """
@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pykka
+import requests
 
 from actors.base import Peers, SupervisedActor
 from actors.connection import ConnectionActor
+from actors.docker_gateway import DockerGatewayActor
 from actors.event_streamer import EventCursor, EventStreamerActor
 from actors.health_checks import HealthCheckActor, HealthCheckMemory
 from actors.link.websocket import LinkSettings
@@ -37,7 +39,7 @@ from actors.status import StatusReporterActor
 from actors.token_store import TokenStoreActor
 from messages.common import Ping, Secret
 from messages.connection import FrameReceived, LinkOpened, PongReceived, ReaderStopped
-from messages.docker import DescribeHost, HostDescribed, HostInfo
+from messages.docker import HostInfo
 from messages.health import CheckOutcome, HealthCheckConfig
 from messages.wire import AgentIdentity
 from supervisor import ChildSpec, Supervisor
@@ -76,15 +78,34 @@ def _health_sync(day: int) -> str:
     return json.dumps({"type": "health_check_configs_sync", "payload": {"configs": configs}})
 
 
-class FakeGateway(SupervisedActor):
-    """Answers the Connection's DescribeHost; swallows the events the streamer forwards."""
+class FakeDockerAPI:
+    """The DockerGateway's docker-py seam: answers its probe and DescribeHost, or, while the rig
+    has Docker down, fails the way a missing socket does (so the probe's failing cadence and its
+    rate-limited logging run too)."""
 
-    def handle(self, message: Any) -> Any:
-        if isinstance(message, DescribeHost):
-            self.ctx.peers.tell(
-                "connection", HostDescribed(attempt=message.attempt, info=HOST), optional=True
-            )
-        return None
+    def __init__(self, rig: MonthRig) -> None:
+        self._rig = rig
+
+    def _answer(self) -> None:
+        if self._rig.docker_down:
+            raise requests.exceptions.ConnectionError(FileNotFoundError(2, "No such file"))
+
+    def ping(self) -> bool:
+        self._answer()
+        return True
+
+    def info(self) -> dict[str, Any]:
+        self._answer()
+        return {"ID": HOST.engine_id, "Name": HOST.daemon_name}
+
+    def version(self) -> dict[str, Any]:
+        return {"Version": HOST.docker_version}
+
+    def inspect_network(self, _name: str) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
 
 
 class _EventStream:
@@ -220,6 +241,7 @@ class MonthRig:
         self.streams: list[FakeStreams] = []
         self._answered: set[int] = set()
         self._event_n = 0
+        self.docker_down = False  # one hour a day the daemon is away (the socket is missing)
         self._data = str(data_path)
         self.cursor = EventCursor(self.clock.time_ns(), memory=128)  # full on day 1
         self.memory = HealthCheckMemory()
@@ -253,7 +275,16 @@ class MonthRig:
                 ),
             ),
             ChildSpec("status", ctx_start(StatusReporterActor, data_path=self._data, version="s")),
-            ChildSpec("docker_gateway", lambda ctx: FakeGateway.start(ctx)),
+            ChildSpec(
+                "docker_gateway",
+                ctx_start(
+                    DockerGatewayActor,
+                    docker_host="unix:///soak.sock",
+                    workers=2,
+                    client_factory=lambda: FakeDockerAPI(self),
+                    interfaces=lambda: [],
+                ),
+            ),
             ChildSpec(
                 "connection",
                 ctx_start(
@@ -425,11 +456,15 @@ class MonthRig:
         self.barrier()
         self.pong()
         per_hour = max(1, round(3600 / self.step))
+        # Docker away for most of 05:00-06:00 each day (back for the hourly reconnect at 06:00)
+        self.docker_down = (n // per_hour) % 24 == 5 and n % per_hour != 0
         if n % per_hour == 0:
             self.reconnect()
         if n % round(DAY / self.step) == round(DAY / self.step) // 2:
             self.crash(
-                ("stats", "health_checks", "event_streamer")[(n // round(DAY / self.step)) % 3]
+                ("stats", "health_checks", "event_streamer", "docker_gateway")[
+                    (n // round(DAY / self.step)) % 4
+                ]
             )
             self.barrier()
             self.scheduler.advance(1.0)  # the supervisor's restart backoff
