@@ -37,6 +37,7 @@ from actors.status import StatusReporterActor, health_verdict, read_status
 from actors.telemetry.stats_math import host_roots
 from actors.token_store import TokenStoreActor, check_data_dir, resolve_token
 from actors.updater import UpdaterActor
+from messages.roles import Role
 from messages.wire import AgentIdentity
 from supervisor import ChildSpec, Supervisor
 
@@ -186,7 +187,7 @@ def build_specs(
     )
     return [
         ChildSpec(
-            "token_store",
+            Role.TOKEN_STORE,
             lambda ctx: TokenStoreActor.start(
                 ctx,
                 data_path=cfg.data_path,
@@ -195,13 +196,13 @@ def build_specs(
             ),
         ),
         ChildSpec(
-            "status",
+            Role.STATUS,
             lambda ctx: StatusReporterActor.start(
                 ctx, data_path=cfg.data_path, version=agent_version()
             ),
         ),
         ChildSpec(
-            "docker_gateway",
+            Role.DOCKER_GATEWAY,
             lambda ctx: DockerGatewayActor.start(
                 ctx,
                 docker_host=cfg.docker_host,
@@ -214,7 +215,7 @@ def build_specs(
             ),
         ),
         ChildSpec(
-            "connection",
+            Role.CONNECTION,
             lambda ctx: ConnectionActor.start(
                 ctx,
                 settings=settings,
@@ -226,7 +227,7 @@ def build_specs(
             ),
         ),
         ChildSpec(
-            "event_streamer",
+            Role.EVENT_STREAMER,
             lambda ctx: EventStreamerActor.start(
                 ctx,
                 docker_host=cfg.docker_host,
@@ -235,21 +236,21 @@ def build_specs(
             ),
         ),
         ChildSpec(
-            "updater",
+            Role.UPDATER,
             lambda ctx: UpdaterActor.start(
                 ctx, settings=updater_settings, flows=flows, policy=cfg.policy
             ),
         ),
         ChildSpec(
-            "deployer",
+            Role.DEPLOYER,
             lambda ctx: DeployerActor.start(
                 ctx, settings=deployer_settings, runs=deploy_runs, engine=probe
             ),
             shutdown_timeout=cfg.deploy_stop_timeout + 3 * KILL_GRACE,
         ),
-        ChildSpec("stats", lambda ctx: StatsActor.start(ctx, settings=stats_settings)),
+        ChildSpec(Role.STATS, lambda ctx: StatsActor.start(ctx, settings=stats_settings)),
         ChildSpec(
-            "shell",
+            Role.SHELL,
             lambda ctx: ShellActor.start(
                 ctx,
                 docker_host=cfg.docker_host,
@@ -258,7 +259,7 @@ def build_specs(
             ),
         ),
         ChildSpec(
-            "health_checks",
+            Role.HEALTH_CHECKS,
             lambda ctx: HealthCheckActor.start(ctx, memory=health_memory),
         ),
     ]

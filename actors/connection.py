@@ -79,6 +79,7 @@ from messages.outbound import (
     RawFrameOut,
     TrackedEventOut,
 )
+from messages.roles import Role
 from messages.status import ConnectionStatus, WriteFailed
 from messages.timefmt import rfc3339_nano
 from messages.tokens import GetToken, SaveToken, TokenInfo
@@ -99,8 +100,8 @@ from messages.wire import (
 log = logging.getLogger(__name__)
 
 #: which peer runs each inbound command type (the one routing table)
-ROUTES: dict[type, str] = {
-    kind: "docker_gateway"
+ROUTES: dict[type, Role] = {
+    kind: Role.DOCKER_GATEWAY
     for kind in (
         ListContainers,
         StartContainer,
@@ -118,7 +119,7 @@ for _family in (images, networks, volumes, compose, deploy, updates, shell, heal
 
 
 #: roles told LinkStateChanged when the connection comes up or goes down (if they run)
-LINK_SUBSCRIBERS = ("updater", "deployer", "stats", "shell", "health_checks")
+LINK_SUBSCRIBERS = (Role.UPDATER, Role.DEPLOYER, Role.STATS, Role.SHELL, Role.HEALTH_CHECKS)
 
 
 @dataclass
@@ -169,7 +170,7 @@ class ConnectionActor(SupervisedActor):
     # --- lifecycle ------------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        self._token = self.ctx.peers.ask("token_store", GetToken(), timeout=5)
+        self._token = self.ctx.peers.ask(Role.TOKEN_STORE, GetToken(), timeout=5)
         log.info("connecting to %s", control_url_for_log(self._settings.url))
         self.actor_ref.tell(Dial())
 
@@ -270,7 +271,7 @@ class ConnectionActor(SupervisedActor):
         self._attempt += 1
         self._state = LinkState.DESCRIBING
         self._arm_attempt_timer(self._settings.describe_timeout, LinkState.DESCRIBING)
-        if not self.ctx.peers.tell("docker_gateway", DescribeHost(attempt=self._attempt)):
+        if not self.ctx.peers.tell(Role.DOCKER_GATEWAY, DescribeHost(attempt=self._attempt)):
             self._attempt_failed("docker gateway is not running")
 
     def _host_described(self, msg: HostDescribed) -> None:
@@ -360,7 +361,9 @@ class ConnectionActor(SupervisedActor):
         if self._audit is not None:
             at = rfc3339_nano(self.ctx.clock.time_ns())
             if error := self._audit.record(at, operation, target, result):  # never raises
-                self.ctx.peers.tell("status", WriteFailed(what="audit", error=error), optional=True)
+                self.ctx.peers.tell(
+                    Role.STATUS, WriteFailed(what="audit", error=error), optional=True
+                )
 
     def _route(self, request: Request, command: Any) -> None:
         role = ROUTES.get(type(command))
@@ -387,7 +390,7 @@ class ConnectionActor(SupervisedActor):
             self._status_since_ns = self.ctx.clock.time_ns()
         self._status_reported = self.ctx.clock.monotonic()
         self.ctx.peers.tell(
-            "status",
+            Role.STATUS,
             ConnectionStatus(
                 connected=connected,
                 since_ns=self._status_since_ns,
@@ -423,7 +426,7 @@ class ConnectionActor(SupervisedActor):
         for text in queued:
             self._transmit(text)
         self._delivery.awaiting_replay = self.ctx.peers.tell(
-            "event_streamer", ReplayEvents(), optional=True
+            Role.EVENT_STREAMER, ReplayEvents(), optional=True
         )
         self._schedule_tick()
         self._notify_link(True)
@@ -431,7 +434,7 @@ class ConnectionActor(SupervisedActor):
     def _persist(self, token: Secret) -> None:
         """Save before going on: a crash right after auth must not lose the new identity."""
         try:
-            self.ctx.peers.ask("token_store", SaveToken(token=token), timeout=10)
+            self.ctx.peers.ask(Role.TOKEN_STORE, SaveToken(token=token), timeout=10)
         except TransientError as exc:
             raise FatalError(f"could not persist the permanent token: {exc}") from exc
         self._token = TokenInfo(token=token, kind="permanent", source="auth_success")
@@ -611,7 +614,7 @@ class ConnectionActor(SupervisedActor):
             self.ctx.peers.tell(owner, EventDelivered(key=key), optional=True)
         if confirmed.events:
             self.ctx.peers.tell(
-                "event_streamer", EventsConfirmed(seqs=confirmed.events), optional=True
+                Role.EVENT_STREAMER, EventsConfirmed(seqs=confirmed.events), optional=True
             )
 
     def _bounded_reply(self, reply: Reply) -> str:

@@ -45,11 +45,12 @@ from messages.outbound import (
     LinkStateChanged,
     TrackedEventOut,
 )
+from messages.roles import Role
 
 log = logging.getLogger(__name__)
 
 NOT_AVAILABLE = "compose deployments not available on this agent"  # §8.1 step 1, exact
-ROLE = "deployer"
+ROLE = Role.DEPLOYER
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -215,7 +216,7 @@ class DeployerActor(SupervisedActor):
         return None
 
     def _tell_connection(self, message: Any) -> None:
-        self.ctx.peers.tell("connection", message)
+        self.ctx.peers.tell(Role.CONNECTION, message)
 
     def _reply(self, request_id: str, error: str = "") -> None:
         self._tell_connection(

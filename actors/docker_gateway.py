@@ -61,6 +61,7 @@ from messages.docker import (
     StartContainer,
     StopContainer,
 )
+from messages.roles import Role
 from messages.status import DockerStatus
 from messages.timefmt import rfc3339_nano
 
@@ -252,7 +253,7 @@ class DockerGatewayActor(SupervisedActor):
         self._pool.submit(job, key=key)
 
     def _reply(self, reply: Reply) -> None:
-        self.ctx.peers.tell("connection", reply)
+        self.ctx.peers.tell(Role.CONNECTION, reply)
 
     # --- Docker's reachability ---------------------------------------------------------------
 
@@ -291,7 +292,7 @@ class DockerGatewayActor(SupervisedActor):
 
     def _tell_status(self, *, reachable: bool, error: str = "") -> None:
         status = DockerStatus(reachable=reachable, since_ns=self.ctx.clock.time_ns(), error=error)
-        self.ctx.peers.tell("status", status, optional=True)
+        self.ctx.peers.tell(Role.STATUS, status, optional=True)
 
     def _checked(self, exc: BaseException | None = None, *, from_probe: bool = False) -> None:
         """From a worker: tell the actor whether Docker answered (``exc`` None) or could not."""
@@ -498,7 +499,7 @@ class DockerGatewayActor(SupervisedActor):
             error, _ = describe_docker_error("get Docker info", exc, self._docker_host)
             self._checked(exc)
             self.ctx.peers.tell(
-                "connection", HostDescribed(attempt=attempt, info=None, error=error)
+                Role.CONNECTION, HostDescribed(attempt=attempt, info=None, error=error)
             )
             return
         self._checked()
@@ -522,4 +523,4 @@ class DockerGatewayActor(SupervisedActor):
         except Exception as exc:  # system fields are all-or-nothing (PROTOCOL §2.2)
             log.warning("registering without system facts: %s", exc)
         host = HostInfo(engine_id=info["ID"], daemon_name=info.get("Name"), **facts)
-        self.ctx.peers.tell("connection", HostDescribed(attempt=attempt, info=host))
+        self.ctx.peers.tell(Role.CONNECTION, HostDescribed(attempt=attempt, info=host))

@@ -32,6 +32,7 @@ from messages.docker import (
     ReplayEvents,
     Resubscribe,
 )
+from messages.roles import Role
 from messages.status import EventForwarded, PublishStatus
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class EventStreamerActor(SupervisedActor):
 
     def _replay(self) -> None:
         replay = EventsReplay(events=self._cursor.unconfirmed())
-        self.ctx.peers.tell("connection", replay, optional=True)
+        self.ctx.peers.tell(Role.CONNECTION, replay, optional=True)
 
     def _release(self) -> None:
         if self._timer is not None:
@@ -186,10 +187,10 @@ class EventStreamerActor(SupervisedActor):
                 numbered = self._cursor.accept(event)
                 if numbered is not None:
                     self.forwarded += 1
-                    self.ctx.peers.tell("connection", numbered, optional=True)
-                    self.ctx.peers.tell("docker_gateway", numbered)
+                    self.ctx.peers.tell(Role.CONNECTION, numbered, optional=True)
+                    self.ctx.peers.tell(Role.DOCKER_GATEWAY, numbered)
                     # stats streams follow start/die events (§5.2)
-                    self.ctx.peers.tell("stats", numbered, optional=True)
+                    self.ctx.peers.tell(Role.STATS, numbered, optional=True)
                     self._report(numbered)
             case EventsConfirmed(seqs=seqs):
                 self._cursor.confirm(seqs)
@@ -218,7 +219,7 @@ class EventStreamerActor(SupervisedActor):
     def _publish(self) -> None:
         self._report_pending = False
         status = EventForwarded(at_ns=self._last_forwarded_ns, total=self.forwarded)
-        self.ctx.peers.tell("status", status, optional=True)
+        self.ctx.peers.tell(Role.STATUS, status, optional=True)
 
     def _stream_ended(self, reason: str) -> None:
         self._close_stream()

@@ -70,6 +70,7 @@ from messages.health import (
     parse_sync,
 )
 from messages.outbound import EventOut, LinkStateChanged
+from messages.roles import Role
 from messages.timefmt import utc_seconds
 
 log = logging.getLogger(__name__)
@@ -729,7 +730,7 @@ class HealthCheckActor(SupervisedActor):
         self.stats.reported += 1
         # buffer=False: a result must never be delivered on a later connection (PROTOCOL §4.6)
         self.ctx.peers.tell(
-            "connection",
+            Role.CONNECTION,
             EventOut(command="health_check_result", payload=RawJson.of(payload), buffer=False),
         )
         previous = self._healthy.get(container_id)

@@ -55,6 +55,7 @@ from actors.runtime.docker_client import api_client
 from actors.runtime.threads import Guarded, Handoff, HelperThread
 from messages.common import RawJson
 from messages.outbound import EventOut, LinkStateChanged
+from messages.roles import Role
 from messages.shell import (
     OUTPUT_CHUNK,
     CloseShell,
@@ -557,7 +558,7 @@ class ShellActor(SupervisedActor):
 
         def emit(payload: dict[str, str]) -> None:
             peers.tell(
-                "connection",
+                Role.CONNECTION,
                 EventOut(command="shell_data", payload=RawJson.of(payload), buffer=False),
             )
 

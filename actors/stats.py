@@ -43,6 +43,7 @@ from actors.telemetry.streams import StatsStreams
 from messages.common import RawJson
 from messages.docker import ContainerEventObserved
 from messages.outbound import EventOut, LinkStateChanged, RawFrameOut
+from messages.roles import Role
 from messages.stats import (
     HostStatsTick,
     RetryListing,
@@ -132,7 +133,7 @@ class StatsActor(SupervisedActor):
         if self._settings.ingest is None:
             return
         try:
-            info: TokenInfo = self.ctx.peers.ask("token_store", GetToken(), timeout=5)
+            info: TokenInfo = self.ctx.peers.ask(Role.TOKEN_STORE, GetToken(), timeout=5)
         except TransientError as exc:
             log.warning("stats ingest off: cannot get the token: %s", exc)
             return
@@ -296,7 +297,7 @@ class StatsActor(SupervisedActor):
             )
         )
         self.ctx.peers.tell(
-            "connection", EventOut(command="container_stats", payload=payload, buffer=False)
+            Role.CONNECTION, EventOut(command="container_stats", payload=payload, buffer=False)
         )
         self.samples_sent += 1
         if self.ingest is not None:
@@ -310,7 +311,7 @@ class StatsActor(SupervisedActor):
         stats = self._host.sample(self.ctx.clock.monotonic())
         if stats is not None:
             self.ctx.peers.tell(
-                "connection", RawFrameOut(frame=RawJson.of({"type": "stats", "stats": stats}))
+                Role.CONNECTION, RawFrameOut(frame=RawJson.of({"type": "stats", "stats": stats}))
             )
         self._host_timer = self.tell_self_later(
             self._settings.host_interval, HostStatsTick(generation=self._host_generation)

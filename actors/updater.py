@@ -30,6 +30,7 @@ from actors.runtime.docker_client import client_factory as docker_clients
 from messages.common import RawJson
 from messages.docker import CommandFailed, CommandSucceeded
 from messages.outbound import LinkStateChanged
+from messages.roles import Role
 from messages.updates import FlowFinished, SelfUpdate, UpdateContainer
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class UpdaterActor(SupervisedActor):
             if error
             else CommandSucceeded(request_id=request_id, payload=RawJson.of(result))
         )
-        self.ctx.peers.tell("connection", reply)
+        self.ctx.peers.tell(Role.CONNECTION, reply)
 
     def _update_container(self, msg: UpdateContainer) -> None:
         own = self._settings.own_container_id

@@ -39,6 +39,7 @@ from messages.outbound import (
     LinkStateChanged,
     TrackedEventOut,
 )
+from messages.roles import Role
 from messages.status import ConnectionStatus
 from messages.tokens import GetToken, SaveToken, TokenInfo
 from messages.wire import AgentIdentity
@@ -117,9 +118,9 @@ def rig() -> Iterator[Rig]:
     )
     gateway = ProbeHandle()
     streamer = ProbeHandle()
-    peers.set("event_streamer", streamer.ref)
-    peers.set("token_store", tokens.ref)
-    peers.set("docker_gateway", gateway.ref)
+    peers.set(Role.EVENT_STREAMER, streamer.ref)
+    peers.set(Role.TOKEN_STORE, tokens.ref)
+    peers.set(Role.DOCKER_GATEWAY, gateway.ref)
     ref = ConnectionActor.start(
         make_ctx(peers, scheduler, clock, child_id="connection"),
         settings=LinkSettings(url="ws://127.0.0.1:9/api/agent/ws", outbox_limit=5),
@@ -129,7 +130,7 @@ def rig() -> Iterator[Rig]:
         link_factory=FakeLink,  # type: ignore[arg-type]
         rng=random.Random(7),
     )
-    peers.set("connection", ref)
+    peers.set(Role.CONNECTION, ref)
     yield Rig(ref, clock, scheduler, gateway, tokens, peers, streamer)
     pykka.ActorRegistry.stop_all()
 
@@ -292,7 +293,7 @@ def test_commands_are_routed_and_a_dead_peer_gets_an_in_band_error(rig: Rig) -> 
     }
     rig.ref.tell(FrameReceived(generation=link.generation, data=json.dumps(frame)))
     assert rig.gateway.expect(StartContainer) == StartContainer(request_id="q1", container_id="abc")
-    rig.peers.remove("docker_gateway")
+    rig.peers.remove(Role.DOCKER_GATEWAY)
     again = {**frame, "id": "q2", "correlation_id": "q2"}  # (q1 is still pending)
     rig.ref.tell(FrameReceived(generation=link.generation, data=json.dumps(again)))
     rig.barrier()
@@ -429,7 +430,7 @@ def test_stats_are_never_resent(rig: Rig) -> None:
 
 def test_a_drop_is_reported_to_the_status_file_as_disconnected(rig: Rig) -> None:
     status = ProbeHandle()
-    rig.peers.set("status", status.ref)
+    rig.peers.set(Role.STATUS, status.ref)
     link = rig.connect()
     assert status.expect(ConnectionStatus, where=lambda s: s.connected).registrations == 1
     rig.ref.tell(ReaderStopped(generation=link.generation, reason="closed by server: 1001"))
@@ -454,12 +455,12 @@ def test_a_reply_the_backend_could_not_read_is_replaced_by_an_error(rig: Rig) ->
 
 def tracked(key: str) -> TrackedEventOut:
     payload = RawJson.of({"deployment_id": key, "action": "up", "success": True})
-    return TrackedEventOut(command="deploy_complete", payload=payload, owner="deployer", key=key)
+    return TrackedEventOut(command="deploy_complete", payload=payload, owner=Role.DEPLOYER, key=key)
 
 
 def test_a_tracked_event_goes_once_per_link_and_is_confirmed_to_its_owner(rig: Rig) -> None:
     deployer = ProbeHandle()
-    rig.peers.set("deployer", deployer.ref)
+    rig.peers.set(Role.DEPLOYER, deployer.ref)
     rig.ref.tell(tracked("d-0"))  # disconnected: dropped here, the owner keeps it
     link = rig.connect()
     assert link.sent == []

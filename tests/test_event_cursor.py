@@ -19,6 +19,7 @@ import pytest
 from actors.base import Peers
 from actors.event_streamer import EventCursor, EventStreamerActor
 from messages.docker import ContainerEventObserved, EventsReplay, Resubscribe
+from messages.roles import Role
 from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
 from tests.support.waiting import wait_for
 
@@ -214,8 +215,8 @@ def test_the_streamer_resubscribes_with_the_cursors_since_and_forwards_each_even
     scheduler = FakeScheduler(clock)
     connection, gateway = ProbeHandle(), ProbeHandle()
     peers = Peers()
-    peers.set("connection", connection.ref)
-    peers.set("docker_gateway", gateway.ref)
+    peers.set(Role.CONNECTION, connection.ref)
+    peers.set(Role.DOCKER_GATEWAY, gateway.ref)
     cursor = EventCursor(T0 + 400)
     client = _EventsClient()
     ref = EventStreamerActor.start(

@@ -51,6 +51,7 @@ from messages.health import (
     parse_sync,
 )
 from messages.outbound import EventOut, LinkStateChanged
+from messages.roles import Role
 from messages.wire import IgnoredFrame, decode_frame
 from tests.support.agent_harness import REGISTRATION_TOKEN, running_agent
 from tests.support.daemon import PrivateDockerd
@@ -848,7 +849,7 @@ def make_rig() -> Iterator[Callable[..., Rig]]:
         scheduler = FakeScheduler(clock)
         connection = ProbeHandle()
         peers = Peers()
-        peers.set("connection", connection.ref)
+        peers.set(Role.CONNECTION, connection.ref)
         checker = ScriptedChecker()
         memory = memory or HealthCheckMemory()
         ref = HealthCheckActor.start(
@@ -967,7 +968,7 @@ def test_twenty_slowloris_targets_cannot_starve_a_healthy_check(server: LocalSer
     slow = [Slowloris() for _ in range(20)]
     connection = ProbeHandle()
     peers = Peers()
-    peers.set("connection", connection.ref)
+    peers.set(Role.CONNECTION, connection.ref)
     clock = SystemClock()
     scheduler = ThreadScheduler(clock)
     configs = [
@@ -1168,7 +1169,7 @@ def test_e2e_checks_survive_a_crash_of_the_actor(
         with running_agent(tmp_path / "data", dockerd.base_url, hub=hub) as agent:
             hub.wait_registered()
             hub.wait_event(lambda e: e["command"] == "health_check_result")
-            agent.crash("health_checks")
+            agent.crash(Role.HEALTH_CHECKS)
             count = len(hub_results(hub))
             hub.wait_until(lambda: len(hub_results(hub)) >= count + 2, 10, "results after crash")
             assert hub.connection_count == 1  # no reconnect (that would resend the configs)

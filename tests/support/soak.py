@@ -39,6 +39,7 @@ from messages.common import Ping, Secret
 from messages.connection import FrameReceived, LinkOpened, PongReceived, ReaderStopped
 from messages.docker import DescribeHost, HostDescribed, HostInfo
 from messages.health import CheckOutcome, HealthCheckConfig
+from messages.roles import Role
 from messages.wire import AgentIdentity
 from supervisor import ChildSpec, Supervisor
 from tests.support.fakes import FakeClock, FakeLink, FakeScheduler
@@ -82,7 +83,7 @@ class FakeGateway(SupervisedActor):
     def handle(self, message: Any) -> Any:
         if isinstance(message, DescribeHost):
             self.ctx.peers.tell(
-                "connection", HostDescribed(attempt=message.attempt, info=HOST), optional=True
+                Role.CONNECTION, HostDescribed(attempt=message.attempt, info=HOST), optional=True
             )
         return None
 
@@ -244,7 +245,7 @@ class MonthRig:
 
         return [
             ChildSpec(
-                "token_store",
+                Role.TOKEN_STORE,
                 ctx_start(
                     TokenStoreActor,
                     data_path=self._data,
@@ -252,10 +253,12 @@ class MonthRig:
                     registration_token=Secret("reg-soak-0123456789"),
                 ),
             ),
-            ChildSpec("status", ctx_start(StatusReporterActor, data_path=self._data, version="s")),
-            ChildSpec("docker_gateway", lambda ctx: FakeGateway.start(ctx)),
             ChildSpec(
-                "connection",
+                Role.STATUS, ctx_start(StatusReporterActor, data_path=self._data, version="s")
+            ),
+            ChildSpec(Role.DOCKER_GATEWAY, lambda ctx: FakeGateway.start(ctx)),
+            ChildSpec(
+                Role.CONNECTION,
                 ctx_start(
                     ConnectionActor,
                     settings=LinkSettings(url="ws://127.0.0.1:9/api/agent/ws"),
@@ -266,7 +269,7 @@ class MonthRig:
                 ),
             ),
             ChildSpec(
-                "event_streamer",
+                Role.EVENT_STREAMER,
                 ctx_start(
                     EventStreamerActor,
                     docker_host="unix:///soak.sock",
@@ -275,7 +278,7 @@ class MonthRig:
                 ),
             ),
             ChildSpec(
-                "stats",
+                Role.STATS,
                 ctx_start(
                     StatsActor,
                     settings=StatsSettings(docker_host="unix:///soak.sock", host_roots=None),
@@ -283,7 +286,7 @@ class MonthRig:
                 ),
             ),
             ChildSpec(
-                "health_checks",
+                Role.HEALTH_CHECKS,
                 # two workers: the pool shrinks after 30 s of *real* idle time, which a month
                 # simulated in seconds never gives it, so a pool free to grow to each burst's
                 # size would show as thread growth that has nothing to do with uptime
@@ -330,7 +333,7 @@ class MonthRig:
         return FakeLink.instances[-1]
 
     def connection(self) -> pykka.ActorRef[Any]:
-        ref = self.peers.get("connection")
+        ref = self.peers.get(Role.CONNECTION)
         assert ref is not None
         return ref
 
@@ -406,7 +409,7 @@ class MonthRig:
         for cid, token in opened.items():
             streams.on_sample(cid, token, SAMPLE)
 
-    def crash(self, role: str) -> None:
+    def crash(self, role: Role) -> None:
         ref = self.peers.get(role)
         if ref is not None:
             ref.tell(pykka.messages.ProxyCall(attr_path=("no_such_handler",), args=(), kwargs={}))
@@ -429,7 +432,9 @@ class MonthRig:
             self.reconnect()
         if n % round(DAY / self.step) == round(DAY / self.step) // 2:
             self.crash(
-                ("stats", "health_checks", "event_streamer")[(n // round(DAY / self.step)) % 3]
+                (Role.STATS, Role.HEALTH_CHECKS, Role.EVENT_STREAMER)[
+                    (n // round(DAY / self.step)) % 3
+                ]
             )
             self.barrier()
             self.scheduler.advance(1.0)  # the supervisor's restart backoff
