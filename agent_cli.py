@@ -37,7 +37,7 @@ from actors.status import StatusReporterActor, health_verdict, read_status
 from actors.telemetry.stats_math import host_roots
 from actors.token_store import TokenStoreActor, check_data_dir, resolve_token
 from actors.updater import UpdaterActor
-from messages.roles import Role
+from messages.roles import Role, Subscriber
 from messages.wire import AgentIdentity
 from supervisor import ChildSpec, Supervisor
 
@@ -132,6 +132,23 @@ def link_settings_for(cfg: agent_config.Config) -> LinkSettings:
     )
 
 
+#: told LinkStateChanged when the DockMon connection comes up or goes down (each if it runs)
+LINK_SUBSCRIBERS: tuple[Role, ...] = (
+    Role.UPDATER,
+    Role.DEPLOYER,
+    Role.STATS,
+    Role.SHELL,
+    Role.HEALTH_CHECKS,
+)
+#: told every new container event, in this order: the Connection sends it to DockMon, the gateway
+#: keeps its caches, stats streams follow start/die (§5.2); only the gateway must be running
+EVENT_SUBSCRIBERS: tuple[Subscriber, ...] = (
+    Subscriber(Role.CONNECTION, optional=True),
+    Subscriber(Role.DOCKER_GATEWAY),
+    Subscriber(Role.STATS, optional=True),
+)
+
+
 def build_specs(
     cfg: agent_config.Config,
     *,
@@ -222,6 +239,7 @@ def build_specs(
                 identity=ident,
                 reconnect_initial=cfg.reconnect_initial,
                 reconnect_max=cfg.reconnect_max,
+                link_subscribers=LINK_SUBSCRIBERS,
                 policy=cfg.policy,
                 audit=audit,
             ),
@@ -232,6 +250,7 @@ def build_specs(
                 ctx,
                 docker_host=cfg.docker_host,
                 cursor=cursor,
+                event_subscribers=EVENT_SUBSCRIBERS,
                 docker_api_version=cfg.docker_api_version,
             ),
         ),

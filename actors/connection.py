@@ -118,10 +118,6 @@ for _family in (images, networks, volumes, compose, deploy, updates, shell, heal
     ROUTES.update(_family.ROUTES)
 
 
-#: roles told LinkStateChanged when the connection comes up or goes down (if they run)
-LINK_SUBSCRIBERS = (Role.UPDATER, Role.DEPLOYER, Role.STATS, Role.SHELL, Role.HEALTH_CHECKS)
-
-
 @dataclass
 class _Stats:
     connects: int = 0
@@ -139,12 +135,15 @@ class ConnectionActor(SupervisedActor):
         identity: AgentIdentity,
         reconnect_initial: float,
         reconnect_max: float,
+        link_subscribers: tuple[Role, ...],
         link_factory: LinkFactory = WebSocketLink,
         rng: random.Random | None = None,
         policy: Policy | None = None,
         audit: AuditLog | None = None,
     ) -> None:
         super().__init__(ctx)
+        #: told LinkStateChanged when the link comes up or goes down, each only if it runs
+        self._link_subscribers = link_subscribers
         self._policy = policy or Policy()
         self._audit = audit
         self._book = AuditBook()  # which requests get which audit line; the pending ones
@@ -379,7 +378,7 @@ class ConnectionActor(SupervisedActor):
         self._send(encode_reply(reply, self.ctx.clock.time_ns()))
 
     def _notify_link(self, connected: bool) -> None:
-        for role in LINK_SUBSCRIBERS:
+        for role in self._link_subscribers:
             self.ctx.peers.tell(role, LinkStateChanged(connected=connected), optional=True)
         self._report_status()
 

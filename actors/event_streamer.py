@@ -1,7 +1,8 @@
 """EventStreamer: owns the Docker event subscription (PROTOCOL §5.1).
 
 A reader thread iterates docker-py's event stream and tells each container event to the actor,
-which forwards it to the Connection (``container_event``) and the DockerGateway (cache upkeep).
+which forwards it to its subscribers (given by the composition root: the Connection sends it as
+``container_event``, the DockerGateway keeps its caches, Stats follows start/die).
 When the stream breaks — dockerd restarted, socket gone — the actor resubscribes with
 ``since=<last event time>`` and drops the events it already forwarded, so nothing is lost or sent
 twice. The resume point lives in an :class:`EventCursor` that survives actor restarts.
@@ -32,7 +33,7 @@ from messages.docker import (
     ReplayEvents,
     Resubscribe,
 )
-from messages.roles import Role
+from messages.roles import Role, Subscriber
 from messages.status import EventForwarded, PublishStatus
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ class EventStreamerActor(SupervisedActor):
         *,
         docker_host: str,
         cursor: EventCursor,
+        event_subscribers: tuple[Subscriber, ...],
         client_factory: Callable[[], docker.APIClient] | None = None,
         retry_delay: tuple[float, float] = (0.2, 5.0),
         docker_api_version: str | None = None,
@@ -148,6 +150,7 @@ class EventStreamerActor(SupervisedActor):
         super().__init__(ctx)
         self._docker_host = docker_host
         self._cursor = cursor
+        self._subscribers = event_subscribers  # told every new container event, in this order
         self._client_factory = client_factory or docker_clients(
             docker_host, timeout=30, api_version=docker_api_version
         )
@@ -187,10 +190,8 @@ class EventStreamerActor(SupervisedActor):
                 numbered = self._cursor.accept(event)
                 if numbered is not None:
                     self.forwarded += 1
-                    self.ctx.peers.tell(Role.CONNECTION, numbered, optional=True)
-                    self.ctx.peers.tell(Role.DOCKER_GATEWAY, numbered)
-                    # stats streams follow start/die events (§5.2)
-                    self.ctx.peers.tell(Role.STATS, numbered, optional=True)
+                    for sub in self._subscribers:
+                        self.ctx.peers.tell(sub.role, numbered, optional=sub.optional)
                     self._report(numbered)
             case EventsConfirmed(seqs=seqs):
                 self._cursor.confirm(seqs)

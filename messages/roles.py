@@ -7,6 +7,7 @@ the role that runs each command, and messages never import actors.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -21,3 +22,14 @@ class Role(StrEnum):
     STATS = "stats"
     SHELL = "shell"
     HEALTH_CHECKS = "health_checks"
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    """A role an actor tells every item of a fan-out (the composition root lists them).
+
+    ``optional``: the role may legitimately not run, so a message it misses is no dead letter.
+    """
+
+    role: Role
+    optional: bool = False

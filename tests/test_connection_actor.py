@@ -16,6 +16,7 @@ from actors.connection import ConnectionActor
 from actors.link.websocket import LinkSettings
 from actors.rules.policy import AuditLog
 from actors.runtime.backoff import Backoff
+from agent_cli import LINK_SUBSCRIBERS
 from messages.common import Ping, RawJson, Secret
 from messages.connection import Dial, FrameReceived, LinkOpened, PongReceived, ReaderStopped
 from messages.docker import (
@@ -127,6 +128,7 @@ def rig() -> Iterator[Rig]:
         identity=IDENT,
         reconnect_initial=1.0,
         reconnect_max=8.0,
+        link_subscribers=LINK_SUBSCRIBERS,
         link_factory=FakeLink,  # type: ignore[arg-type]
         rng=random.Random(7),
     )
@@ -314,6 +316,7 @@ def _audited_rig(rig: Rig, path: Any) -> tuple[pykka.ActorRef[Any], AuditLog]:
         identity=IDENT,
         reconnect_initial=1.0,
         reconnect_max=8.0,
+        link_subscribers=LINK_SUBSCRIBERS,
         link_factory=FakeLink,  # type: ignore[arg-type]
         audit=audit,
     )
@@ -501,6 +504,7 @@ def test_audit_records_from_other_actors_are_written(rig: Rig, tmp_path: Any) ->
         identity=IDENT,
         reconnect_initial=1.0,
         reconnect_max=8.0,
+        link_subscribers=LINK_SUBSCRIBERS,
         link_factory=FakeLink,  # type: ignore[arg-type]
         audit=audit,
     )
@@ -513,3 +517,19 @@ def test_audit_records_from_other_actors_are_written(rig: Rig, tmp_path: Any) ->
         "result": "up finished: success",
         "who": "dockmon@test",
     }
+
+
+def test_link_state_changes_go_to_exactly_the_subscribers_the_composition_root_lists(
+    rig: Rig,
+) -> None:
+    subscribers = {role: ProbeHandle() for role in LINK_SUBSCRIBERS}
+    for role, probe in subscribers.items():
+        rig.peers.set(role, probe.ref)
+    link = rig.connect()
+    rig.ref.tell(ReaderStopped(generation=link.generation, reason="dead"))
+    rig.barrier()
+    for probe in subscribers.values():
+        assert probe.expect(LinkStateChanged).connected is True
+        assert probe.expect(LinkStateChanged).connected is False
+    others = (rig.streamer, rig.gateway, rig.tokens)  # running, but not subscribers
+    assert not [m for p in others for m in p.received if isinstance(m, LinkStateChanged)]

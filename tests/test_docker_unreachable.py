@@ -31,7 +31,7 @@ from actors.event_streamer import EventCursor, EventStreamerActor
 from actors.host.docker_access import diagnose
 from actors.link.websocket import LinkSettings
 from actors.status import health_verdict
-from agent_cli import main
+from agent_cli import EVENT_SUBSCRIBERS, LINK_SUBSCRIBERS, main
 from messages.common import Ping, Secret
 from messages.docker import DescribeHost, HostDescribed
 from messages.roles import Role
@@ -207,6 +207,7 @@ def test_event_streamer_logs_a_broken_stream_once_then_at_a_backoff(
         make_ctx(Peers(), scheduler, clock, child_id="event_streamer"),
         docker_host=f"unix://{path}",
         cursor=EventCursor(clock.time_ns()),
+        event_subscribers=EVENT_SUBSCRIBERS,
         client_factory=lambda: docker.APIClient(base_url=f"unix://{path}", version="1.41"),
     )
 
@@ -274,6 +275,7 @@ def test_connection_logs_the_same_failure_once_then_at_a_backoff(
         identity=IDENT,
         reconnect_initial=1.0,
         reconnect_max=4.0,
+        link_subscribers=LINK_SUBSCRIBERS,
         link_factory=FakeLink,  # type: ignore[arg-type]
         rng=random.Random(3),
     )

@@ -35,6 +35,7 @@ from actors.link.websocket import LinkSettings
 from actors.stats import StatsActor, StatsSettings
 from actors.status import StatusReporterActor
 from actors.token_store import TokenStoreActor
+from agent_cli import EVENT_SUBSCRIBERS, LINK_SUBSCRIBERS
 from messages.common import Ping, Secret
 from messages.connection import FrameReceived, LinkOpened, PongReceived, ReaderStopped
 from messages.docker import DescribeHost, HostDescribed, HostInfo
@@ -265,6 +266,7 @@ class MonthRig:
                     identity=IDENT,
                     reconnect_initial=0.1,
                     reconnect_max=1.0,
+                    link_subscribers=LINK_SUBSCRIBERS,
                     link_factory=FakeLink,
                 ),
             ),
@@ -274,6 +276,7 @@ class MonthRig:
                     EventStreamerActor,
                     docker_host="unix:///soak.sock",
                     cursor=self.cursor,
+                    event_subscribers=EVENT_SUBSCRIBERS,
                     client_factory=lambda: FakeDockerEvents(self),
                 ),
             ),
