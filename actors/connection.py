@@ -36,7 +36,6 @@ from actors.runtime.backoff import Backoff
 from actors.session.audit import AuditBook, AuditLine
 from actors.session.delivery import Confirmed, Delivery, Receipt
 from actors.session.state import LinkState
-from messages import compose, deploy, health, images, networks, shell, stats, updates, volumes
 from messages.common import Secret
 from messages.connection import (
     AttemptTimedOut,
@@ -58,19 +57,11 @@ from messages.docker import (
     DescribeHost,
     EventsConfirmed,
     EventsReplay,
-    GetContainerLogs,
     HostDescribed,
-    InspectContainer,
-    KillContainer,
-    ListContainers,
-    RemoveContainer,
-    RenameContainer,
     ReplayEvents,
     Reply,
-    RestartContainer,
-    StartContainer,
-    StopContainer,
 )
+from messages.families import ROUTES
 from messages.outbound import (
     AuditRecord,
     EventDelivered,
@@ -98,24 +89,6 @@ from messages.wire import (
 )
 
 log = logging.getLogger(__name__)
-
-#: which peer runs each inbound command type (the one routing table)
-ROUTES: dict[type, Role] = {
-    kind: Role.DOCKER_GATEWAY
-    for kind in (
-        ListContainers,
-        StartContainer,
-        StopContainer,
-        RestartContainer,
-        RemoveContainer,
-        KillContainer,
-        RenameContainer,
-        GetContainerLogs,
-        InspectContainer,
-    )
-}
-for _family in (images, networks, volumes, compose, deploy, updates, shell, health, stats):
-    ROUTES.update(_family.ROUTES)
 
 
 @dataclass

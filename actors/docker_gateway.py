@@ -22,8 +22,8 @@ import docker
 import docker.errors
 import pykka
 
-from actors import FAMILIES
 from actors.base import ActorContext, RepeatLimiter, SupervisedActor, TimerHandle
+from actors.commands.registry import HANDLERS
 from actors.commands.tools import DockerTools, Handler, HandlerSettings, describe_docker_error
 from actors.host.docker_access import diagnose
 from actors.host.host_ips import (
@@ -66,11 +66,6 @@ from messages.status import DockerStatus
 from messages.timefmt import rfc3339_nano
 
 log = logging.getLogger(__name__)
-
-#: command type -> handler, merged from every command family module
-HANDLERS: dict[type, Handler] = {}
-for _family in FAMILIES:
-    HANDLERS.update(_family.HANDLERS)
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 _VERBS = {

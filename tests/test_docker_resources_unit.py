@@ -61,7 +61,7 @@ def rejected(text: str) -> str:
 
 @pytest.mark.parametrize("name", sorted(ALL_COMMANDS))
 def test_every_command_is_decoded_routed_and_handled(name: str) -> None:
-    from actors.connection import ROUTES
+    from messages.families import ROUTES
 
     payload = {
         "remove_image": {"image_id": "abc"},

@@ -27,7 +27,6 @@ import requests
 import urllib3
 
 from actors.base import Peers, SystemClock, ThreadScheduler
-from actors.connection import ROUTES
 from actors.health_checks import (
     CheckSchedule,
     HealthCheckActor,
@@ -37,6 +36,7 @@ from actors.health_checks import (
     result_payload,
 )
 from messages.common import Ping, RawJson
+from messages.families import ROUTES
 from messages.health import (
     MAX_HEALTH_CHECKS,
     BadConfig,
