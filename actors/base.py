@@ -242,12 +242,15 @@ class SupervisedActor(pykka.ThreadingActor):
         except Exception:
             log.exception("%s: releasing after a failed start failed", self.ctx.child_id)
 
-    def on_receive(self, message: Any) -> Any:
+    def on_receive(self, message: object) -> Any:
         if isinstance(message, Ping):
             return Pong(actor=self.ctx.child_id, generation=self.ctx.generation)
         return self.handle(message)
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: object) -> Any:
+        """Dispatch one message: narrow it to the actor's ``Inbox`` (else log it as ignored),
+        then ``match`` over the Inbox ending in ``case _: assert_never(message)``, so that the
+        type checker flags a message the actor accepts but does not handle."""
         raise NotImplementedError
 
     def _release(self) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any, assert_never
+from typing import Any, TypeAlias, assert_never
 
 from actors.base import (
     ActorContext,
@@ -89,6 +89,30 @@ from messages.wire import (
 )
 
 log = logging.getLogger(__name__)
+
+#: every message this actor accepts (besides Ping); anything else is logged and dropped
+Inbox: TypeAlias = (
+    Dial
+    | HostDescribed
+    | LinkOpened
+    | FrameReceived
+    | PongReceived
+    | ReaderStopped
+    | Tick
+    | AttemptTimedOut
+    | HandOver
+    | ResumeAfterHandOver
+    | ContainerEventObserved
+    | EventsReplay
+    | EventOut
+    | RawFrameOut
+    | TrackedEventOut
+    | AuditRecord
+    | CommandSucceeded
+    | CommandFailed
+    | ContainerOpSucceeded
+    | ContainerOpFailed
+)
 
 
 @dataclass
@@ -171,7 +195,10 @@ class ConnectionActor(SupervisedActor):
 
     # --- dispatch ---------------------------------------------------------------------------------
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: object) -> Any:
+        if not isinstance(message, Inbox):
+            log.warning("Connection ignored %s", type(message).__name__)
+            return None
         match message:
             case Dial():
                 self._dial()
@@ -232,7 +259,7 @@ class ConnectionActor(SupervisedActor):
             ):
                 self._send(self._bounded_reply(message))
             case _:
-                log.warning("Connection ignored %s", type(message).__name__)
+                assert_never(message)
         return None
 
     # --- connection attempts ---------------------------------------------------------------

@@ -16,14 +16,14 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeAlias, assert_never, cast
 
 import docker
 import docker.errors
 import pykka
 
 from actors.base import ActorContext, RepeatLimiter, SupervisedActor, TimerHandle
-from actors.commands.registry import HANDLERS
+from actors.commands.registry import HANDLERS, FamilyCommand
 from actors.commands.tools import DockerTools, Handler, HandlerSettings, describe_docker_error
 from actors.host.docker_access import diagnose
 from actors.host.host_ips import (
@@ -66,6 +66,17 @@ from messages.status import DockerStatus
 from messages.timefmt import rfc3339_nano
 
 log = logging.getLogger(__name__)
+
+#: every message the gateway accepts (besides Ping); anything else is logged and dropped
+Inbox: TypeAlias = (
+    ListContainers
+    | DescribeHost
+    | ProbeDocker
+    | DockerChecked
+    | ContainerEventObserved
+    | ContainerOperation
+    | FamilyCommand
+)
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 _VERBS = {
@@ -219,10 +230,19 @@ class DockerGatewayActor(SupervisedActor):
 
     # --- dispatch --------------------------------------------------------------------------
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: object) -> Any:
+        if not isinstance(message, Inbox):
+            log.warning("DockerGateway ignored %s", type(message).__name__)
+            return None
+        if isinstance(message, FamilyCommand):  # images, networks, volumes, compose files
+            handler = HANDLERS[type(message)]
+            command = message
+            self._submit(None, lambda: self._reply(self._run_handler(handler, command)))
+            return None
         match message:
             case ListContainers():
-                self._submit(None, lambda: self._reply(self._list_containers(message)))
+                listing = message
+                self._submit(None, lambda: self._reply(self._list_containers(listing)))
             case DescribeHost(attempt=attempt):
                 self._submit(None, lambda: self._describe_host(attempt))
             case ProbeDocker(generation=gen) if gen == self._probe_generation:
@@ -233,13 +253,20 @@ class DockerGatewayActor(SupervisedActor):
                 self._docker_checked(message)
             case ContainerEventObserved():
                 self._cache.on_event(message)
-            case _ if type(message) in ACTION_NAMES:
-                self._submit(message.container_id, lambda: self._reply(self._operate(message)))
-            case _ if type(message) in HANDLERS:
-                handler = HANDLERS[type(message)]
-                self._submit(None, lambda: self._reply(self._run_handler(handler, message)))
+            case (
+                StartContainer()
+                | StopContainer()
+                | RestartContainer()
+                | RemoveContainer()
+                | KillContainer()
+                | RenameContainer()
+                | GetContainerLogs()
+                | InspectContainer()
+            ):
+                op = message
+                self._submit(op.container_id, lambda: self._reply(self._operate(op)))
             case _:
-                log.warning("DockerGateway ignored %s", type(message).__name__)
+                assert_never(message)
         return None
 
     def _submit(self, key: str | None, job: Callable[[], None]) -> None:

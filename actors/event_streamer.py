@@ -16,7 +16,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeAlias, assert_never
 
 import docker
 
@@ -37,6 +37,16 @@ from messages.roles import Role, Subscriber
 from messages.status import EventForwarded, PublishStatus
 
 log = logging.getLogger(__name__)
+
+#: every message this actor accepts (besides Ping); anything else is logged and dropped
+Inbox: TypeAlias = (
+    DockerEventReceived
+    | EventsConfirmed
+    | ReplayEvents
+    | EventStreamEnded
+    | Resubscribe
+    | PublishStatus
+)
 
 
 class EventCursor:
@@ -180,7 +190,10 @@ class EventStreamerActor(SupervisedActor):
         if self._thread is not None:
             self._thread.join(2.0)
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: object) -> Any:
+        if not isinstance(message, Inbox):
+            log.warning("EventStreamer ignored %s", type(message).__name__)
+            return None
         match message:
             case DockerEventReceived(generation=gen, event=event) if gen == self._generation:
                 if self._retry.failures:
@@ -206,7 +219,7 @@ class EventStreamerActor(SupervisedActor):
             case DockerEventReceived() | EventStreamEnded() | Resubscribe():
                 pass  # from an older stream
             case _:
-                log.warning("EventStreamer ignored %s", type(message).__name__)
+                assert_never(message)
         return None
 
     def _report(self, event: ContainerEventObserved) -> None:

@@ -43,7 +43,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 from urllib.parse import urlsplit
 
 import pykka
@@ -566,7 +566,10 @@ class HealthCheckActor(SupervisedActor):
 
     # --- dispatch -------------------------------------------------------------------------------
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: object) -> Any:
+        if not isinstance(message, Inbox):
+            log.warning("HealthChecks ignored %s", type(message).__name__)
+            return None
         match message:
             case LinkStateChanged(connected=True):
                 self._start_loop()
@@ -599,7 +602,7 @@ class HealthCheckActor(SupervisedActor):
             case CheckOverdue():
                 self._overdue(message)
             case _:
-                log.warning("HealthChecks ignored %s", type(message).__name__)
+                assert_never(message)
         return None
 
     def _sync(self, message: SyncHealthChecks) -> None:

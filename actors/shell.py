@@ -43,7 +43,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias, assert_never
 
 import docker
 import pykka
@@ -67,6 +67,11 @@ from messages.shell import (
 )
 
 log = logging.getLogger(__name__)
+
+#: every message this actor accepts (besides Ping); anything else is logged and dropped
+Inbox: TypeAlias = (
+    StartShell | ShellInput | ResizeShell | CloseShell | ShellEnded | LinkStateChanged
+)
 
 #: PROTOCOL §4.4: bash if the image has it, else sh
 SHELL_COMMAND = (
@@ -516,7 +521,10 @@ class ShellActor(SupervisedActor):
         if not self._hangups.wait_idle(max(0.1, deadline - time.monotonic())):
             log.warning("the shells of closed sessions were not all hung up in time")
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: object) -> Any:
+        if not isinstance(message, Inbox):
+            log.warning("ShellActor ignored %s", type(message).__name__)
+            return None
         match message:
             case StartShell():
                 self._start(message)
@@ -543,7 +551,7 @@ class ShellActor(SupervisedActor):
             case LinkStateChanged():
                 pass
             case _:
-                log.warning("ShellActor ignored %s", type(message).__name__)
+                assert_never(message)
         return None
 
     def _start(self, msg: StartShell) -> None:

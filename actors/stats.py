@@ -24,7 +24,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias, assert_never
 
 import pykka
 
@@ -54,6 +54,17 @@ from messages.stats import (
 from messages.tokens import GetToken, TokenInfo
 
 log = logging.getLogger(__name__)
+
+#: every message this actor accepts (besides Ping); anything else is logged and dropped
+Inbox: TypeAlias = (
+    StatsSampled
+    | ContainerEventObserved
+    | StatsStreamEnded
+    | RunningContainersListed
+    | RetryListing
+    | HostStatsTick
+    | LinkStateChanged
+)
 
 ADD_ACTIONS = frozenset({"start", "restart"})
 REMOVE_ACTIONS = frozenset({"die", "stop", "kill"})
@@ -157,7 +168,10 @@ class StatsActor(SupervisedActor):
 
     # --- dispatch -------------------------------------------------------------------------------
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: object) -> Any:
+        if not isinstance(message, Inbox):
+            log.warning("StatsActor ignored %s", type(message).__name__)
+            return None
         match message:
             case StatsSampled():
                 self._sampled(message)
@@ -173,12 +187,12 @@ class StatsActor(SupervisedActor):
                 self._host_tick()
             case LinkStateChanged(connected=True):
                 self._activate()
-            case LinkStateChanged(connected=False):
+            case LinkStateChanged():  # disconnected
                 self._deactivate()
             case RunningContainersListed() | RetryListing() | HostStatsTick():
                 pass  # stale
             case _:
-                log.warning("StatsActor ignored %s", type(message).__name__)
+                assert_never(message)
         return None
 
     @property
