@@ -433,7 +433,7 @@ class DockerGatewayActor(SupervisedActor):
         raw_api = cast(Any, api)
         res = raw_api._get(raw_api._url("/containers/{0}/logs", cid), params=params, stream=True)
         raw_api._raise_for_status(res)
-        raw = res.content
+        raw: bytes = res.content
         if tty:
             return raw.decode("utf-8", "replace")
         out, err = demux_docker_stream(raw)
