@@ -198,7 +198,7 @@ def test_a_crashed_actor_is_restarted_and_the_agent_keeps_serving(
     before = agent.supervisor.peers.get(role)
     agent.crash(role)
     wait_for(lambda: agent.supervisor.peers.get(role) not in (None, before), 10, "a restart")
-    if role == "connection":
+    if role is Role.CONNECTION:
         agent.hub.wait_registered(count=2)
     c = make_container(GRACEFUL)
     assert agent.hub.container_op("inspect", c.id[:12]).ok

@@ -417,7 +417,7 @@ def test_frames_decode_to_typed_messages_routed_to_health_checks() -> None:
     )
     assert gone == RemoveHealthCheck(container_id=CID)
     for kind in (SyncHealthChecks, SetHealthCheck, RemoveHealthCheck):
-        assert ROUTES[kind] == "health_checks"
+        assert ROUTES[kind] is Role.HEALTH_CHECKS
     empty = decode_frame('{"type":"health_check_configs_sync","payload":{"configs":[]}}')
     assert empty == SyncHealthChecks(configs=RawJson("[]"), count=0)
 
