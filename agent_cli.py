@@ -37,6 +37,7 @@ from actors.status import StatusReporterActor, health_verdict, read_status
 from actors.telemetry.stats_math import host_roots
 from actors.token_store import TokenStoreActor, check_data_dir, resolve_token
 from actors.updater import UpdaterActor
+from messages.roles import Role, Subscriber
 from messages.wire import AgentIdentity
 from supervisor import ChildSpec, Supervisor
 
@@ -131,6 +132,23 @@ def link_settings_for(cfg: agent_config.Config) -> LinkSettings:
     )
 
 
+#: told LinkStateChanged when the DockMon connection comes up or goes down (each if it runs)
+LINK_SUBSCRIBERS: tuple[Role, ...] = (
+    Role.UPDATER,
+    Role.DEPLOYER,
+    Role.STATS,
+    Role.SHELL,
+    Role.HEALTH_CHECKS,
+)
+#: told every new container event, in this order: the Connection sends it to DockMon, the gateway
+#: keeps its caches, stats streams follow start/die (§5.2); only the gateway must be running
+EVENT_SUBSCRIBERS: tuple[Subscriber, ...] = (
+    Subscriber(Role.CONNECTION, optional=True),
+    Subscriber(Role.DOCKER_GATEWAY),
+    Subscriber(Role.STATS, optional=True),
+)
+
+
 def build_specs(
     cfg: agent_config.Config,
     *,
@@ -186,7 +204,7 @@ def build_specs(
     )
     return [
         ChildSpec(
-            "token_store",
+            Role.TOKEN_STORE,
             lambda ctx: TokenStoreActor.start(
                 ctx,
                 data_path=cfg.data_path,
@@ -195,13 +213,13 @@ def build_specs(
             ),
         ),
         ChildSpec(
-            "status",
+            Role.STATUS,
             lambda ctx: StatusReporterActor.start(
                 ctx, data_path=cfg.data_path, version=agent_version()
             ),
         ),
         ChildSpec(
-            "docker_gateway",
+            Role.DOCKER_GATEWAY,
             lambda ctx: DockerGatewayActor.start(
                 ctx,
                 docker_host=cfg.docker_host,
@@ -214,42 +232,44 @@ def build_specs(
             ),
         ),
         ChildSpec(
-            "connection",
+            Role.CONNECTION,
             lambda ctx: ConnectionActor.start(
                 ctx,
                 settings=settings,
                 identity=ident,
                 reconnect_initial=cfg.reconnect_initial,
                 reconnect_max=cfg.reconnect_max,
+                link_subscribers=LINK_SUBSCRIBERS,
                 policy=cfg.policy,
                 audit=audit,
             ),
         ),
         ChildSpec(
-            "event_streamer",
+            Role.EVENT_STREAMER,
             lambda ctx: EventStreamerActor.start(
                 ctx,
                 docker_host=cfg.docker_host,
                 cursor=cursor,
+                event_subscribers=EVENT_SUBSCRIBERS,
                 docker_api_version=cfg.docker_api_version,
             ),
         ),
         ChildSpec(
-            "updater",
+            Role.UPDATER,
             lambda ctx: UpdaterActor.start(
                 ctx, settings=updater_settings, flows=flows, policy=cfg.policy
             ),
         ),
         ChildSpec(
-            "deployer",
+            Role.DEPLOYER,
             lambda ctx: DeployerActor.start(
                 ctx, settings=deployer_settings, runs=deploy_runs, engine=probe
             ),
             shutdown_timeout=cfg.deploy_stop_timeout + 3 * KILL_GRACE,
         ),
-        ChildSpec("stats", lambda ctx: StatsActor.start(ctx, settings=stats_settings)),
+        ChildSpec(Role.STATS, lambda ctx: StatsActor.start(ctx, settings=stats_settings)),
         ChildSpec(
-            "shell",
+            Role.SHELL,
             lambda ctx: ShellActor.start(
                 ctx,
                 docker_host=cfg.docker_host,
@@ -258,7 +278,7 @@ def build_specs(
             ),
         ),
         ChildSpec(
-            "health_checks",
+            Role.HEALTH_CHECKS,
             lambda ctx: HealthCheckActor.start(ctx, memory=health_memory),
         ),
     ]

@@ -29,6 +29,7 @@ import pykka.debug
 from actors.base import ActorContext, Clock, Peers, Scheduler, SystemClock, ThreadScheduler
 from actors.runtime.backoff import exponential
 from messages.common import Ping
+from messages.roles import Role
 from messages.status import ActorRestarted, AgentStopping
 from messages.supervision import ChildFailed, RestartChildren, Shutdown
 
@@ -52,7 +53,7 @@ ActorFactory = Callable[[ActorContext], pykka.ActorRef[Any]]
 
 @dataclass(frozen=True, slots=True)
 class ChildSpec:
-    child_id: str
+    child_id: Role
     factory: ActorFactory
     restart: Restart = Restart.PERMANENT
     shutdown_timeout: float = 3.0
@@ -246,7 +247,7 @@ class SupervisorActor(pykka.ThreadingActor):
             log.info("restarted %s (generation %d)", child_id, child.generation)
             self._restart_total += 1
             self._peers.tell(
-                "status",
+                Role.STATUS,
                 ActorRestarted(child_id=child_id, total=self._restart_total),
                 optional=True,
             )
@@ -256,7 +257,7 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         self._stopping = True
         (log.error if code else log.info)("shutting down: %s", reason)
-        self._peers.tell("status", AgentStopping(reason=reason, exit_code=code), optional=True)
+        self._peers.tell(Role.STATUS, AgentStopping(reason=reason, exit_code=code), optional=True)
         for child in reversed(self._children):
             self._stop_child(child)
         self._on_exit(code, reason)

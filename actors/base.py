@@ -17,6 +17,7 @@ import pykka
 from actors.errors import FatalError, TransientError
 from actors.runtime.backoff import Backoff
 from messages.common import Ping, Pong
+from messages.roles import Role
 from messages.supervision import ChildFailed
 
 log = logging.getLogger(__name__)
@@ -123,16 +124,16 @@ class Peers:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._refs: dict[str, pykka.ActorRef[Any]] = {}
-        self._held: dict[str, list[Any]] = {}
+        self._refs: dict[Role, pykka.ActorRef[Any]] = {}
+        self._held: dict[Role, list[Any]] = {}
 
-    def reserve(self, role: str) -> None:
+    def reserve(self, role: Role) -> None:
         """``role`` is about to start: hold its messages until ``set`` (or drop at ``remove``)."""
         with self._lock:
             self._refs.pop(role, None)
             self._held.setdefault(role, [])
 
-    def set(self, role: str, ref: pykka.ActorRef[Any]) -> None:
+    def set(self, role: Role, ref: pykka.ActorRef[Any]) -> None:
         with self._lock:
             self._refs[role] = ref
             held = self._held.pop(role, [])
@@ -143,7 +144,7 @@ class Peers:
                     kind = type(message).__name__
                     log.warning("dead letter: %s for %s (not running)", kind, role)
 
-    def remove(self, role: str, ref: pykka.ActorRef[Any] | None = None) -> None:
+    def remove(self, role: Role, ref: pykka.ActorRef[Any] | None = None) -> None:
         with self._lock:
             if ref is None or self._refs.get(role) is ref:
                 self._refs.pop(role, None)
@@ -151,11 +152,11 @@ class Peers:
         for message in dropped:
             log.warning("dead letter: %s for %s (it failed to start)", type(message).__name__, role)
 
-    def get(self, role: str) -> pykka.ActorRef[Any] | None:
+    def get(self, role: Role) -> pykka.ActorRef[Any] | None:
         with self._lock:
             return self._refs.get(role)
 
-    def tell(self, role: str, message: Any, *, optional: bool = False) -> bool:
+    def tell(self, role: Role, message: Any, *, optional: bool = False) -> bool:
         """Tell ``message`` to ``role``; False (and a dead-letter log line) if nobody got it.
 
         ``optional``: the role may legitimately not run (a feature that is off); no log line.
@@ -176,7 +177,7 @@ class Peers:
             log.warning("dead letter: %s for %s (not running)", type(message).__name__, role)
         return False
 
-    def ask(self, role: str, message: Any, *, timeout: float) -> Any:
+    def ask(self, role: Role, message: Any, *, timeout: float) -> Any:
         """``ask`` down the dependency graph; a missing or dead peer is a TransientError."""
         ref = self.get(role)
         if ref is None:
@@ -193,7 +194,7 @@ class Peers:
 class ActorContext:
     """Everything the supervisor injects into a child."""
 
-    child_id: str
+    child_id: str  # the role it was started as (a Role), or a test's own name
     generation: int
     peers: Peers
     scheduler: Scheduler
@@ -241,12 +242,15 @@ class SupervisedActor(pykka.ThreadingActor):
         except Exception:
             log.exception("%s: releasing after a failed start failed", self.ctx.child_id)
 
-    def on_receive(self, message: Any) -> Any:
+    def on_receive(self, message: object) -> Any:
         if isinstance(message, Ping):
             return Pong(actor=self.ctx.child_id, generation=self.ctx.generation)
         return self.handle(message)
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: object) -> Any:
+        """Dispatch one message: narrow it to the actor's ``Inbox`` (else log it as ignored),
+        then ``match`` over the Inbox ending in ``case _: assert_never(message)``, so that the
+        type checker flags a message the actor accepts but does not handle."""
         raise NotImplementedError
 
     def _release(self) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any, assert_never
+from typing import Any, TypeAlias, assert_never
 
 from actors.base import (
     ActorContext,
@@ -36,7 +36,6 @@ from actors.runtime.backoff import Backoff
 from actors.session.audit import AuditBook, AuditLine
 from actors.session.delivery import Confirmed, Delivery, Receipt
 from actors.session.state import LinkState
-from messages import compose, deploy, health, images, networks, shell, stats, updates, volumes
 from messages.common import Secret
 from messages.connection import (
     AttemptTimedOut,
@@ -58,19 +57,11 @@ from messages.docker import (
     DescribeHost,
     EventsConfirmed,
     EventsReplay,
-    GetContainerLogs,
     HostDescribed,
-    InspectContainer,
-    KillContainer,
-    ListContainers,
-    RemoveContainer,
-    RenameContainer,
     ReplayEvents,
     Reply,
-    RestartContainer,
-    StartContainer,
-    StopContainer,
 )
+from messages.families import ROUTES
 from messages.outbound import (
     AuditRecord,
     EventDelivered,
@@ -79,6 +70,7 @@ from messages.outbound import (
     RawFrameOut,
     TrackedEventOut,
 )
+from messages.roles import Role
 from messages.status import ConnectionStatus, WriteFailed
 from messages.timefmt import rfc3339_nano
 from messages.tokens import GetToken, SaveToken, TokenInfo
@@ -98,27 +90,29 @@ from messages.wire import (
 
 log = logging.getLogger(__name__)
 
-#: which peer runs each inbound command type (the one routing table)
-ROUTES: dict[type, str] = {
-    kind: "docker_gateway"
-    for kind in (
-        ListContainers,
-        StartContainer,
-        StopContainer,
-        RestartContainer,
-        RemoveContainer,
-        KillContainer,
-        RenameContainer,
-        GetContainerLogs,
-        InspectContainer,
-    )
-}
-for _family in (images, networks, volumes, compose, deploy, updates, shell, health, stats):
-    ROUTES.update(_family.ROUTES)
-
-
-#: roles told LinkStateChanged when the connection comes up or goes down (if they run)
-LINK_SUBSCRIBERS = ("updater", "deployer", "stats", "shell", "health_checks")
+#: every message this actor accepts (besides Ping); anything else is logged and dropped
+Inbox: TypeAlias = (
+    Dial
+    | HostDescribed
+    | LinkOpened
+    | FrameReceived
+    | PongReceived
+    | ReaderStopped
+    | Tick
+    | AttemptTimedOut
+    | HandOver
+    | ResumeAfterHandOver
+    | ContainerEventObserved
+    | EventsReplay
+    | EventOut
+    | RawFrameOut
+    | TrackedEventOut
+    | AuditRecord
+    | CommandSucceeded
+    | CommandFailed
+    | ContainerOpSucceeded
+    | ContainerOpFailed
+)
 
 
 @dataclass
@@ -138,12 +132,15 @@ class ConnectionActor(SupervisedActor):
         identity: AgentIdentity,
         reconnect_initial: float,
         reconnect_max: float,
+        link_subscribers: tuple[Role, ...],
         link_factory: LinkFactory = WebSocketLink,
         rng: random.Random | None = None,
         policy: Policy | None = None,
         audit: AuditLog | None = None,
     ) -> None:
         super().__init__(ctx)
+        #: told LinkStateChanged when the link comes up or goes down, each only if it runs
+        self._link_subscribers = link_subscribers
         self._policy = policy or Policy()
         self._audit = audit
         self._book = AuditBook()  # which requests get which audit line; the pending ones
@@ -169,7 +166,7 @@ class ConnectionActor(SupervisedActor):
     # --- lifecycle ------------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        self._token = self.ctx.peers.ask("token_store", GetToken(), timeout=5)
+        self._token = self.ctx.peers.ask(Role.TOKEN_STORE, GetToken(), timeout=5)
         log.info("connecting to %s", control_url_for_log(self._settings.url))
         self.actor_ref.tell(Dial())
 
@@ -198,7 +195,10 @@ class ConnectionActor(SupervisedActor):
 
     # --- dispatch ---------------------------------------------------------------------------------
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: object) -> Any:
+        if not isinstance(message, Inbox):
+            log.warning("Connection ignored %s", type(message).__name__)
+            return None
         match message:
             case Dial():
                 self._dial()
@@ -259,7 +259,7 @@ class ConnectionActor(SupervisedActor):
             ):
                 self._send(self._bounded_reply(message))
             case _:
-                log.warning("Connection ignored %s", type(message).__name__)
+                assert_never(message)
         return None
 
     # --- connection attempts ---------------------------------------------------------------
@@ -270,7 +270,7 @@ class ConnectionActor(SupervisedActor):
         self._attempt += 1
         self._state = LinkState.DESCRIBING
         self._arm_attempt_timer(self._settings.describe_timeout, LinkState.DESCRIBING)
-        if not self.ctx.peers.tell("docker_gateway", DescribeHost(attempt=self._attempt)):
+        if not self.ctx.peers.tell(Role.DOCKER_GATEWAY, DescribeHost(attempt=self._attempt)):
             self._attempt_failed("docker gateway is not running")
 
     def _host_described(self, msg: HostDescribed) -> None:
@@ -360,7 +360,9 @@ class ConnectionActor(SupervisedActor):
         if self._audit is not None:
             at = rfc3339_nano(self.ctx.clock.time_ns())
             if error := self._audit.record(at, operation, target, result):  # never raises
-                self.ctx.peers.tell("status", WriteFailed(what="audit", error=error), optional=True)
+                self.ctx.peers.tell(
+                    Role.STATUS, WriteFailed(what="audit", error=error), optional=True
+                )
 
     def _route(self, request: Request, command: Any) -> None:
         role = ROUTES.get(type(command))
@@ -376,7 +378,7 @@ class ConnectionActor(SupervisedActor):
         self._send(encode_reply(reply, self.ctx.clock.time_ns()))
 
     def _notify_link(self, connected: bool) -> None:
-        for role in LINK_SUBSCRIBERS:
+        for role in self._link_subscribers:
             self.ctx.peers.tell(role, LinkStateChanged(connected=connected), optional=True)
         self._report_status()
 
@@ -387,7 +389,7 @@ class ConnectionActor(SupervisedActor):
             self._status_since_ns = self.ctx.clock.time_ns()
         self._status_reported = self.ctx.clock.monotonic()
         self.ctx.peers.tell(
-            "status",
+            Role.STATUS,
             ConnectionStatus(
                 connected=connected,
                 since_ns=self._status_since_ns,
@@ -423,7 +425,7 @@ class ConnectionActor(SupervisedActor):
         for text in queued:
             self._transmit(text)
         self._delivery.awaiting_replay = self.ctx.peers.tell(
-            "event_streamer", ReplayEvents(), optional=True
+            Role.EVENT_STREAMER, ReplayEvents(), optional=True
         )
         self._schedule_tick()
         self._notify_link(True)
@@ -431,7 +433,7 @@ class ConnectionActor(SupervisedActor):
     def _persist(self, token: Secret) -> None:
         """Save before going on: a crash right after auth must not lose the new identity."""
         try:
-            self.ctx.peers.ask("token_store", SaveToken(token=token), timeout=10)
+            self.ctx.peers.ask(Role.TOKEN_STORE, SaveToken(token=token), timeout=10)
         except TransientError as exc:
             raise FatalError(f"could not persist the permanent token: {exc}") from exc
         self._token = TokenInfo(token=token, kind="permanent", source="auth_success")
@@ -611,7 +613,7 @@ class ConnectionActor(SupervisedActor):
             self.ctx.peers.tell(owner, EventDelivered(key=key), optional=True)
         if confirmed.events:
             self.ctx.peers.tell(
-                "event_streamer", EventsConfirmed(seqs=confirmed.events), optional=True
+                Role.EVENT_STREAMER, EventsConfirmed(seqs=confirmed.events), optional=True
             )
 
     def _bounded_reply(self, reply: Reply) -> str:

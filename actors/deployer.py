@@ -27,7 +27,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias, assert_never
 
 from actors.base import ActorContext, SupervisedActor
 from actors.deploy import classify
@@ -45,11 +45,17 @@ from messages.outbound import (
     LinkStateChanged,
     TrackedEventOut,
 )
+from messages.roles import Role
 
 log = logging.getLogger(__name__)
 
+#: every message this actor accepts (besides Ping); anything else is logged and dropped
+Inbox: TypeAlias = (
+    DeployCompose | DeployProgressed | DeployFinished | EventDelivered | LinkStateChanged
+)
+
 NOT_AVAILABLE = "compose deployments not available on this agent"  # §8.1 step 1, exact
-ROLE = "deployer"
+ROLE = Role.DEPLOYER
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -191,7 +197,10 @@ class DeployerActor(SupervisedActor):
 
     # --- dispatch -----------------------------------------------------------------------------
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: object) -> Any:
+        if not isinstance(message, Inbox):
+            log.warning("Deployer ignored %s", type(message).__name__)
+            return None
         match message:
             case DeployCompose():
                 self._deploy(message)
@@ -211,11 +220,11 @@ class DeployerActor(SupervisedActor):
             case LinkStateChanged():
                 pass
             case _:
-                log.warning("Deployer ignored %s", type(message).__name__)
+                assert_never(message)
         return None
 
     def _tell_connection(self, message: Any) -> None:
-        self.ctx.peers.tell("connection", message)
+        self.ctx.peers.tell(Role.CONNECTION, message)
 
     def _reply(self, request_id: str, error: str = "") -> None:
         self._tell_connection(

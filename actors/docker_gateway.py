@@ -16,14 +16,14 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeAlias, assert_never, cast
 
 import docker
 import docker.errors
 import pykka
 
-from actors import FAMILIES
 from actors.base import ActorContext, RepeatLimiter, SupervisedActor, TimerHandle
+from actors.commands.registry import HANDLERS, FamilyCommand
 from actors.commands.tools import DockerTools, Handler, HandlerSettings, describe_docker_error
 from actors.host.docker_access import diagnose
 from actors.host.host_ips import (
@@ -61,15 +61,22 @@ from messages.docker import (
     StartContainer,
     StopContainer,
 )
+from messages.roles import Role
 from messages.status import DockerStatus
 from messages.timefmt import rfc3339_nano
 
 log = logging.getLogger(__name__)
 
-#: command type -> handler, merged from every command family module
-HANDLERS: dict[type, Handler] = {}
-for _family in FAMILIES:
-    HANDLERS.update(_family.HANDLERS)
+#: every message the gateway accepts (besides Ping); anything else is logged and dropped
+Inbox: TypeAlias = (
+    ListContainers
+    | DescribeHost
+    | ProbeDocker
+    | DockerChecked
+    | ContainerEventObserved
+    | ContainerOperation
+    | FamilyCommand
+)
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 _VERBS = {
@@ -223,10 +230,19 @@ class DockerGatewayActor(SupervisedActor):
 
     # --- dispatch --------------------------------------------------------------------------
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: object) -> Any:
+        if not isinstance(message, Inbox):
+            log.warning("DockerGateway ignored %s", type(message).__name__)
+            return None
+        if isinstance(message, FamilyCommand):  # images, networks, volumes, compose files
+            handler = HANDLERS[type(message)]
+            command = message
+            self._submit(None, lambda: self._reply(self._run_handler(handler, command)))
+            return None
         match message:
             case ListContainers():
-                self._submit(None, lambda: self._reply(self._list_containers(message)))
+                listing = message
+                self._submit(None, lambda: self._reply(self._list_containers(listing)))
             case DescribeHost(attempt=attempt):
                 self._submit(None, lambda: self._describe_host(attempt))
             case ProbeDocker(generation=gen) if gen == self._probe_generation:
@@ -237,13 +253,20 @@ class DockerGatewayActor(SupervisedActor):
                 self._docker_checked(message)
             case ContainerEventObserved():
                 self._cache.on_event(message)
-            case _ if type(message) in ACTION_NAMES:
-                self._submit(message.container_id, lambda: self._reply(self._operate(message)))
-            case _ if type(message) in HANDLERS:
-                handler = HANDLERS[type(message)]
-                self._submit(None, lambda: self._reply(self._run_handler(handler, message)))
+            case (
+                StartContainer()
+                | StopContainer()
+                | RestartContainer()
+                | RemoveContainer()
+                | KillContainer()
+                | RenameContainer()
+                | GetContainerLogs()
+                | InspectContainer()
+            ):
+                op = message
+                self._submit(op.container_id, lambda: self._reply(self._operate(op)))
             case _:
-                log.warning("DockerGateway ignored %s", type(message).__name__)
+                assert_never(message)
         return None
 
     def _submit(self, key: str | None, job: Callable[[], None]) -> None:
@@ -252,7 +275,7 @@ class DockerGatewayActor(SupervisedActor):
         self._pool.submit(job, key=key)
 
     def _reply(self, reply: Reply) -> None:
-        self.ctx.peers.tell("connection", reply)
+        self.ctx.peers.tell(Role.CONNECTION, reply)
 
     # --- Docker's reachability ---------------------------------------------------------------
 
@@ -291,7 +314,7 @@ class DockerGatewayActor(SupervisedActor):
 
     def _tell_status(self, *, reachable: bool, error: str = "") -> None:
         status = DockerStatus(reachable=reachable, since_ns=self.ctx.clock.time_ns(), error=error)
-        self.ctx.peers.tell("status", status, optional=True)
+        self.ctx.peers.tell(Role.STATUS, status, optional=True)
 
     def _checked(self, exc: BaseException | None = None, *, from_probe: bool = False) -> None:
         """From a worker: tell the actor whether Docker answered (``exc`` None) or could not."""
@@ -410,7 +433,7 @@ class DockerGatewayActor(SupervisedActor):
         raw_api = cast(Any, api)
         res = raw_api._get(raw_api._url("/containers/{0}/logs", cid), params=params, stream=True)
         raw_api._raise_for_status(res)
-        raw = res.content
+        raw: bytes = res.content
         if tty:
             return raw.decode("utf-8", "replace")
         out, err = demux_docker_stream(raw)
@@ -498,7 +521,7 @@ class DockerGatewayActor(SupervisedActor):
             error, _ = describe_docker_error("get Docker info", exc, self._docker_host)
             self._checked(exc)
             self.ctx.peers.tell(
-                "connection", HostDescribed(attempt=attempt, info=None, error=error)
+                Role.CONNECTION, HostDescribed(attempt=attempt, info=None, error=error)
             )
             return
         self._checked()
@@ -522,4 +545,4 @@ class DockerGatewayActor(SupervisedActor):
         except Exception as exc:  # system fields are all-or-nothing (PROTOCOL §2.2)
             log.warning("registering without system facts: %s", exc)
         host = HostInfo(engine_id=info["ID"], daemon_name=info.get("Name"), **facts)
-        self.ctx.peers.tell("connection", HostDescribed(attempt=attempt, info=host))
+        self.ctx.peers.tell(Role.CONNECTION, HostDescribed(attempt=attempt, info=host))

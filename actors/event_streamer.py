@@ -1,7 +1,8 @@
 """EventStreamer: owns the Docker event subscription (PROTOCOL §5.1).
 
 A reader thread iterates docker-py's event stream and tells each container event to the actor,
-which forwards it to the Connection (``container_event``) and the DockerGateway (cache upkeep).
+which forwards it to its subscribers (given by the composition root: the Connection sends it as
+``container_event``, the DockerGateway keeps its caches, Stats follows start/die).
 When the stream breaks — dockerd restarted, socket gone — the actor resubscribes with
 ``since=<last event time>`` and drops the events it already forwarded, so nothing is lost or sent
 twice. The resume point lives in an :class:`EventCursor` that survives actor restarts.
@@ -15,7 +16,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeAlias, assert_never
 
 import docker
 
@@ -32,9 +33,20 @@ from messages.docker import (
     ReplayEvents,
     Resubscribe,
 )
+from messages.roles import Role, Subscriber
 from messages.status import EventForwarded, PublishStatus
 
 log = logging.getLogger(__name__)
+
+#: every message this actor accepts (besides Ping); anything else is logged and dropped
+Inbox: TypeAlias = (
+    DockerEventReceived
+    | EventsConfirmed
+    | ReplayEvents
+    | EventStreamEnded
+    | Resubscribe
+    | PublishStatus
+)
 
 
 class EventCursor:
@@ -140,6 +152,7 @@ class EventStreamerActor(SupervisedActor):
         *,
         docker_host: str,
         cursor: EventCursor,
+        event_subscribers: tuple[Subscriber, ...],
         client_factory: Callable[[], docker.APIClient] | None = None,
         retry_delay: tuple[float, float] = (0.2, 5.0),
         docker_api_version: str | None = None,
@@ -147,6 +160,7 @@ class EventStreamerActor(SupervisedActor):
         super().__init__(ctx)
         self._docker_host = docker_host
         self._cursor = cursor
+        self._subscribers = event_subscribers  # told every new container event, in this order
         self._client_factory = client_factory or docker_clients(
             docker_host, timeout=30, api_version=docker_api_version
         )
@@ -167,7 +181,7 @@ class EventStreamerActor(SupervisedActor):
 
     def _replay(self) -> None:
         replay = EventsReplay(events=self._cursor.unconfirmed())
-        self.ctx.peers.tell("connection", replay, optional=True)
+        self.ctx.peers.tell(Role.CONNECTION, replay, optional=True)
 
     def _release(self) -> None:
         if self._timer is not None:
@@ -176,7 +190,10 @@ class EventStreamerActor(SupervisedActor):
         if self._thread is not None:
             self._thread.join(2.0)
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: object) -> Any:
+        if not isinstance(message, Inbox):
+            log.warning("EventStreamer ignored %s", type(message).__name__)
+            return None
         match message:
             case DockerEventReceived(generation=gen, event=event) if gen == self._generation:
                 if self._retry.failures:
@@ -186,10 +203,8 @@ class EventStreamerActor(SupervisedActor):
                 numbered = self._cursor.accept(event)
                 if numbered is not None:
                     self.forwarded += 1
-                    self.ctx.peers.tell("connection", numbered, optional=True)
-                    self.ctx.peers.tell("docker_gateway", numbered)
-                    # stats streams follow start/die events (§5.2)
-                    self.ctx.peers.tell("stats", numbered, optional=True)
+                    for sub in self._subscribers:
+                        self.ctx.peers.tell(sub.role, numbered, optional=sub.optional)
                     self._report(numbered)
             case EventsConfirmed(seqs=seqs):
                 self._cursor.confirm(seqs)
@@ -204,7 +219,7 @@ class EventStreamerActor(SupervisedActor):
             case DockerEventReceived() | EventStreamEnded() | Resubscribe():
                 pass  # from an older stream
             case _:
-                log.warning("EventStreamer ignored %s", type(message).__name__)
+                assert_never(message)
         return None
 
     def _report(self, event: ContainerEventObserved) -> None:
@@ -218,7 +233,7 @@ class EventStreamerActor(SupervisedActor):
     def _publish(self) -> None:
         self._report_pending = False
         status = EventForwarded(at_ns=self._last_forwarded_ns, total=self.forwarded)
-        self.ctx.peers.tell("status", status, optional=True)
+        self.ctx.peers.tell(Role.STATUS, status, optional=True)
 
     def _stream_ended(self, reason: str) -> None:
         self._close_stream()

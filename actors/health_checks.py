@@ -43,7 +43,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 from urllib.parse import urlsplit
 
 import pykka
@@ -70,6 +70,7 @@ from messages.health import (
     parse_sync,
 )
 from messages.outbound import EventOut, LinkStateChanged
+from messages.roles import Role
 from messages.timefmt import utc_seconds
 
 log = logging.getLogger(__name__)
@@ -400,7 +401,7 @@ class _GuardedAdapter(requests.adapters.HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {  # type: ignore[attr-defined]
+        self.poolmanager.pool_classes_by_scheme = {
             "http": _GuardedHTTPPool,
             "https": _GuardedHTTPSPool,
         }
@@ -565,7 +566,10 @@ class HealthCheckActor(SupervisedActor):
 
     # --- dispatch -------------------------------------------------------------------------------
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: object) -> Any:
+        if not isinstance(message, Inbox):
+            log.warning("HealthChecks ignored %s", type(message).__name__)
+            return None
         match message:
             case LinkStateChanged(connected=True):
                 self._start_loop()
@@ -598,7 +602,7 @@ class HealthCheckActor(SupervisedActor):
             case CheckOverdue():
                 self._overdue(message)
             case _:
-                log.warning("HealthChecks ignored %s", type(message).__name__)
+                assert_never(message)
         return None
 
     def _sync(self, message: SyncHealthChecks) -> None:
@@ -729,7 +733,7 @@ class HealthCheckActor(SupervisedActor):
         self.stats.reported += 1
         # buffer=False: a result must never be delivered on a later connection (PROTOCOL §4.6)
         self.ctx.peers.tell(
-            "connection",
+            Role.CONNECTION,
             EventOut(command="health_check_result", payload=RawJson.of(payload), buffer=False),
         )
         previous = self._healthy.get(container_id)

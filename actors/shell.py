@@ -43,7 +43,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias, assert_never
 
 import docker
 import pykka
@@ -55,6 +55,7 @@ from actors.runtime.docker_client import api_client
 from actors.runtime.threads import Guarded, Handoff, HelperThread
 from messages.common import RawJson
 from messages.outbound import EventOut, LinkStateChanged
+from messages.roles import Role
 from messages.shell import (
     OUTPUT_CHUNK,
     CloseShell,
@@ -66,6 +67,11 @@ from messages.shell import (
 )
 
 log = logging.getLogger(__name__)
+
+#: every message this actor accepts (besides Ping); anything else is logged and dropped
+Inbox: TypeAlias = (
+    StartShell | ShellInput | ResizeShell | CloseShell | ShellEnded | LinkStateChanged
+)
 
 #: PROTOCOL §4.4: bash if the image has it, else sh
 SHELL_COMMAND = (
@@ -515,7 +521,10 @@ class ShellActor(SupervisedActor):
         if not self._hangups.wait_idle(max(0.1, deadline - time.monotonic())):
             log.warning("the shells of closed sessions were not all hung up in time")
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: object) -> Any:
+        if not isinstance(message, Inbox):
+            log.warning("ShellActor ignored %s", type(message).__name__)
+            return None
         match message:
             case StartShell():
                 self._start(message)
@@ -542,7 +551,7 @@ class ShellActor(SupervisedActor):
             case LinkStateChanged():
                 pass
             case _:
-                log.warning("ShellActor ignored %s", type(message).__name__)
+                assert_never(message)
         return None
 
     def _start(self, msg: StartShell) -> None:
@@ -557,7 +566,7 @@ class ShellActor(SupervisedActor):
 
         def emit(payload: dict[str, str]) -> None:
             peers.tell(
-                "connection",
+                Role.CONNECTION,
                 EventOut(command="shell_data", payload=RawJson.of(payload), buffer=False),
             )
 

@@ -24,7 +24,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias, assert_never
 
 import pykka
 
@@ -43,6 +43,7 @@ from actors.telemetry.streams import StatsStreams
 from messages.common import RawJson
 from messages.docker import ContainerEventObserved
 from messages.outbound import EventOut, LinkStateChanged, RawFrameOut
+from messages.roles import Role
 from messages.stats import (
     HostStatsTick,
     RetryListing,
@@ -53,6 +54,17 @@ from messages.stats import (
 from messages.tokens import GetToken, TokenInfo
 
 log = logging.getLogger(__name__)
+
+#: every message this actor accepts (besides Ping); anything else is logged and dropped
+Inbox: TypeAlias = (
+    StatsSampled
+    | ContainerEventObserved
+    | StatsStreamEnded
+    | RunningContainersListed
+    | RetryListing
+    | HostStatsTick
+    | LinkStateChanged
+)
 
 ADD_ACTIONS = frozenset({"start", "restart"})
 REMOVE_ACTIONS = frozenset({"die", "stop", "kill"})
@@ -132,7 +144,7 @@ class StatsActor(SupervisedActor):
         if self._settings.ingest is None:
             return
         try:
-            info: TokenInfo = self.ctx.peers.ask("token_store", GetToken(), timeout=5)
+            info: TokenInfo = self.ctx.peers.ask(Role.TOKEN_STORE, GetToken(), timeout=5)
         except TransientError as exc:
             log.warning("stats ingest off: cannot get the token: %s", exc)
             return
@@ -156,7 +168,10 @@ class StatsActor(SupervisedActor):
 
     # --- dispatch -------------------------------------------------------------------------------
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: object) -> Any:
+        if not isinstance(message, Inbox):
+            log.warning("StatsActor ignored %s", type(message).__name__)
+            return None
         match message:
             case StatsSampled():
                 self._sampled(message)
@@ -172,12 +187,12 @@ class StatsActor(SupervisedActor):
                 self._host_tick()
             case LinkStateChanged(connected=True):
                 self._activate()
-            case LinkStateChanged(connected=False):
+            case LinkStateChanged():  # disconnected
                 self._deactivate()
             case RunningContainersListed() | RetryListing() | HostStatsTick():
                 pass  # stale
             case _:
-                log.warning("StatsActor ignored %s", type(message).__name__)
+                assert_never(message)
         return None
 
     @property
@@ -296,7 +311,7 @@ class StatsActor(SupervisedActor):
             )
         )
         self.ctx.peers.tell(
-            "connection", EventOut(command="container_stats", payload=payload, buffer=False)
+            Role.CONNECTION, EventOut(command="container_stats", payload=payload, buffer=False)
         )
         self.samples_sent += 1
         if self.ingest is not None:
@@ -310,7 +325,7 @@ class StatsActor(SupervisedActor):
         stats = self._host.sample(self.ctx.clock.monotonic())
         if stats is not None:
             self.ctx.peers.tell(
-                "connection", RawFrameOut(frame=RawJson.of({"type": "stats", "stats": stats}))
+                Role.CONNECTION, RawFrameOut(frame=RawJson.of({"type": "stats", "stats": stats}))
             )
         self._host_timer = self.tell_self_later(
             self._settings.host_interval, HostStatsTick(generation=self._host_generation)

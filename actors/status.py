@@ -19,7 +19,7 @@ import os
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, assert_never
 
 from actors.base import ActorContext, SupervisedActor, TimerHandle
 from actors.runtime.fsio import write_json_atomic
@@ -35,6 +35,17 @@ from messages.status import (
 from messages.timefmt import rfc3339_nano
 
 log = logging.getLogger(__name__)
+
+#: every message this actor accepts (besides Ping); anything else is logged and dropped
+Inbox: TypeAlias = (
+    ConnectionStatus
+    | EventForwarded
+    | ActorRestarted
+    | WriteFailed
+    | DockerStatus
+    | AgentStopping
+    | FlushStatus
+)
 
 STATUS_FILE = "status.json"
 #: writes in DATA_PATH that fail soft, each counted as ``<kind>_write_failures``
@@ -105,7 +116,10 @@ class StatusReporterActor(SupervisedActor):
         self._dirty = True
         self._release()
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: object) -> Any:
+        if not isinstance(message, Inbox):
+            log.warning("StatusReporter ignored %s", type(message).__name__)
+            return None
         match message:
             case ConnectionStatus():
                 since = rfc3339_nano(message.since_ns)
@@ -139,7 +153,7 @@ class StatusReporterActor(SupervisedActor):
             case FlushStatus():
                 pass  # from a timer that was replaced by an earlier one
             case _:
-                log.warning("StatusReporter ignored %s", type(message).__name__)
+                assert_never(message)
         return None
 
     def _update(self, **fields: Any) -> None:

@@ -16,7 +16,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, assert_never
 
 from actors.base import ActorContext, SupervisedActor
 from actors.errors import ConfigError, FatalError
@@ -26,6 +26,9 @@ from messages.common import Secret
 from messages.tokens import TOKEN_PATTERN, GetToken, SaveToken, TokenInfo
 
 log = logging.getLogger(__name__)
+
+#: every message this actor accepts (besides Ping); anything else is logged and dropped
+Inbox: TypeAlias = GetToken | SaveToken
 
 TOKEN_FILE = "permanent_token"
 
@@ -220,14 +223,17 @@ class TokenStoreActor(SupervisedActor):
         register_secret(self._current.token.reveal())
         log.info("using %s token from %s", self._current.kind, self._current.source)
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: object) -> Any:
+        if not isinstance(message, Inbox):
+            log.warning("TokenStore ignored %s", type(message).__name__)
+            return None
         match message:
             case GetToken():
                 return self._current
             case SaveToken(token=token):
                 self._save(token)
             case _:
-                log.warning("TokenStore ignored %s", type(message).__name__)
+                assert_never(message)
         return None
 
     def _save(self, token: Secret) -> None:

@@ -16,7 +16,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias, assert_never
 
 import docker
 import pykka
@@ -30,9 +30,13 @@ from actors.runtime.docker_client import client_factory as docker_clients
 from messages.common import RawJson
 from messages.docker import CommandFailed, CommandSucceeded
 from messages.outbound import LinkStateChanged
+from messages.roles import Role
 from messages.updates import FlowFinished, SelfUpdate, UpdateContainer
 
 log = logging.getLogger(__name__)
+
+#: every message this actor accepts (besides Ping); anything else is logged and dropped
+Inbox: TypeAlias = UpdateContainer | SelfUpdate | LinkStateChanged | FlowFinished
 
 
 _ID12 = re.compile(r"[0-9a-f]{12}")
@@ -63,7 +67,10 @@ class UpdaterActor(SupervisedActor):
     def _release(self) -> None:
         pass  # flow threads are daemon threads with their own journals; they outlive us
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: object) -> Any:
+        if not isinstance(message, Inbox):
+            log.warning("Updater ignored %s", type(message).__name__)
+            return None
         match message:
             case UpdateContainer():
                 self._update_container(message)
@@ -76,7 +83,7 @@ class UpdaterActor(SupervisedActor):
             case FlowFinished(flow_id=flow_id):
                 self._threads.pop(flow_id, None)
             case _:
-                log.warning("Updater ignored %s", type(message).__name__)
+                assert_never(message)
         return None
 
     def _reply(self, request_id: str, result: dict[str, Any] | None, error: str = "") -> None:
@@ -85,7 +92,7 @@ class UpdaterActor(SupervisedActor):
             if error
             else CommandSucceeded(request_id=request_id, payload=RawJson.of(result))
         )
-        self.ctx.peers.tell("connection", reply)
+        self.ctx.peers.tell(Role.CONNECTION, reply)
 
     def _update_container(self, msg: UpdateContainer) -> None:
         own = self._settings.own_container_id

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from messages.decoding import BadPayload, CommandDecoder, boolean, obj, string
+from messages.roles import Role
 
 #: max_depth when the payload gives none, 0 or a negative number (§8.2)
 DEFAULT_MAX_DEPTH = 5
@@ -83,4 +84,7 @@ GENERIC_DECODERS: dict[str, CommandDecoder] = {
 #: top-level frame ``type``s this family decodes (frame -> typed message or None to ignore)
 FRAME_DECODERS: dict[str, Any] = {}
 #: which actor role runs each command type
-ROUTES: dict[type, str] = {ScanComposeDirs: "docker_gateway", ReadComposeFile: "docker_gateway"}
+ROUTES: dict[type, Role] = {
+    ScanComposeDirs: Role.DOCKER_GATEWAY,
+    ReadComposeFile: Role.DOCKER_GATEWAY,
+}

@@ -13,6 +13,7 @@ from typing import Any
 
 from messages.common import RawJson, Secret
 from messages.decoding import BadPayload, CommandDecoder, boolean, number, obj, string
+from messages.roles import Role
 
 ACTIONS = ("up", "down", "restart")
 #: the work one request may ask for is bounded (issue 10.7): env files written, profiles passed
@@ -168,4 +169,4 @@ GENERIC_DECODERS: dict[str, CommandDecoder] = {"deploy_compose": _deploy_compose
 #: top-level frame ``type``s this family decodes
 FRAME_DECODERS: dict[str, Any] = {}
 #: which actor role runs each command type
-ROUTES: dict[type, str] = {DeployCompose: "deployer"}
+ROUTES: dict[type, Role] = {DeployCompose: Role.DEPLOYER}

@@ -28,6 +28,7 @@ from typing import Any
 from messages.common import RawJson, Secret
 from messages.decoding import CommandDecoder
 from messages.references import CONTAINER, BadReference, ContainerRef
+from messages.roles import Role
 
 log = logging.getLogger(__name__)
 
@@ -388,8 +389,8 @@ FRAME_DECODERS: dict[str, Any] = {
     "health_check_config_remove": decode_remove,
 }
 #: which actor role runs each command type
-ROUTES: dict[type, str] = {
-    SyncHealthChecks: "health_checks",
-    SetHealthCheck: "health_checks",
-    RemoveHealthCheck: "health_checks",
+ROUTES: dict[type, Role] = {
+    SyncHealthChecks: Role.HEALTH_CHECKS,
+    SetHealthCheck: Role.HEALTH_CHECKS,
+    RemoveHealthCheck: Role.HEALTH_CHECKS,
 }

@@ -7,6 +7,7 @@ from typing import Any
 
 from messages.decoding import BadPayload, CommandDecoder, boolean, obj, string
 from messages.references import ImageRef
+from messages.roles import Role
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,8 +54,8 @@ GENERIC_DECODERS: dict[str, CommandDecoder] = {
 #: top-level frame ``type``s this family decodes (none)
 FRAME_DECODERS: dict[str, Any] = {}
 #: which actor role runs each command type
-ROUTES: dict[type, str] = {
-    ListImages: "docker_gateway",
-    RemoveImage: "docker_gateway",
-    PruneImages: "docker_gateway",
+ROUTES: dict[type, Role] = {
+    ListImages: Role.DOCKER_GATEWAY,
+    RemoveImage: Role.DOCKER_GATEWAY,
+    PruneImages: Role.DOCKER_GATEWAY,
 }

@@ -8,6 +8,7 @@ from typing import Any
 from messages.decoding import BadPayload, CommandDecoder, boolean, obj, string
 from messages.docker import CommandFailed
 from messages.references import NetworkName, NetworkRef
+from messages.roles import Role
 
 NAME_REQUIRED = "network name is required"
 
@@ -86,9 +87,9 @@ GENERIC_DECODERS: dict[str, CommandDecoder] = {
 #: top-level frame ``type``s this family decodes (none)
 FRAME_DECODERS: dict[str, Any] = {}
 #: which actor role runs each command type
-ROUTES: dict[type, str] = {
-    ListNetworks: "docker_gateway",
-    CreateNetwork: "docker_gateway",
-    DeleteNetwork: "docker_gateway",
-    PruneNetworks: "docker_gateway",
+ROUTES: dict[type, Role] = {
+    ListNetworks: Role.DOCKER_GATEWAY,
+    CreateNetwork: Role.DOCKER_GATEWAY,
+    DeleteNetwork: Role.DOCKER_GATEWAY,
+    PruneNetworks: Role.DOCKER_GATEWAY,
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from messages.common import RawJson
+from messages.roles import Role
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,7 +47,7 @@ class TrackedEventOut:
 
     command: str
     payload: RawJson
-    owner: str
+    owner: Role
     key: str
 
 

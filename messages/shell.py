@@ -16,6 +16,7 @@ from typing import Any
 
 from messages.decoding import CommandDecoder
 from messages.references import ContainerRef, SessionRef
+from messages.roles import Role
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,9 @@ FRAME_DECODERS: dict[str, Callable[[Mapping[str, Any]], ShellCommand | None]] = 
     "shell_session": decode_shell_session,
 }
 #: which actor role runs each command type
-ROUTES: dict[type, str] = {
-    StartShell: "shell",
-    ShellInput: "shell",
-    ResizeShell: "shell",
-    CloseShell: "shell",
+ROUTES: dict[type, Role] = {
+    StartShell: Role.SHELL,
+    ShellInput: Role.SHELL,
+    ResizeShell: Role.SHELL,
+    CloseShell: Role.SHELL,
 }

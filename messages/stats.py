@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from messages.decoding import CommandDecoder
+from messages.roles import Role
 
 #: generic ``command`` names this family decodes
 GENERIC_DECODERS: dict[str, CommandDecoder] = {}
 #: top-level frame ``type``s this family decodes (frame -> typed message or None to ignore)
 FRAME_DECODERS: dict[str, Any] = {}
 #: which actor role runs each command type
-ROUTES: dict[type, str] = {}
+ROUTES: dict[type, Role] = {}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,6 +8,7 @@ from typing import Any
 from messages.common import Secret
 from messages.decoding import BadPayload, CommandDecoder, number, obj, string
 from messages.references import ContainerRef, ImageRef, OptionalImageRef
+from messages.roles import Role
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,4 +75,4 @@ GENERIC_DECODERS: dict[str, CommandDecoder] = {
     "self_update": _self_update,
 }
 FRAME_DECODERS: dict[str, Any] = {}
-ROUTES: dict[type, str] = {UpdateContainer: "updater", SelfUpdate: "updater"}
+ROUTES: dict[type, Role] = {UpdateContainer: Role.UPDATER, SelfUpdate: Role.UPDATER}

@@ -8,6 +8,7 @@ from typing import Any
 from messages.decoding import CommandDecoder, boolean, obj, string
 from messages.docker import CommandFailed
 from messages.references import VolumeRef
+from messages.roles import Role
 
 NAME_EMPTY = "volume name cannot be empty"
 
@@ -57,8 +58,8 @@ GENERIC_DECODERS: dict[str, CommandDecoder] = {
 #: top-level frame ``type``s this family decodes (none)
 FRAME_DECODERS: dict[str, Any] = {}
 #: which actor role runs each command type
-ROUTES: dict[type, str] = {
-    ListVolumes: "docker_gateway",
-    DeleteVolume: "docker_gateway",
-    PruneVolumes: "docker_gateway",
+ROUTES: dict[type, Role] = {
+    ListVolumes: Role.DOCKER_GATEWAY,
+    DeleteVolume: Role.DOCKER_GATEWAY,
+    PruneVolumes: Role.DOCKER_GATEWAY,
 }

@@ -16,20 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from messages import (
-    compose,
-    deploy,
-    health,
-    images,
-    networks,
-    references,
-    shell,
-    stats,
-    updates,
-    volumes,
-)
+from messages import references
 from messages.common import RawJson, Secret
-from messages.decoding import BadPayload, CommandDecoder, boolean, command_failed, number
+from messages.decoding import BadPayload, boolean, command_failed, number
 from messages.docker import (
     CommandFailed,
     CommandSucceeded,
@@ -49,6 +38,7 @@ from messages.docker import (
     StartContainer,
     StopContainer,
 )
+from messages.families import FRAME_DECODERS, GENERIC_DECODERS
 from messages.timefmt import local_rfc3339, rfc3339_nano
 
 # --- inbound -------------------------------------------------------------------------------------
@@ -120,18 +110,6 @@ class Request:
 
 #: one frame from the backend, decoded once by :func:`decode_envelope`
 Envelope = AuthSucceeded | AuthRejected | Request | IgnoredFrame
-
-_FAMILIES = (images, networks, volumes, compose, deploy, updates, shell, health, stats)
-
-#: generic commands this agent implements; everything else is ``unknown command: <name>``
-GENERIC_DECODERS: dict[str, CommandDecoder] = {
-    "list_containers": lambda request_id, _payload: ListContainers(request_id=request_id),
-}
-#: top-level frame types beyond auth, command and container_operation
-FRAME_DECODERS: dict[str, Any] = {}
-for _family in _FAMILIES:
-    GENERIC_DECODERS.update(_family.GENERIC_DECODERS)
-    FRAME_DECODERS.update(_family.FRAME_DECODERS)
 
 
 def _container_operation(

@@ -16,6 +16,7 @@ from actors.connection import ConnectionActor
 from actors.link.websocket import LinkSettings
 from actors.rules.policy import AuditLog
 from actors.runtime.backoff import Backoff
+from agent_cli import LINK_SUBSCRIBERS
 from messages.common import Ping, RawJson, Secret
 from messages.connection import Dial, FrameReceived, LinkOpened, PongReceived, ReaderStopped
 from messages.docker import (
@@ -39,6 +40,7 @@ from messages.outbound import (
     LinkStateChanged,
     TrackedEventOut,
 )
+from messages.roles import Role
 from messages.status import ConnectionStatus
 from messages.tokens import GetToken, SaveToken, TokenInfo
 from messages.wire import AgentIdentity
@@ -117,19 +119,20 @@ def rig() -> Iterator[Rig]:
     )
     gateway = ProbeHandle()
     streamer = ProbeHandle()
-    peers.set("event_streamer", streamer.ref)
-    peers.set("token_store", tokens.ref)
-    peers.set("docker_gateway", gateway.ref)
+    peers.set(Role.EVENT_STREAMER, streamer.ref)
+    peers.set(Role.TOKEN_STORE, tokens.ref)
+    peers.set(Role.DOCKER_GATEWAY, gateway.ref)
     ref = ConnectionActor.start(
         make_ctx(peers, scheduler, clock, child_id="connection"),
         settings=LinkSettings(url="ws://127.0.0.1:9/api/agent/ws", outbox_limit=5),
         identity=IDENT,
         reconnect_initial=1.0,
         reconnect_max=8.0,
+        link_subscribers=LINK_SUBSCRIBERS,
         link_factory=FakeLink,  # type: ignore[arg-type]
         rng=random.Random(7),
     )
-    peers.set("connection", ref)
+    peers.set(Role.CONNECTION, ref)
     yield Rig(ref, clock, scheduler, gateway, tokens, peers, streamer)
     pykka.ActorRegistry.stop_all()
 
@@ -292,7 +295,7 @@ def test_commands_are_routed_and_a_dead_peer_gets_an_in_band_error(rig: Rig) -> 
     }
     rig.ref.tell(FrameReceived(generation=link.generation, data=json.dumps(frame)))
     assert rig.gateway.expect(StartContainer) == StartContainer(request_id="q1", container_id="abc")
-    rig.peers.remove("docker_gateway")
+    rig.peers.remove(Role.DOCKER_GATEWAY)
     again = {**frame, "id": "q2", "correlation_id": "q2"}  # (q1 is still pending)
     rig.ref.tell(FrameReceived(generation=link.generation, data=json.dumps(again)))
     rig.barrier()
@@ -313,6 +316,7 @@ def _audited_rig(rig: Rig, path: Any) -> tuple[pykka.ActorRef[Any], AuditLog]:
         identity=IDENT,
         reconnect_initial=1.0,
         reconnect_max=8.0,
+        link_subscribers=LINK_SUBSCRIBERS,
         link_factory=FakeLink,  # type: ignore[arg-type]
         audit=audit,
     )
@@ -429,7 +433,7 @@ def test_stats_are_never_resent(rig: Rig) -> None:
 
 def test_a_drop_is_reported_to_the_status_file_as_disconnected(rig: Rig) -> None:
     status = ProbeHandle()
-    rig.peers.set("status", status.ref)
+    rig.peers.set(Role.STATUS, status.ref)
     link = rig.connect()
     assert status.expect(ConnectionStatus, where=lambda s: s.connected).registrations == 1
     rig.ref.tell(ReaderStopped(generation=link.generation, reason="closed by server: 1001"))
@@ -454,12 +458,12 @@ def test_a_reply_the_backend_could_not_read_is_replaced_by_an_error(rig: Rig) ->
 
 def tracked(key: str) -> TrackedEventOut:
     payload = RawJson.of({"deployment_id": key, "action": "up", "success": True})
-    return TrackedEventOut(command="deploy_complete", payload=payload, owner="deployer", key=key)
+    return TrackedEventOut(command="deploy_complete", payload=payload, owner=Role.DEPLOYER, key=key)
 
 
 def test_a_tracked_event_goes_once_per_link_and_is_confirmed_to_its_owner(rig: Rig) -> None:
     deployer = ProbeHandle()
-    rig.peers.set("deployer", deployer.ref)
+    rig.peers.set(Role.DEPLOYER, deployer.ref)
     rig.ref.tell(tracked("d-0"))  # disconnected: dropped here, the owner keeps it
     link = rig.connect()
     assert link.sent == []
@@ -500,6 +504,7 @@ def test_audit_records_from_other_actors_are_written(rig: Rig, tmp_path: Any) ->
         identity=IDENT,
         reconnect_initial=1.0,
         reconnect_max=8.0,
+        link_subscribers=LINK_SUBSCRIBERS,
         link_factory=FakeLink,  # type: ignore[arg-type]
         audit=audit,
     )
@@ -512,3 +517,19 @@ def test_audit_records_from_other_actors_are_written(rig: Rig, tmp_path: Any) ->
         "result": "up finished: success",
         "who": "dockmon@test",
     }
+
+
+def test_link_state_changes_go_to_exactly_the_subscribers_the_composition_root_lists(
+    rig: Rig,
+) -> None:
+    subscribers = {role: ProbeHandle() for role in LINK_SUBSCRIBERS}
+    for role, probe in subscribers.items():
+        rig.peers.set(role, probe.ref)
+    link = rig.connect()
+    rig.ref.tell(ReaderStopped(generation=link.generation, reason="dead"))
+    rig.barrier()
+    for probe in subscribers.values():
+        assert probe.expect(LinkStateChanged).connected is True
+        assert probe.expect(LinkStateChanged).connected is False
+    others = (rig.streamer, rig.gateway, rig.tokens)  # running, but not subscribers
+    assert not [m for p in others for m in p.received if isinstance(m, LinkStateChanged)]

@@ -35,6 +35,7 @@ from actors.rules.policy import Policy
 from actors.updater import UpdaterActor
 from messages.docker import CommandFailed, CommandSucceeded
 from messages.outbound import EventOut
+from messages.roles import Role
 from messages.updates import UpdateContainer
 from tests.support.agent_harness import REGISTRATION_TOKEN, RunningAgent, running_agent
 from tests.support.containers import TEST_LABEL, ContainerFactory
@@ -258,7 +259,7 @@ def test_own_container_is_refused_without_touching_docker(tmp_path: Path) -> Non
     clock = FakeClock()
     peers = Peers()
     connection = ProbeHandle()
-    peers.set("connection", connection.ref)
+    peers.set(Role.CONNECTION, connection.ref)
 
     def no_docker() -> docker.APIClient:
         raise AssertionError("the refusal must not talk to Docker")
@@ -528,7 +529,7 @@ def test_an_update_acts_on_the_container_it_checked(
         docker_client.api.rename(_id(kept), name)
 
     clock, peers, connection = FakeClock(), Peers(), ProbeHandle()
-    peers.set("connection", connection.ref)
+    peers.set(Role.CONNECTION, connection.ref)
     client = RenameAfterInspect(dockerd.base_url, name, swap)
     ref = UpdaterActor.start(
         make_ctx(peers, FakeScheduler(clock), clock, child_id="updater"),

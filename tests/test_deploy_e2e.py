@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from messages.deploy import STAGES
+from messages.roles import Role
 from tests.support.agent_harness import RunningAgent, running_agent
 from tests.support.daemon import PrivateDockerd
 from tests.support.deploy_stacks import (
@@ -455,7 +456,7 @@ def test_the_result_survives_a_dropped_link_and_restarts(agent: RunningAgent) ->
             assert hub.deploy_events(deployment_id)[-1]["command"] == "deploy_progress"
             hub.refuse(False)
         else:
-            agent.crash(fault)
+            agent.crash(Role(fault))
         if fault != "deployer":
             hub.wait_registered(count=registered + 1, timeout=30)
         result = hub.wait_deploy_complete(deployment_id, timeout=60)

@@ -29,6 +29,7 @@ from messages.outbound import (
     LinkStateChanged,
     TrackedEventOut,
 )
+from messages.roles import Role
 from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
 
 ENGINE = ComposeEngine(path="/usr/bin/false", version="5.6.1")
@@ -89,7 +90,7 @@ class Rig:
             engine=engine,
             run_body=self.body,
         )
-        self.peers.set("deployer", self.ref)
+        self.peers.set(Role.DEPLOYER, self.ref)
         self.ref.ask(Ping(), timeout=3)
         return self.ref
 
@@ -122,7 +123,7 @@ class Rig:
 def rig(tmp_path: Path) -> Iterator[Rig]:
     peers = Peers()
     connection = ProbeHandle()
-    peers.set("connection", connection.ref)
+    peers.set(Role.CONNECTION, connection.ref)
     body = Body()
     body.journal = Journal(str(tmp_path / "data"))
     yield Rig(tmp_path, peers, connection, DeployRuns(), body)
@@ -231,7 +232,7 @@ def test_a_run_outlives_a_crash_of_the_actor_and_reports_to_the_new_one(rig: Rig
     assert isinstance(rig.reply(), CommandSucceeded) and rig.body.started.wait(3)
     first.tell(pykka.messages.ProxyCall(attr_path=("no_such_handler",), args=(), kwargs={}))
     assert first.actor_stopped.wait(3)
-    rig.peers.remove("deployer")
+    rig.peers.remove(Role.DEPLOYER)
     rig.start()  # the supervisor's restart: same registry, journal shows d-1 running
     rig.body.release.set()
     assert rig.result()["success"] is True  # not "interrupted": the run was still alive

@@ -17,8 +17,8 @@ from actors.commands import images as docker_images
 from actors.commands import networks as docker_networks
 from actors.commands import volumes as docker_volumes
 from actors.commands.networks import network_element
+from actors.commands.registry import HANDLERS as GATEWAY_HANDLERS
 from actors.commands.tools import DockerTools, succeeded
-from actors.docker_gateway import HANDLERS as GATEWAY_HANDLERS
 from messages.common import RawJson
 from messages.docker import CommandFailed, CommandSucceeded
 from messages.images import ListImages, PruneImages, RemoveImage
@@ -61,7 +61,7 @@ def rejected(text: str) -> str:
 
 @pytest.mark.parametrize("name", sorted(ALL_COMMANDS))
 def test_every_command_is_decoded_routed_and_handled(name: str) -> None:
-    from actors.connection import ROUTES
+    from messages.families import ROUTES
 
     payload = {
         "remove_image": {"image_id": "abc"},

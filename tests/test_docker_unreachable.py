@@ -31,9 +31,10 @@ from actors.event_streamer import EventCursor, EventStreamerActor
 from actors.host.docker_access import diagnose
 from actors.link.websocket import LinkSettings
 from actors.status import health_verdict
-from agent_cli import main
+from agent_cli import EVENT_SUBSCRIBERS, LINK_SUBSCRIBERS, main
 from messages.common import Ping, Secret
 from messages.docker import DescribeHost, HostDescribed
+from messages.roles import Role
 from messages.status import DockerStatus
 from messages.tokens import GetToken, TokenInfo
 from tests.support.agent_harness import running_agent
@@ -161,8 +162,8 @@ def test_gateway_reports_docker_state_to_status_and_logs_the_problem_once(
     scheduler = FakeScheduler(clock)
     peers = Peers()
     status, connection = ProbeHandle(), ProbeHandle()
-    peers.set("status", status.ref)
-    peers.set("connection", connection.ref)
+    peers.set(Role.STATUS, status.ref)
+    peers.set(Role.CONNECTION, connection.ref)
     ref = DockerGatewayActor.start(
         make_ctx(peers, scheduler, clock, child_id="docker_gateway"),
         docker_host=f"unix://{path}",
@@ -206,6 +207,7 @@ def test_event_streamer_logs_a_broken_stream_once_then_at_a_backoff(
         make_ctx(Peers(), scheduler, clock, child_id="event_streamer"),
         docker_host=f"unix://{path}",
         cursor=EventCursor(clock.time_ns()),
+        event_subscribers=EVENT_SUBSCRIBERS,
         client_factory=lambda: docker.APIClient(base_url=f"unix://{path}", version="1.41"),
     )
 
@@ -265,18 +267,19 @@ def test_connection_logs_the_same_failure_once_then_at_a_backoff(
             else None
         )
     )
-    peers.set("docker_gateway", gateway.ref)
-    peers.set("token_store", tokens.ref)
+    peers.set(Role.DOCKER_GATEWAY, gateway.ref)
+    peers.set(Role.TOKEN_STORE, tokens.ref)
     ref = ConnectionActor.start(
         make_ctx(peers, scheduler, clock, child_id="connection"),
         settings=LinkSettings(url="ws://127.0.0.1:9/api/agent/ws"),
         identity=IDENT,
         reconnect_initial=1.0,
         reconnect_max=4.0,
+        link_subscribers=LINK_SUBSCRIBERS,
         link_factory=FakeLink,  # type: ignore[arg-type]
         rng=random.Random(3),
     )
-    peers.set("connection", ref)
+    peers.set(Role.CONNECTION, ref)
     error = "failed to get Docker info: permission denied while trying to connect"
     counts = []
     for _ in range(20):  # every attempt fails the same way, at most 4 s apart: 80 s

@@ -13,6 +13,7 @@ from typing import Any
 import docker
 import pytest
 
+from messages.roles import Role
 from tests.support.agent_harness import REGISTRATION_TOKEN, RunningAgent, running_agent
 from tests.support.daemon import PrivateDockerd
 from tests.support.waiting import wait_for
@@ -183,21 +184,21 @@ def test_hub_drop_reconnects_with_backoff_and_the_operation_still_completes(
     hub.refuse(True)
     hub.drop()
     hub.wait_disconnected()
-    wait_for(lambda: agent.supervisor.peers.get("connection") is not None, 1, "connection")
+    wait_for(lambda: agent.supervisor.peers.get(Role.CONNECTION) is not None, 1, "connection")
     hub.refuse(False)
     hub.wait_registered(count=2, timeout=15)
     reply = hub.wait_response(request, timeout=30)
     assert reply.ok and reply.data["status"] == "stopped"
 
 
-@pytest.mark.parametrize("role", ["docker_gateway", "connection", "event_streamer"])
+@pytest.mark.parametrize("role", [Role.DOCKER_GATEWAY, Role.CONNECTION, Role.EVENT_STREAMER])
 def test_a_crashed_actor_is_restarted_and_the_agent_keeps_serving(
-    agent: RunningAgent, role: str, make_container: Any
+    agent: RunningAgent, role: Role, make_container: Any
 ) -> None:
     before = agent.supervisor.peers.get(role)
     agent.crash(role)
     wait_for(lambda: agent.supervisor.peers.get(role) not in (None, before), 10, "a restart")
-    if role == "connection":
+    if role is Role.CONNECTION:
         agent.hub.wait_registered(count=2)
     c = make_container(GRACEFUL)
     assert agent.hub.container_op("inspect", c.id[:12]).ok
@@ -276,7 +277,7 @@ def test_events_survive_event_streamer_crashes_exactly_once(
     made = []
     for round_ in range(4):
         made.append(make_container(GRACEFUL))
-        agent.crash("event_streamer")
+        agent.crash(Role.EVENT_STREAMER)
         made[-1].kill()
         made.append(make_container(GRACEFUL, start=round_ % 2 == 0))
     last = made[-1]

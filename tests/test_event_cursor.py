@@ -18,7 +18,10 @@ import pytest
 
 from actors.base import Peers
 from actors.event_streamer import EventCursor, EventStreamerActor
+from agent_cli import EVENT_SUBSCRIBERS
+from messages.common import Ping
 from messages.docker import ContainerEventObserved, EventsReplay, Resubscribe
+from messages.roles import Role, Subscriber
 from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
 from tests.support.waiting import wait_for
 
@@ -214,14 +217,15 @@ def test_the_streamer_resubscribes_with_the_cursors_since_and_forwards_each_even
     scheduler = FakeScheduler(clock)
     connection, gateway = ProbeHandle(), ProbeHandle()
     peers = Peers()
-    peers.set("connection", connection.ref)
-    peers.set("docker_gateway", gateway.ref)
+    peers.set(Role.CONNECTION, connection.ref)
+    peers.set(Role.DOCKER_GATEWAY, gateway.ref)
     cursor = EventCursor(T0 + 400)
     client = _EventsClient()
     ref = EventStreamerActor.start(
         make_ctx(peers, scheduler, clock, child_id="event_streamer"),
         docker_host="unix:///nowhere",
         cursor=cursor,
+        event_subscribers=EVENT_SUBSCRIBERS,
         client_factory=lambda: client,  # type: ignore[arg-type,return-value]
     )
     try:
@@ -257,3 +261,50 @@ def test_the_streamer_resubscribes_with_the_cursors_since_and_forwards_each_even
     assert stream.closed.is_set()
     assert not [m for m in connection.received if isinstance(m, ContainerEventObserved)]
     assert [e.seq for e in cursor.unconfirmed()] == [1, 2, 3, 4]
+
+
+def test_the_streamer_tells_each_event_to_the_subscribers_it_is_given_in_order(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The fan-out is the composition root's list: an optional subscriber that is not running
+    misses events quietly, a required one is a dead letter, a role not listed gets nothing."""
+    caplog.set_level(logging.WARNING, logger="actors.base")
+    clock = FakeClock()
+    scheduler = FakeScheduler(clock)
+    stats, connection = ProbeHandle(), ProbeHandle()
+    peers = Peers()
+    peers.set(Role.STATS, stats.ref)
+    peers.set(Role.CONNECTION, connection.ref)  # running, but not a subscriber here
+    client = _EventsClient()
+    ref = EventStreamerActor.start(
+        make_ctx(peers, scheduler, clock, child_id="event_streamer"),
+        docker_host="unix:///nowhere",
+        cursor=EventCursor(T0),
+        event_subscribers=(
+            Subscriber(Role.SHELL, optional=True),  # not running: no dead letter
+            Subscriber(Role.STATS),
+            Subscriber(Role.DOCKER_GATEWAY),  # not running: a dead letter
+        ),
+        client_factory=lambda: client,  # type: ignore[arg-type,return-value]
+    )
+    try:
+        _, stream = client.subscriptions.get(timeout=5)
+        stream.items.put(_raw(event(T0 + 100, "a")))
+        assert stats.expect(ContainerEventObserved).container_id == "a"
+        ref.ask(Ping(), timeout=5)
+        assert not [m for m in connection.received if isinstance(m, ContainerEventObserved)]
+        dead = [r.getMessage() for r in caplog.records if "dead letter" in r.getMessage()]
+        assert dead == ["dead letter: ContainerEventObserved for docker_gateway (not running)"]
+    finally:
+        ref.stop()
+        stats.ref.stop()
+        connection.ref.stop()
+
+
+def test_the_composition_root_fans_events_out_to_connection_gateway_and_stats() -> None:
+    """Today's wiring: only the gateway must run (the others are features that may be off)."""
+    assert (
+        Subscriber(Role.CONNECTION, optional=True),
+        Subscriber(Role.DOCKER_GATEWAY),
+        Subscriber(Role.STATS, optional=True),
+    ) == EVENT_SUBSCRIBERS

@@ -20,6 +20,7 @@ import websocket
 
 from actors.event_streamer import EventStreamerActor
 from actors.telemetry import streams as stats_streams
+from messages.roles import Role
 from tests.support.agent_harness import RunningAgent, running_agent
 from tests.support.daemon import PrivateDockerd
 from tests.support.faults import FaultRig
@@ -47,13 +48,13 @@ def rig(
 # --- 1. exceptions inside actors -------------------------------------------------------------
 
 ROLES = [
-    "token_store", "status", "docker_gateway", "connection", "event_streamer", "updater",
-    "deployer",
+    Role.TOKEN_STORE, Role.STATUS, Role.DOCKER_GATEWAY, Role.CONNECTION, Role.EVENT_STREAMER,
+    Role.UPDATER, Role.DEPLOYER,
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_an_exception_in_any_actor_handler(rig: FaultRig, role: str) -> None:
+def test_an_exception_in_any_actor_handler(rig: FaultRig, role: Role) -> None:
     rig.workload()
     before = rig.agent.supervisor.peers.get(role)
     rig.agent.crash(role)
@@ -77,10 +78,12 @@ def test_an_exception_in_on_start_is_retried(
         original(self)
 
     monkeypatch.setattr(EventStreamerActor, "on_start", flaky)
-    before = rig.agent.supervisor.peers.get("event_streamer")
-    rig.agent.crash("event_streamer")
+    before = rig.agent.supervisor.peers.get(Role.EVENT_STREAMER)
+    rig.agent.crash(Role.EVENT_STREAMER)
     wait_for(
-        lambda: failures and rig.agent.supervisor.peers.get("event_streamer") not in (None, before),
+        lambda: (
+            failures and rig.agent.supervisor.peers.get(Role.EVENT_STREAMER) not in (None, before)
+        ),
         10,
         "a restart after the failed one",
     )
@@ -392,17 +395,17 @@ def test_an_actor_crashing_every_time_stops_the_agent_non_zero(
     while agent.supervisor.exit_code is None and len(crashed) < 10:
         wait_for(
             lambda: (
-                peers.get("docker_gateway") not in (None, *crashed)
+                peers.get(Role.DOCKER_GATEWAY) not in (None, *crashed)
                 or agent.supervisor.exit_code is not None
             ),
             10,
             "a fresh gateway (or the end)",
         )
-        ref = peers.get("docker_gateway")
+        ref = peers.get(Role.DOCKER_GATEWAY)
         if agent.supervisor.exit_code is None and ref is not None:
             crashed.append(ref)
             with contextlib.suppress(pykka.ActorDeadError):
-                agent.crash("docker_gateway")
+                agent.crash(Role.DOCKER_GATEWAY)
     wait_for(lambda: agent.supervisor.exit_code is not None, 10, "the supervisor to give up")
     assert agent.supervisor.exit_code == 1
     assert len(crashed) == 6  # the 6th crash within 30 s exceeds 5 restarts

@@ -13,9 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors.rules.policy import Policy
+from messages.families import FRAME_DECODERS, GENERIC_DECODERS
 from messages.wire import (
-    FRAME_DECODERS,
-    GENERIC_DECODERS,
     AuthRejected,
     AuthSucceeded,
     IgnoredFrame,

@@ -31,6 +31,7 @@ from messages.docker import (
     StartContainer,
     StopContainer,
 )
+from messages.roles import Role
 from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
 
 WAIT = 5.0
@@ -124,7 +125,7 @@ def start_gateway(docker_fake: GatedDocker, workers: int) -> Rig:
     clock = FakeClock()
     peers = Peers()
     connection = ProbeHandle()
-    peers.set("connection", connection.ref)
+    peers.set(Role.CONNECTION, connection.ref)
     gateway = DockerGatewayActor.start(
         make_ctx(peers, FakeScheduler(clock), clock, child_id="docker_gateway"),
         docker_host="unix:///nowhere",

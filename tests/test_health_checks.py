@@ -27,7 +27,6 @@ import requests
 import urllib3
 
 from actors.base import Peers, SystemClock, ThreadScheduler
-from actors.connection import ROUTES
 from actors.health_checks import (
     CheckSchedule,
     HealthCheckActor,
@@ -37,6 +36,7 @@ from actors.health_checks import (
     result_payload,
 )
 from messages.common import Ping, RawJson
+from messages.families import ROUTES
 from messages.health import (
     MAX_HEALTH_CHECKS,
     BadConfig,
@@ -51,6 +51,7 @@ from messages.health import (
     parse_sync,
 )
 from messages.outbound import EventOut, LinkStateChanged
+from messages.roles import Role
 from messages.wire import IgnoredFrame, decode_frame
 from tests.support.agent_harness import REGISTRATION_TOKEN, running_agent
 from tests.support.daemon import PrivateDockerd
@@ -416,7 +417,7 @@ def test_frames_decode_to_typed_messages_routed_to_health_checks() -> None:
     )
     assert gone == RemoveHealthCheck(container_id=CID)
     for kind in (SyncHealthChecks, SetHealthCheck, RemoveHealthCheck):
-        assert ROUTES[kind] == "health_checks"
+        assert ROUTES[kind] is Role.HEALTH_CHECKS
     empty = decode_frame('{"type":"health_check_configs_sync","payload":{"configs":[]}}')
     assert empty == SyncHealthChecks(configs=RawJson("[]"), count=0)
 
@@ -848,7 +849,7 @@ def make_rig() -> Iterator[Callable[..., Rig]]:
         scheduler = FakeScheduler(clock)
         connection = ProbeHandle()
         peers = Peers()
-        peers.set("connection", connection.ref)
+        peers.set(Role.CONNECTION, connection.ref)
         checker = ScriptedChecker()
         memory = memory or HealthCheckMemory()
         ref = HealthCheckActor.start(
@@ -967,7 +968,7 @@ def test_twenty_slowloris_targets_cannot_starve_a_healthy_check(server: LocalSer
     slow = [Slowloris() for _ in range(20)]
     connection = ProbeHandle()
     peers = Peers()
-    peers.set("connection", connection.ref)
+    peers.set(Role.CONNECTION, connection.ref)
     clock = SystemClock()
     scheduler = ThreadScheduler(clock)
     configs = [
@@ -1168,7 +1169,7 @@ def test_e2e_checks_survive_a_crash_of_the_actor(
         with running_agent(tmp_path / "data", dockerd.base_url, hub=hub) as agent:
             hub.wait_registered()
             hub.wait_event(lambda e: e["command"] == "health_check_result")
-            agent.crash("health_checks")
+            agent.crash(Role.HEALTH_CHECKS)
             count = len(hub_results(hub))
             hub.wait_until(lambda: len(hub_results(hub)) >= count + 2, 10, "results after crash")
             assert hub.connection_count == 1  # no reconnect (that would resend the configs)

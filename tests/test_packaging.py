@@ -83,3 +83,38 @@ def test_the_installed_wheel_imports_every_module_of_the_checkout(tmp_path: Path
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_every_third_party_package_the_code_imports_is_a_declared_dependency() -> None:
+    """Not merely present because another dependency pulls it in (requests came with docker)."""
+    import ast
+    import tomllib
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    own = {"actors", "messages", *TOP_LEVEL}
+    imported: set[str] = set()
+    for module in checkout_modules():
+        parts = module.split(".")
+        path = REPO_ROOT.joinpath(*parts).with_suffix(".py")
+        if not path.exists():
+            path = REPO_ROOT.joinpath(*parts, "__init__.py")
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - own - set(sys.stdlib_module_names) - {"__future__"}
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    declared = {
+        canonicalize_name(Requirement(r).name) for r in pyproject["project"]["dependencies"]
+    }
+    distributions = metadata.packages_distributions()
+    undeclared = {
+        name
+        for name in third_party
+        if not {canonicalize_name(d) for d in distributions.get(name, [name])} & declared
+    }
+    assert third_party and undeclared == set()

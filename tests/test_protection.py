@@ -15,7 +15,6 @@ import docker
 import docker.errors
 import pytest
 
-from actors.connection import ROUTES
 from actors.rules.policy import CHANGES, CHANGES_NOTHING, Guard, Policy, Refused, Target
 from messages.docker import (
     ACTION_NAMES,
@@ -24,6 +23,7 @@ from messages.docker import (
     StartContainer,
     StopContainer,
 )
+from messages.families import ROUTES
 from messages.networks import DeleteNetwork
 from messages.shell import StartShell
 from messages.updates import SelfUpdate, UpdateContainer

@@ -41,6 +41,7 @@ from messages.docker import (
 from messages.images import RemoveImage
 from messages.networks import DeleteNetwork
 from messages.outbound import EventOut
+from messages.roles import Role
 from messages.shell import StartShell
 from messages.updates import SelfUpdate, UpdateContainer
 from tests.support.agent_harness import RunningAgent, running_agent
@@ -169,7 +170,7 @@ def _self_update(_agent: RunningAgent, make: ContainerFactory, client: docker.Do
     """The in-process agent has no container of its own: the Updater plays one that has."""
     kept = make(GRACEFUL, name=f"keep-agent-{uuid.uuid4().hex[:6]}")
     clock, peers, connection = FakeClock(), Peers(), ProbeHandle()
-    peers.set("connection", connection.ref)
+    peers.set(Role.CONNECTION, connection.ref)
     settings = UpdaterSettings(
         docker_host=_agent.config.docker_host,
         data_path=str(Path(_agent.config.data_path) / "updater"),
@@ -298,7 +299,7 @@ def test_a_container_op_acts_on_the_container_that_was_checked(
     name, free, kept, swap = swapped_pair
     client = RenameAfterInspect(dockerd.base_url, name, swap)
     clock, peers, connection = FakeClock(), Peers(), ProbeHandle()
-    peers.set("connection", connection.ref)
+    peers.set(Role.CONNECTION, connection.ref)
     ref = DockerGatewayActor.start(
         make_ctx(peers, FakeScheduler(clock), clock, child_id="docker_gateway"),
         docker_host=dockerd.base_url,
@@ -336,7 +337,7 @@ def test_a_shell_opens_in_the_container_that_was_checked(
             return self.api
 
     clock, peers, connection = FakeClock(), Peers(), ProbeHandle()
-    peers.set("connection", connection.ref)
+    peers.set(Role.CONNECTION, connection.ref)
     ref = ShellActor.start(
         make_ctx(peers, FakeScheduler(clock), clock, child_id="shell"),
         docker_host=dockerd.base_url,

@@ -21,7 +21,6 @@ import docker
 import docker.errors
 import pytest
 
-from actors.connection import ROUTES
 from messages import references
 from messages.common import RawJson
 from messages.docker import (
@@ -37,6 +36,7 @@ from messages.docker import (
     StartContainer,
     StopContainer,
 )
+from messages.families import ROUTES
 from messages.health import (
     BadConfig,
     HealthCheckConfig,

@@ -43,6 +43,7 @@ from messages.connection import (
 )
 from messages.docker import DescribeHost, HostDescribed, HostInfo
 from messages.outbound import EventOut
+from messages.roles import Role
 from messages.tokens import GetToken, TokenInfo
 from messages.updates import SelfUpdate
 from tests.support.fakes import FakeClock, FakeLink, FakeScheduler, ProbeHandle, make_ctx
@@ -418,8 +419,8 @@ def conn() -> Iterator[tuple[pykka.ActorRef[Any], FakeScheduler, ProbeHandle]]:
         )
     )
     gateway = ProbeHandle()
-    peers.set("token_store", tokens.ref)
-    peers.set("docker_gateway", gateway.ref)
+    peers.set(Role.TOKEN_STORE, tokens.ref)
+    peers.set(Role.DOCKER_GATEWAY, gateway.ref)
     ref = ConnectionActor.start(
         make_ctx(peers, scheduler, clock, child_id="connection"),
         settings=LinkSettings(url="ws://127.0.0.1:9/api/agent/ws"),
@@ -434,6 +435,7 @@ def conn() -> Iterator[tuple[pykka.ActorRef[Any], FakeScheduler, ProbeHandle]]:
         ),
         reconnect_initial=1.0,
         reconnect_max=8.0,
+        link_subscribers=agent_cli.LINK_SUBSCRIBERS,
         link_factory=FinishingLink,  # type: ignore[arg-type]
         rng=random.Random(1),
     )

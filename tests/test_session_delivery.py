@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from actors.session.delivery import Confirmed, Delivery
+from messages.roles import Role
 
 
 def test_frames_are_numbered_and_a_pong_confirms_every_frame_up_to_its_number() -> None:
@@ -25,9 +26,9 @@ def test_a_pong_confirms_events_and_tracked_events_to_their_owners_once() -> Non
     d = Delivery(outbox_limit=10)
     d.sent("e7", event_seq=7)
     d.sent("plain")
-    d.sent("deploy", receipt=("deployer", "d-1"))
+    d.sent("deploy", receipt=(Role.DEPLOYER, "d-1"))
     d.sent("e8", event_seq=8)
-    assert d.confirm(3) == Confirmed(events=(7,), receipts=(("deployer", "d-1"),))
+    assert d.confirm(3) == Confirmed(events=(7,), receipts=((Role.DEPLOYER, "d-1"),))
     assert d.confirm(3) == Confirmed()
     assert d.confirm_all() == Confirmed(events=(8,))
     assert d.unconfirmed == 0
@@ -36,10 +37,10 @@ def test_a_pong_confirms_events_and_tracked_events_to_their_owners_once() -> Non
 def test_each_event_is_sent_once_per_link() -> None:
     d = Delivery(outbox_limit=10)
     assert d.claim_event(1) and not d.claim_event(1) and d.claim_event(2)
-    assert d.claim_tracked(("deployer", "k")) and not d.claim_tracked(("deployer", "k"))
-    assert d.claim_tracked(("updater", "k"))  # keys are per owner
+    assert d.claim_tracked((Role.DEPLOYER, "k")) and not d.claim_tracked((Role.DEPLOYER, "k"))
+    assert d.claim_tracked((Role.UPDATER, "k"))  # keys are per owner
     d.link_lost()
-    assert d.claim_event(1) and d.claim_tracked(("deployer", "k"))  # a new link: again
+    assert d.claim_event(1) and d.claim_tracked((Role.DEPLOYER, "k"))  # a new link: again
 
 
 def test_a_lost_link_requeues_unconfirmed_plain_frames_first_and_in_order() -> None:
@@ -47,7 +48,7 @@ def test_a_lost_link_requeues_unconfirmed_plain_frames_first_and_in_order() -> N
     for n in range(4):
         d.sent(f"f{n}")
     d.sent("event", event_seq=1)  # the EventStreamer replays it
-    d.sent("tracked", receipt=("deployer", "d"))  # the Deployer sends it again
+    d.sent("tracked", receipt=(Role.DEPLOYER, "d"))  # the Deployer sends it again
     d.confirm(1)
     d.awaiting_replay = True
     assert d.link_lost() == 5  # unconfirmed, events included

@@ -24,6 +24,7 @@ from actors.rules.policy import Policy
 from actors.shell import ExecStream, ShellActor, raw_socket
 from messages.common import Ping
 from messages.outbound import EventOut, LinkStateChanged
+from messages.roles import Role
 from messages.shell import (
     CloseShell,
     ResizeShell,
@@ -212,7 +213,7 @@ class Rig:
     ) -> None:
         self.connection = ProbeHandle()
         self.peers = Peers()
-        self.peers.set("connection", self.connection.ref)
+        self.peers.set(Role.CONNECTION, self.connection.ref)
         clock = FakeClock()
         self.backends: list[FakeBackend] = []
         self.next_backend: FakeBackend | None = None

@@ -21,8 +21,10 @@ import pytest
 from actors.base import ActorContext, Peers, SupervisedActor
 from actors.connection import ConnectionActor
 from actors.link.websocket import LinkSettings
+from agent_cli import LINK_SUBSCRIBERS
 from messages.common import Ping, Secret
 from messages.docker import DescribeHost, HostDescribed, HostInfo
+from messages.roles import Role
 from messages.tokens import GetToken, TokenInfo
 from messages.wire import AgentIdentity
 from supervisor import ChildSpec, Supervisor
@@ -64,7 +66,7 @@ class EagerGateway(SupervisedActor):
     def handle(self, message: Any) -> Any:
         if isinstance(message, DescribeHost):
             host = HostInfo(engine_id="ENGINE:ID", daemon_name="d")
-            self.ctx.peers.tell("connection", HostDescribed(attempt=message.attempt, info=host))
+            self.ctx.peers.tell(Role.CONNECTION, HostDescribed(attempt=message.attempt, info=host))
             self._answered.set()
         return None
 
@@ -80,6 +82,7 @@ def test_the_host_description_reaches_a_connection_not_yet_published() -> None:
             identity=IDENT,
             reconnect_initial=1.0,
             reconnect_max=8.0,
+            link_subscribers=LINK_SUBSCRIBERS,
             link_factory=FakeLink,  # type: ignore[arg-type]
             rng=random.Random(1),
         )
@@ -90,9 +93,9 @@ def test_the_host_description_reaches_a_connection_not_yet_published() -> None:
     clock = FakeClock()
     sup = Supervisor(
         [
-            ChildSpec("token_store", lambda ctx: Tokens.start(ctx)),
-            ChildSpec("docker_gateway", lambda ctx: EagerGateway.start(ctx, answered)),
-            ChildSpec("connection", connection),
+            ChildSpec(Role.TOKEN_STORE, lambda ctx: Tokens.start(ctx)),
+            ChildSpec(Role.DOCKER_GATEWAY, lambda ctx: EagerGateway.start(ctx, answered)),
+            ChildSpec(Role.CONNECTION, connection),
         ],
         scheduler=FakeScheduler(clock),  # no timer ever fires: no describe timeout to rescue it
         clock=clock,
@@ -100,7 +103,7 @@ def test_the_host_description_reaches_a_connection_not_yet_published() -> None:
     try:
         assert sup.ref is not None
         sup.ref.ask(Ping(), timeout=10)  # answered after its on_start started every child
-        ref = sup.peers.get("connection")
+        ref = sup.peers.get(Role.CONNECTION)
         assert ref is not None
         ref.ask(Ping(), timeout=5)  # a barrier: the held HostDescribed is in its inbox before
         assert FakeLink.instances, "the Connection never dialled: HostDescribed was lost"
@@ -120,12 +123,12 @@ def test_peers_hold_messages_for_a_starting_role_and_deliver_them_in_order() -> 
             return None
 
     peers = Peers()
-    peers.reserve("sink")
-    assert peers.tell("sink", 1) is True
-    assert peers.tell("sink", 2) is True
+    peers.reserve(Role.STATUS)
+    assert peers.tell(Role.STATUS, 1) is True
+    assert peers.tell(Role.STATUS, 2) is True
     ref = Sink.start()
-    peers.set("sink", ref)
-    assert peers.tell("sink", 3) is True
+    peers.set(Role.STATUS, ref)
+    assert peers.tell(Role.STATUS, 3) is True
     ref.ask(Ping(), timeout=5)
     assert received == [1, 2, 3]
 
@@ -134,8 +137,8 @@ def test_a_cancelled_reservation_drops_what_it_held_as_dead_letters(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     peers = Peers()
-    peers.reserve("sink")
-    assert peers.tell("sink", Ping()) is True
-    peers.remove("sink")
-    assert "dead letter: Ping for sink (it failed to start)" in caplog.text
-    assert peers.tell("sink", Ping()) is False
+    peers.reserve(Role.STATUS)
+    assert peers.tell(Role.STATUS, Ping()) is True
+    peers.remove(Role.STATUS)
+    assert "dead letter: Ping for status (it failed to start)" in caplog.text
+    assert peers.tell(Role.STATUS, Ping()) is False

@@ -17,6 +17,7 @@ from actors.stats import StatsActor, StatsSettings
 from messages.common import Ping, Secret
 from messages.docker import ContainerEventObserved
 from messages.outbound import EventOut, LinkStateChanged, RawFrameOut
+from messages.roles import Role
 from messages.stats import HostStatsTick
 from messages.tokens import GetToken, TokenInfo
 from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
@@ -147,8 +148,8 @@ def start_rig(tmp_path: Path, kind: str = "permanent", host: bool = True) -> Rig
             else None
         )
     )
-    peers.set("connection", connection.ref)
-    peers.set("token_store", token_store.ref)
+    peers.set(Role.CONNECTION, connection.ref)
+    peers.set(Role.TOKEN_STORE, token_store.ref)
     ingests: list[FakeIngest] = []
 
     def make_ingest(settings: LinkSettings, token: Secret, *, backoff: Any) -> FakeIngest:

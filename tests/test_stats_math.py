@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from actors.telemetry.stats_math import (
-    CpuReading,
     HostRoots,
     HostStatsSampler,
     blkio_totals,
@@ -30,6 +29,7 @@ from actors.telemetry.stats_math import (
     round1,
     working_set,
 )
+from messages.stats import CpuReading
 from tests.support.hub_events import container_stats_problem
 
 # A real streamed sample from dockerd 20.10 (API 1.41, cgroup v1, 2 CPUs): busybox spinning one

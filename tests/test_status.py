@@ -16,6 +16,7 @@ from actors.base import Peers
 from actors.status import StatusReporterActor, health_verdict, read_status
 from agent_cli import main
 from messages.common import Ping
+from messages.roles import Role
 from messages.status import EventForwarded, FlushStatus, WriteFailed
 from messages.timefmt import rfc3339_nano
 from tests.support.agent_harness import running_agent
@@ -75,7 +76,7 @@ def test_status_file_follows_the_connection_and_healthcheck_reports_it(
         assert main(["healthcheck", *args]) == 0
         assert "healthy: registered with DockMon" in capsys.readouterr().out
 
-        agent.crash("docker_gateway")
+        agent.crash(Role.DOCKER_GATEWAY)
         wait_for(lambda: _status(data).get("actor_restarts") == 1, 10, "a counted restart")
 
         hub.refuse(True)

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import pykka
 import pytest
@@ -30,6 +30,7 @@ import pytest
 from actors.base import ActorContext, Peers, SupervisedActor
 from actors.errors import FatalError, TransientError
 from messages.common import Ping, Pong
+from messages.roles import Role
 from messages.supervision import ChildFailed, RestartChildren
 from supervisor import ChildSpec, Restart, Strategy, Supervisor
 from tests.support.fakes import FakeClock, FakeScheduler
@@ -149,6 +150,12 @@ class Sink(pykka.ThreadingActor):
         return None
 
 
+def child_role(name: str) -> Role:
+    """These tests give children made-up names ("a", "b", ...): the supervisor and Peers treat a
+    role as an opaque name (a StrEnum is a str), so one outside the agent's roles is fine here."""
+    return cast(Role, name)
+
+
 def worker_spec(
     journal: Journal,
     child_id: str,
@@ -162,7 +169,11 @@ def worker_spec(
         return Worker.start(ctx, journal, fail_start=fail_start, hold_start=hold_start)
 
     return ChildSpec(
-        child_id, factory, restart=restart, shutdown_timeout=3.0, start_timeout=start_timeout
+        child_role(child_id),
+        factory,
+        restart=restart,
+        shutdown_timeout=3.0,
+        start_timeout=start_timeout,
     )
 
 
@@ -189,7 +200,7 @@ class Rig:
         return result
 
     def ref(self, child_id: str) -> pykka.ActorRef[Any]:
-        ref = self.peers.get(child_id)
+        ref = self.peers.get(child_role(child_id))
         assert ref is not None, f"{child_id} is not running"
         return ref
 
@@ -291,7 +302,7 @@ def test_children_start_in_order_each_confirmed_and_stop_in_reverse(
     assert journal.ids("stop") == ["c", "b", "a"]
     assert all_stopped(refs)
     assert rig.sup.exit_code == 0
-    assert [rig.peers.get(c) for c in "abc"] == [None, None, None]
+    assert [rig.peers.get(child_role(c)) for c in "abc"] == [None, None, None]
 
 
 def test_a_child_failing_in_on_start_fails_the_start_and_stops_earlier_children_in_reverse(
@@ -311,7 +322,7 @@ def test_a_child_failing_in_on_start_fails_the_start_and_stops_earlier_children_
     assert journal.ids("start") == ["a", "b", "c"]  # d is never created
     assert ("ping", "c", 1) not in journal.entries()
     assert journal.ids("stop") == ["b", "a"]
-    assert [rig.peers.get(c) for c in "abcd"] == [None] * 4
+    assert [rig.peers.get(child_role(c)) for c in "abcd"] == [None] * 4
     assert "c failed to start" in caplog.text
 
 
@@ -328,7 +339,7 @@ def test_a_child_that_does_not_confirm_its_start_in_time_fails_the_start(
         assert rig.sup.wait(5) == 1
         assert "slow failed to start: no answer within 0.25s" in rig.sup.exit_reason
         assert journal.ids("stop") == ["a"]
-        assert rig.peers.get("slow") is None
+        assert rig.peers.get(child_role("slow")) is None
     finally:
         release.set()  # let the stuck on_start return so the actor can process its stop
 
@@ -359,7 +370,7 @@ def test_one_for_one_replaces_a_crashed_child_with_a_fresh_instance(
     rig.crash("b")
 
     assert rig.generations() == {"a": 1, "c": 1}
-    assert rig.peers.get("b") is None
+    assert rig.peers.get(child_role("b")) is None
     assert not before["b"].is_alive()
     ids, delay = rig.restart_timer()
     assert (ids, delay) == (("b",), 1.0)  # the first restart waits restart_delay[0]
@@ -375,7 +386,7 @@ def test_one_for_one_replaces_a_crashed_child_with_a_fresh_instance(
     assert new_b.actor_urn != before["b"].actor_urn
     assert new_b.ask(Identify(), timeout=3) != old_serial  # a new actor object
     assert new_b.ask(Ping(), timeout=3) == Pong(actor="b", generation=2)
-    assert rig.peers.tell("b", Identify()) is True
+    assert rig.peers.tell(child_role("b"), Identify()) is True
     # The siblings kept running untouched: same refs, never stopped or restarted.
     for c in "ac":
         assert rig.ref(c) is before[c]
@@ -460,7 +471,7 @@ def test_restart_intensity_exceeded_stops_everything_with_exit_code_1(
     assert "restart intensity exceeded" in rig.sup.exit_reason
     assert journal.ids("stop") == ["b"]
     assert not b.is_alive()
-    assert rig.peers.get("a") is None and rig.peers.get("b") is None
+    assert rig.peers.get(child_role("a")) is None and rig.peers.get(child_role("b")) is None
     assert rig.scheduler.pending(RestartChildren) == []
     assert any(
         r.levelno == logging.ERROR and "restart intensity exceeded" in r.getMessage()
@@ -579,7 +590,7 @@ def test_temporary_children_are_not_restarted(make_rig: MakeRig, journal: Journa
     assert rig.scheduler.pending() == []
     rig.scheduler.advance(60.0)
     assert rig.generations() == {"a": 1}
-    assert rig.peers.get("t") is None
+    assert rig.peers.get(child_role("t")) is None
     assert rig.ref("a") is a and a.is_alive()
     assert rig.sup.exit_code is None
 
@@ -698,9 +709,9 @@ def test_peers_tell_to_a_missing_role_is_a_logged_dead_letter(
     caplog.set_level(logging.WARNING, logger="actors.base")
     peers = Peers()
 
-    assert peers.tell("nobody", Ping()) is False
+    assert peers.tell(Role.SHELL, Ping()) is False
 
-    assert "dead letter: Ping for nobody" in caplog.text
+    assert "dead letter: Ping for shell" in caplog.text
 
 
 def test_peers_tell_to_a_dead_ref_is_a_logged_dead_letter(
@@ -709,28 +720,28 @@ def test_peers_tell_to_a_dead_ref_is_a_logged_dead_letter(
     caplog.set_level(logging.WARNING, logger="actors.base")
     peers = Peers()
     ref = Sink.start()
-    peers.set("sink", ref)
-    assert peers.tell("sink", Ping()) is True
+    peers.set(Role.STATUS, ref)
+    assert peers.tell(Role.STATUS, Ping()) is True
     ref.stop(block=True, timeout=3)
 
-    assert peers.tell("sink", Ping()) is False
+    assert peers.tell(Role.STATUS, Ping()) is False
 
-    assert "dead letter: Ping for sink" in caplog.text
-    with pytest.raises(TransientError, match="sink stopped"):
-        peers.ask("sink", Ping(), timeout=1)
-    with pytest.raises(TransientError, match="nobody is not running"):
-        peers.ask("nobody", Ping(), timeout=1)
+    assert "dead letter: Ping for status" in caplog.text
+    with pytest.raises(TransientError, match="status stopped"):
+        peers.ask(Role.STATUS, Ping(), timeout=1)
+    with pytest.raises(TransientError, match="shell is not running"):
+        peers.ask(Role.SHELL, Ping(), timeout=1)
 
 
 def test_peers_remove_with_a_stale_ref_keeps_the_new_one() -> None:
     peers = Peers()
     old, new = Sink.start(), Sink.start()
-    peers.set("sink", old)
-    peers.set("sink", new)
-    peers.remove("sink", old)
-    assert peers.get("sink") is new
-    peers.remove("sink", new)
-    assert peers.get("sink") is None
+    peers.set(Role.STATUS, old)
+    peers.set(Role.STATUS, new)
+    peers.remove(Role.STATUS, old)
+    assert peers.get(Role.STATUS) is new
+    peers.remove(Role.STATUS, new)
+    assert peers.get(Role.STATUS) is None
 
 
 def test_a_crash_of_the_supervisor_itself_stops_children_and_exits_1() -> None:
@@ -748,7 +759,7 @@ def test_a_crash_of_the_supervisor_itself_stops_children_and_exits_1() -> None:
         def handle(self, message: object) -> None:
             return None
 
-    sup = Supervisor([ChildSpec("child", lambda ctx: Child.start(ctx))]).start()
+    sup = Supervisor([ChildSpec(child_role("child"), lambda ctx: Child.start(ctx))]).start()
     assert started.wait(5)
     assert sup.ref is not None
     sup.ref.tell(pykka.messages.ProxyCall(attr_path=("no_such_method",), args=(), kwargs={}))

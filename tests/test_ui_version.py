@@ -21,6 +21,7 @@ from actors.base import Peers
 from actors.flows.context import FlowRegistry, UpdaterSettings
 from actors.updater import UpdaterActor
 from messages.docker import CommandFailed
+from messages.roles import Role
 from messages.updates import SelfUpdate
 from tests.support.agent_harness import running_agent
 from tests.support.daemon import PrivateDockerd
@@ -79,7 +80,7 @@ def test_a_refused_self_update_explains_itself_to_dockmon_and_in_the_log(
     clock = FakeClock()
     peers = Peers()
     connection = ProbeHandle()
-    peers.set("connection", connection.ref)
+    peers.set(Role.CONNECTION, connection.ref)
     ref = UpdaterActor.start(
         make_ctx(peers, FakeScheduler(clock), clock, child_id="updater"),
         settings=UpdaterSettings(

@@ -21,6 +21,7 @@ from actors.base import Peers
 from actors.docker_gateway import DockerGatewayActor
 from actors.runtime.pool import WorkerPool
 from messages.docker import ContainerOpSucceeded, StartContainer, StopContainer
+from messages.roles import Role
 from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
 from tests.support.waiting import wait_for
 
@@ -215,7 +216,7 @@ class StopBlocksClient:
 def test_the_gateway_runs_one_command_per_container_in_order_and_others_beside_it() -> None:
     clock = FakeClock()
     peers, connection = Peers(), ProbeHandle()
-    peers.set("connection", connection.ref)
+    peers.set(Role.CONNECTION, connection.ref)
     calls: list[tuple[str, str]] = []
     release = threading.Event()
     clients: list[StopBlocksClient] = []

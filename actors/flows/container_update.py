@@ -32,6 +32,7 @@ from actors.flows.context import FlowContext
 from actors.flows.pull_progress import PullError, PullProgress
 from actors.runtime.fsio import write_atomic
 from messages.references import short_id
+from messages.roles import Role
 from messages.status import WriteFailed
 from messages.updates import UpdateContainer
 
@@ -300,7 +301,7 @@ def run(
 
 def _journal_failed(fc: FlowContext, error: str) -> None:
     """Counted in status.json (``journal_write_failures``); the flow reports it itself."""
-    fc.tell("status", WriteFailed(what="journal", error=error))
+    fc.tell(Role.STATUS, WriteFailed(what="journal", error=error))
 
 
 def _progress(fc: FlowContext, report_id: str, stage: str, message: str) -> None:

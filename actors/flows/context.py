@@ -19,6 +19,7 @@ from actors.base import Clock, Peers
 from messages.common import RawJson
 from messages.docker import Reply
 from messages.outbound import EventOut
+from messages.roles import Role
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,17 +84,17 @@ class FlowContext:
             self._client = self._client_factory()
         return self._client
 
-    def tell(self, role: str, message: Any) -> bool:
+    def tell(self, role: Role, message: Any) -> bool:
         """Tell another actor (e.g. the Connection during a self-update hand-over)."""
         return self._peers.tell(role, message)
 
     def reply(self, reply: Reply) -> None:
         """Answer the request that started this flow (before any progress event)."""
-        self._peers.tell("connection", reply)
+        self._peers.tell(Role.CONNECTION, reply)
 
     def emit(self, command: str, payload: dict[str, Any]) -> None:
         """Send an event (``update_progress``, ``selfupdate_progress``, ...) to the backend."""
-        self._peers.tell("connection", EventOut(command=command, payload=RawJson.of(payload)))
+        self._peers.tell(Role.CONNECTION, EventOut(command=command, payload=RawJson.of(payload)))
 
     def close(self) -> None:
         if self._client is not None:

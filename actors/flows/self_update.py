@@ -44,6 +44,7 @@ from actors.flows.context import FlowContext, UpdaterSettings
 from actors.rules.image_refs import parse_image_ref
 from actors.runtime.fsio import create_exclusive, fsync_dir, write_json_atomic, write_temp
 from messages.connection import HandOver, ResumeAfterHandOver
+from messages.roles import Role
 from messages.updates import SelfUpdate
 
 log = logging.getLogger(__name__)
@@ -287,7 +288,7 @@ def _failed(fc: FlowContext, stage: str, error: str) -> None:
 
 
 def _tell_connection(fc: FlowContext, message: HandOver | ResumeAfterHandOver) -> None:
-    fc.tell("connection", message)
+    fc.tell(Role.CONNECTION, message)
 
 
 def _docker_text(exc: Exception) -> str:

@@ -168,6 +168,10 @@ class _BoundedWebSocket(websocket.WebSocket):
         self.frame_buffer = _BoundedFrameBuffer(self._recv, limit)
         self.cont_frame = _BoundedMessages(limit)
 
+    def connect(self, url: str, **options: Any) -> None:
+        """websocket-client's ``connect``, typed (its own is unannotated)."""
+        websocket.WebSocket.connect(self, url, **options)
+
 
 class WebSocketLink:
     """One connection attempt: a reader thread and a writer thread around one WebSocket."""

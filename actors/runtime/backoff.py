@@ -24,7 +24,7 @@ _MAX_EXPONENT = 32
 
 def exponential(initial: float, maximum: float, attempt: int) -> float:
     """The delay before retry ``attempt`` (0: the first): ``min(maximum, initial * 2**attempt)``."""
-    return min(maximum, initial * 2 ** min(max(attempt, 0), _MAX_EXPONENT))
+    return min(maximum, initial * float(2 ** min(max(attempt, 0), _MAX_EXPONENT)))
 
 
 class Backoff:

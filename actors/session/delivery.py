@@ -16,10 +16,12 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 
+from messages.roles import Role
+
 log = logging.getLogger(__name__)
 
 #: an event another actor owns and resends until confirmed: (owner role, its key)
-Receipt = tuple[str, str]
+Receipt = tuple[Role, str]
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import pykka
 
 import agent_config
 from agent_cli import build_specs, link_settings_for, shutdown_deadline
+from messages.roles import Role
 from supervisor import Supervisor
 from tests.support.hub import FakeHub
 
@@ -29,7 +30,7 @@ class RunningAgent:
     def token_file(self) -> Path:
         return Path(self.config.data_path) / "permanent_token"
 
-    def crash(self, role: str) -> None:
+    def crash(self, role: Role) -> None:
         """Make ``role``'s current actor raise inside a handler (a tell, so it dies)."""
         ref = self.supervisor.peers.get(role)
         assert ref is not None, f"{role} is not running"

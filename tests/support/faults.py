@@ -27,6 +27,7 @@ from typing import Any
 
 import docker
 
+from messages.roles import Role
 from tests.support.agent_harness import RunningAgent
 from tests.support.waiting import wait_for
 
@@ -122,7 +123,7 @@ class FaultRig:
             timeout,
             "the hub to have every event",
         )
-        ref = self.agent.supervisor.peers.get("connection")
+        ref = self.agent.supervisor.peers.get(Role.CONNECTION)
         if ref is not None:
             wait_for(lambda: ref.proxy().unconfirmed.get(timeout=5) == 0, timeout, "pongs")
 

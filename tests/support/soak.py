@@ -37,10 +37,12 @@ from actors.link.websocket import LinkSettings
 from actors.stats import StatsActor, StatsSettings
 from actors.status import StatusReporterActor
 from actors.token_store import TokenStoreActor
+from agent_cli import EVENT_SUBSCRIBERS, LINK_SUBSCRIBERS
 from messages.common import Ping, Secret
 from messages.connection import FrameReceived, LinkOpened, PongReceived, ReaderStopped
 from messages.docker import HostInfo
 from messages.health import CheckOutcome, HealthCheckConfig
+from messages.roles import Role
 from messages.wire import AgentIdentity
 from supervisor import ChildSpec, Supervisor
 from tests.support.fakes import FakeClock, FakeLink, FakeScheduler
@@ -60,7 +62,6 @@ IDENT = AgentIdentity(
 HOST = HostInfo(engine_id="ENGINE:SOAK", daemon_name="soak", docker_version="20.10")
 AUTH_OK = '{"type":"auth_success","agent_id":"A1","host_id":"H1","permanent_token":"perm-A1"}'
 CONTAINERS = tuple(f"{n:012x}" * 1 + "0" * 52 for n in range(1, 6))
-ROLES = ("token_store", "docker_gateway", "connection", "event_streamer", "stats", "health_checks")
 
 
 def _health_sync(day: int) -> str:
@@ -266,7 +267,7 @@ class MonthRig:
 
         return [
             ChildSpec(
-                "token_store",
+                Role.TOKEN_STORE,
                 ctx_start(
                     TokenStoreActor,
                     data_path=self._data,
@@ -274,9 +275,11 @@ class MonthRig:
                     registration_token=Secret("reg-soak-0123456789"),
                 ),
             ),
-            ChildSpec("status", ctx_start(StatusReporterActor, data_path=self._data, version="s")),
             ChildSpec(
-                "docker_gateway",
+                Role.STATUS, ctx_start(StatusReporterActor, data_path=self._data, version="s")
+            ),
+            ChildSpec(
+                Role.DOCKER_GATEWAY,
                 ctx_start(
                     DockerGatewayActor,
                     docker_host="unix:///soak.sock",
@@ -286,27 +289,29 @@ class MonthRig:
                 ),
             ),
             ChildSpec(
-                "connection",
+                Role.CONNECTION,
                 ctx_start(
                     ConnectionActor,
                     settings=LinkSettings(url="ws://127.0.0.1:9/api/agent/ws"),
                     identity=IDENT,
                     reconnect_initial=0.1,
                     reconnect_max=1.0,
+                    link_subscribers=LINK_SUBSCRIBERS,
                     link_factory=FakeLink,
                 ),
             ),
             ChildSpec(
-                "event_streamer",
+                Role.EVENT_STREAMER,
                 ctx_start(
                     EventStreamerActor,
                     docker_host="unix:///soak.sock",
                     cursor=self.cursor,
+                    event_subscribers=EVENT_SUBSCRIBERS,
                     client_factory=lambda: FakeDockerEvents(self),
                 ),
             ),
             ChildSpec(
-                "stats",
+                Role.STATS,
                 ctx_start(
                     StatsActor,
                     settings=StatsSettings(docker_host="unix:///soak.sock", host_roots=None),
@@ -314,7 +319,7 @@ class MonthRig:
                 ),
             ),
             ChildSpec(
-                "health_checks",
+                Role.HEALTH_CHECKS,
                 # two workers: the pool shrinks after 30 s of *real* idle time, which a month
                 # simulated in seconds never gives it, so a pool free to grow to each burst's
                 # size would show as thread growth that has nothing to do with uptime
@@ -361,7 +366,7 @@ class MonthRig:
         return FakeLink.instances[-1]
 
     def connection(self) -> pykka.ActorRef[Any]:
-        ref = self.peers.get("connection")
+        ref = self.peers.get(Role.CONNECTION)
         assert ref is not None
         return ref
 
@@ -437,7 +442,7 @@ class MonthRig:
         for cid, token in opened.items():
             streams.on_sample(cid, token, SAMPLE)
 
-    def crash(self, role: str) -> None:
+    def crash(self, role: Role) -> None:
         ref = self.peers.get(role)
         if ref is not None:
             ref.tell(pykka.messages.ProxyCall(attr_path=("no_such_handler",), args=(), kwargs={}))
@@ -462,7 +467,7 @@ class MonthRig:
             self.reconnect()
         if n % round(DAY / self.step) == round(DAY / self.step) // 2:
             self.crash(
-                ("stats", "health_checks", "event_streamer", "docker_gateway")[
+                (Role.STATS, Role.HEALTH_CHECKS, Role.EVENT_STREAMER, Role.DOCKER_GATEWAY)[
                     (n // round(DAY / self.step)) % 4
                 ]
             )
