@@ -1,7 +1,9 @@
 """EventStreamer: owns the Docker event subscription (PROTOCOL §5.1).
 
-A reader thread iterates docker-py's event stream and tells each container event to the actor,
-which forwards it to the Connection (``container_event``) and the DockerGateway (cache upkeep).
+A reader thread iterates docker-py's event stream; each new container event is numbered by the
+cursor and told straight to the Connection (``container_event``): an actor hop on the way to
+the hub would buy nothing but latency (issue 13). The reader then tells the actor, which does
+the bookkeeping off that path: the DockerGateway's cache, the stats streams, the status.
 When the stream breaks — dockerd restarted, socket gone — the actor resubscribes with
 ``since=<last event time>`` and drops the events it already forwarded, so nothing is lost or sent
 twice. The resume point lives in an :class:`EventCursor` that survives actor restarts.
@@ -24,6 +26,8 @@ from actors.runtime.backoff import Backoff
 from actors.runtime.docker_client import client_factory as docker_clients
 from actors.runtime.threads import Guarded, HelperThread, tell_or_close, tell_quietly
 from messages.docker import (
+    CACHE_ACTIONS,
+    STATS_ACTIONS,
     ContainerEventObserved,
     DockerEventReceived,
     EventsConfirmed,
@@ -62,8 +66,16 @@ class EventCursor:
         with self._lock:
             return self.since_ns // 1_000_000_000
 
-    def accept(self, event: ContainerEventObserved) -> ContainerEventObserved | None:
-        """The event, numbered and kept until confirmed; None if it was already seen."""
+    def accept(
+        self,
+        event: ContainerEventObserved,
+        deliver: Callable[[ContainerEventObserved], object] | None = None,
+    ) -> ContainerEventObserved | None:
+        """The event, numbered and kept until confirmed; None if it was already seen.
+
+        ``deliver`` is called with the numbered event under the cursor's lock, so deliveries
+        follow the numbering even from two threads, and never cross a :meth:`replay`.
+        """
         key = event.key
         with self._lock:
             if key in self._seen_set or event.time_nano < self.since_ns - 1_000_000_000:
@@ -86,6 +98,8 @@ class EventCursor:
                         self._limit,
                         self.dropped,
                     )
+            if deliver is not None:
+                deliver(numbered)
             return numbered
 
     def confirm(self, seqs: tuple[int, ...]) -> None:
@@ -96,6 +110,12 @@ class EventCursor:
     def unconfirmed(self) -> tuple[ContainerEventObserved, ...]:
         with self._lock:
             return tuple(self._pending.values())
+
+    def replay(self, deliver: Callable[[tuple[ContainerEventObserved, ...]], object]) -> None:
+        """``deliver`` every unconfirmed event, under the lock: an event accepted (and
+        delivered) meanwhile is either in the replay or delivered after it, never before."""
+        with self._lock:
+            deliver(tuple(self._pending.values()))
 
 
 def _failure_class(reason: str) -> str:
@@ -162,12 +182,16 @@ class EventStreamerActor(SupervisedActor):
         self._last_forwarded_ns = 0
 
     def on_start(self) -> None:
+        # a restarted streamer: whatever its predecessor had not delivered, before the new
+        # reader tells the Connection anything
+        self._replay()
         self._subscribe()
-        self._replay()  # a restarted streamer: whatever its predecessor had not delivered
 
     def _replay(self) -> None:
-        replay = EventsReplay(events=self._cursor.unconfirmed())
-        self.ctx.peers.tell("connection", replay, optional=True)
+        peers = self.ctx.peers
+        self._cursor.replay(
+            lambda events: peers.tell("connection", EventsReplay(events=events), optional=True)
+        )
 
     def _release(self) -> None:
         if self._timer is not None:
@@ -178,19 +202,19 @@ class EventStreamerActor(SupervisedActor):
 
     def handle(self, message: Any) -> Any:
         match message:
-            case DockerEventReceived(generation=gen, event=event) if gen == self._generation:
-                if self._retry.failures:
-                    log.info("Docker event stream is back")
-                self._retry.reset()
-                self._end_log.clear()
-                numbered = self._cursor.accept(event)
-                if numbered is not None:
+            case DockerEventReceived(generation=gen, event=event):
+                if gen == self._generation:
+                    if self._retry.failures:
+                        log.info("Docker event stream is back")
+                    self._retry.reset()
+                    self._end_log.clear()
+                if event.seq:  # new: the reader numbered it and told the Connection already
                     self.forwarded += 1
-                    self.ctx.peers.tell("connection", numbered, optional=True)
-                    self.ctx.peers.tell("docker_gateway", numbered)
-                    # stats streams follow start/die events (§5.2)
-                    self.ctx.peers.tell("stats", numbered, optional=True)
-                    self._report(numbered)
+                    if event.action in CACHE_ACTIONS:
+                        self.ctx.peers.tell("docker_gateway", event)
+                    if event.action in STATS_ACTIONS:  # stats streams follow these (§5.2)
+                        self.ctx.peers.tell("stats", event, optional=True)
+                    self._report(event)
             case EventsConfirmed(seqs=seqs):
                 self._cursor.confirm(seqs)
             case ReplayEvents():
@@ -201,7 +225,7 @@ class EventStreamerActor(SupervisedActor):
                 self._subscribe()
             case PublishStatus():
                 self._publish()
-            case DockerEventReceived() | EventStreamEnded() | Resubscribe():
+            case EventStreamEnded() | Resubscribe():
                 pass  # from an older stream
             case _:
                 log.warning("EventStreamer ignored %s", type(message).__name__)
@@ -251,8 +275,14 @@ class EventStreamerActor(SupervisedActor):
             self._subscription.dispose()
 
     def _read(self, generation: int, since: int, subscription: Guarded[_Subscription]) -> None:
-        """The reader thread: tells each container event, then why the stream ended."""
-        ref = self.actor_ref
+        """The reader thread: each new container event to the Connection (numbered by the
+        cursor), every container event to the actor (seq 0: seen before), then why the stream
+        ended."""
+        ref, cursor, peers = self.actor_ref, self._cursor, self.ctx.peers
+
+        def deliver(numbered: ContainerEventObserved) -> None:
+            peers.tell("connection", numbered, optional=True)
+
         reason = "stream ended"
         try:
             client = self._client_factory()
@@ -268,7 +298,10 @@ class EventStreamerActor(SupervisedActor):
                 event = parse_event(raw)
                 if event is None:
                     continue
-                message = DockerEventReceived(generation=generation, event=event)
+                if subscription.closed:  # superseded: its events come from the next stream
+                    return
+                numbered = cursor.accept(event, deliver)
+                message = DockerEventReceived(generation=generation, event=numbered or event)
                 if not tell_or_close(ref, message, subscription):  # the actor is gone
                     return
         except Exception as exc:

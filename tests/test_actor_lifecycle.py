@@ -135,10 +135,13 @@ def test_event_streamer_whose_on_start_fails_stops_its_reader(
 ) -> None:
     client = FakeDockerClient()
 
-    def replay_fails(self: EventStreamerActor) -> None:
+    subscribe = EventStreamerActor._subscribe
+
+    def subscribe_then_fail(self: EventStreamerActor) -> None:
+        subscribe(self)
         raise RuntimeError("injected failure after the reader started")
 
-    monkeypatch.setattr(EventStreamerActor, "_replay", replay_fails)
+    monkeypatch.setattr(EventStreamerActor, "_subscribe", subscribe_then_fail)
     start_fails(
         lambda: EventStreamerActor.start(
             ctx("event_streamer"),

@@ -100,7 +100,36 @@ class _Finish:
 
 
 _FINISH = _Finish()
-_Outgoing = str | _Ping | _Finish
+#: a frame, a frame to confirm (text, its number), a ping, the close
+_Outgoing = str | tuple[str, int] | _Ping | _Finish
+
+
+class BurstPings:
+    """One confirmation ping per burst of frames, not one per frame (issue 13).
+
+    The writer reports each numbered frame it wrote; once its queue is empty it asks for the
+    ping to send: the number of the last frame written, if no ping carried it yet. WebSocket
+    frames are read in order, so that one pong confirms the whole burst. No threads, no I/O.
+    """
+
+    def __init__(self) -> None:
+        self._written = 0  # the number of the last numbered frame written
+        self._pinged = 0  # the largest number a ping carried
+
+    def wrote(self, ack: int) -> None:
+        self._written = max(self._written, ack)
+
+    def pinged(self, ack: int) -> None:
+        """A ping carrying ``ack`` went out (a keepalive, say): it confirms up to there too."""
+        self._pinged = max(self._pinged, ack)
+
+    def due(self, *, queue_empty: bool) -> int | None:
+        """The number the next ping must carry, now; None while more frames are queued or
+        everything written was pinged already."""
+        if not queue_empty or self._written <= self._pinged:
+            return None
+        self._pinged = self._written
+        return self._written
 
 
 class MessageTooBig(websocket.WebSocketProtocolException):
@@ -194,8 +223,10 @@ class WebSocketLink:
     def start(self) -> None:
         self._reader.start()
 
-    def send(self, text: str) -> None:
-        self._outgoing.put(text)
+    def send(self, text: str, ack: int = 0) -> None:
+        """Queue a frame; ``ack`` > 0 numbers a frame to confirm: the writer pings once the
+        burst it belongs to is written (:class:`BurstPings`)."""
+        self._outgoing.put((text, ack) if ack else text)
 
     def ping(self, ack: int) -> None:
         """A ping carrying ``ack``: its pong proves every frame sent before it was read."""
@@ -307,6 +338,7 @@ class WebSocketLink:
     def _write(self) -> None:
         ws = self._ws.resource
         assert ws is not None
+        pings = BurstPings()
         while (item := self._outgoing.get()) is not None:
             if isinstance(item, _Finish):
                 with contextlib.suppress(OSError, websocket.WebSocketException):
@@ -316,8 +348,14 @@ class WebSocketLink:
             try:
                 if isinstance(item, _Ping):
                     ws.ping(item.payload)
+                    pings.pinged(_ack_of(item.payload) or 0)
+                elif isinstance(item, tuple):
+                    ws.send(item[0])
+                    pings.wrote(item[1])
                 else:
                     ws.send(item)
+                if (ack := pings.due(queue_empty=self._outgoing.empty())) is not None:
+                    ws.ping(str(ack).encode())
             except (OSError, websocket.WebSocketException) as exc:
                 log.info("send failed: %s", exc)
                 self.close_from_thread()
