@@ -41,12 +41,13 @@ from actors.telemetry.stats_math import (
 )
 from actors.telemetry.streams import StatsStreams
 from messages.common import RawJson
-from messages.docker import ContainerEventObserved
+from messages.docker import STATS_ACTIONS, ContainerEventObserved
 from messages.outbound import EventOut, LinkStateChanged, RawFrameOut
 from messages.stats import (
     HostStatsTick,
     RetryListing,
     RunningContainersListed,
+    StatsBatch,
     StatsSampled,
     StatsStreamEnded,
 )
@@ -56,6 +57,10 @@ log = logging.getLogger(__name__)
 
 ADD_ACTIONS = frozenset({"start", "restart"})
 REMOVE_ACTIONS = frozenset({"die", "stop", "kill"})
+assert ADD_ACTIONS | REMOVE_ACTIONS == STATS_ACTIONS  # what the EventStreamer tells us
+#: the streams' loop gathers what is ready this long after a wake-up (fewer wake-ups; a sample
+#: a second per stream is never held up by more than this plus the batch interval)
+STREAMS_POLL_PAUSE = 0.1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,6 +120,16 @@ class StatsActor(SupervisedActor):
             on_sample=lambda cid, token, sample: _tell(
                 ref, StatsSampled(container_id=cid, token=token, reading=container_reading(sample))
             ),
+            poll_pause=STREAMS_POLL_PAUSE,
+            on_samples=lambda samples: _tell(
+                ref,
+                StatsBatch(
+                    samples=tuple(
+                        StatsSampled(container_id=c, token=t, reading=container_reading(s))
+                        for c, t, s in samples
+                    )
+                ),
+            ),
             on_ended=lambda cid, token, reason, gone: _tell(
                 ref, StatsStreamEnded(container_id=cid, token=token, reason=reason, gone=gone)
             ),
@@ -160,6 +175,9 @@ class StatsActor(SupervisedActor):
         match message:
             case StatsSampled():
                 self._sampled(message)
+            case StatsBatch(samples=samples):
+                for sampled in samples:
+                    self._sampled(sampled)
             case ContainerEventObserved():
                 self._container_event(message)
             case StatsStreamEnded():

@@ -51,6 +51,13 @@ class StatsSampled:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StatsBatch:
+    """The samples of every stream since the last batch (a fraction of a second), in order."""
+
+    samples: tuple[StatsSampled, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StatsStreamEnded:
     container_id: str
     token: int

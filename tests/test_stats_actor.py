@@ -36,8 +36,11 @@ class FakeStreams:
         on_ended: Any,
         on_listed: Any,
         api_version: str | None = None,
+        on_samples: Any = None,
+        poll_pause: float = 0.0,
     ) -> None:
         self.on_sample, self.on_ended, self.on_listed = on_sample, on_ended, on_listed
+        self.on_samples = on_samples
         self.opened: dict[str, int] = {}
         self.closed: list[str] = []
         self.listings: list[int] = []
@@ -192,6 +195,15 @@ def test_listing_opens_streams_and_each_sample_is_an_unbuffered_event(rig: Rig) 
     assert rig.ingests[0].offered == [msg.payload.text]  # same numbers to the ingest socket
 
 
+def test_a_batch_of_samples_is_one_event_each_in_order(rig: Rig) -> None:
+    rig.listed((C1, "one"), (C2, "two"))
+    opened = rig.streams.opened
+    rig.streams.on_samples(((C2, opened[C2], V1_SAMPLE), (C1, opened[C1], V1_SAMPLE)))
+    rig.sync()
+    assert [p["container_name"] for p in rig.stats_events()] == ["two", "one"]
+    assert len(rig.ingests[0].offered) == 2
+
+
 def test_events_start_and_stop_streams(rig: Rig) -> None:
     rig.listed()
     rig.tell(event(C1, "start", "a"), event(C2, "restart", "b"))
@@ -299,3 +311,35 @@ def test_ingest_gets_the_permanent_token_and_stops_with_the_actor(rig: Rig) -> N
     streams = rig.streams
     rig.ref.stop()
     assert ingest.stopped and streams.stopped
+
+
+def test_the_streams_hand_over_their_samples_in_one_batch_per_interval() -> None:
+    """StatsStreams' batching on its own loop, run here step by step (no thread started)."""
+    import asyncio
+
+    from actors.telemetry.streams import StatsStreams
+
+    batches: list[Any] = []
+
+    def not_batched(*_: Any) -> None:
+        raise AssertionError("a sample went out on its own")
+
+    streams = StatsStreams(
+        "unix:///nowhere",
+        on_sample=not_batched,
+        on_ended=lambda *_: None,
+        on_listed=lambda *_: None,
+        on_samples=batches.append,
+        batch_interval=0.0,
+    )
+    loop = streams._loop
+    try:
+        for n, cid in enumerate((C1, C2, C1)):
+            streams._sampled(cid, n, {"n": n})
+        assert batches == []  # held until the interval's timer runs
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert batches == [((C1, 0, {"n": 0}), (C2, 1, {"n": 1}), (C1, 2, {"n": 2}))]
+        streams._flush()  # nothing new: no empty batch
+        assert len(batches) == 1
+    finally:
+        loop.close()
