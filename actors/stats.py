@@ -44,6 +44,7 @@ from messages.common import RawJson
 from messages.docker import STATS_ACTIONS, ContainerEventObserved
 from messages.outbound import EventOut, LinkStateChanged, RawFrameOut
 from messages.stats import (
+    ApplyStreamChanges,
     HostStatsTick,
     RetryListing,
     RunningContainersListed,
@@ -61,6 +62,9 @@ assert ADD_ACTIONS | REMOVE_ACTIONS == STATS_ACTIONS  # what the EventStreamer t
 #: the streams' loop gathers what is ready this long after a wake-up (fewer wake-ups; a sample
 #: a second per stream is never held up by more than this plus the batch interval)
 STREAMS_POLL_PAUSE = 0.1
+#: stream opens and closes asked for by events wait this long and go together: off the event
+#: forwarding path, and a container that starts and dies within it never costs a stream
+STREAM_SETTLE = 0.5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +107,10 @@ class StatsActor(SupervisedActor):
         self._listing = 0  # current listing request; replies to older ones are stale
         self._listing_pending = False
         self._journal: list[ContainerEventObserved] = []  # events seen while listing
+        #: stream changes events asked for, applied together: id -> (closed, opened, name)
+        self._changes: dict[str, tuple[bool, bool, str]] = {}
+        self._changes_generation = 0
+        self._changes_timer: TimerHandle | None = None
         self._host_generation = 0
         self._host_timer: TimerHandle | None = None
         self._retry_timer: TimerHandle | None = None
@@ -188,11 +196,15 @@ class StatsActor(SupervisedActor):
                 self._request_listing()
             case HostStatsTick(generation=gen) if gen == self._host_generation:
                 self._host_tick()
+            case ApplyStreamChanges(generation=gen) if gen == self._changes_generation:
+                self._apply_changes()
             case LinkStateChanged(connected=True):
                 self._activate()
             case LinkStateChanged(connected=False):
                 self._deactivate()
-            case RunningContainersListed() | RetryListing() | HostStatsTick():
+            case (
+                RunningContainersListed() | RetryListing() | HostStatsTick() | ApplyStreamChanges()
+            ):
                 pass  # stale
             case _:
                 log.warning("StatsActor ignored %s", type(message).__name__)
@@ -221,6 +233,7 @@ class StatsActor(SupervisedActor):
         self._listing += 1
         self._listing_pending = False
         self._journal.clear()
+        self._drop_changes()
         self._host_generation += 1
         for timer in (self._host_timer, self._retry_timer):
             if timer is not None:
@@ -273,10 +286,37 @@ class StatsActor(SupervisedActor):
             return  # the listing at the next connect resyncs
         if self._listing_pending:
             self._journal.append(event)
-        if event.action in ADD_ACTIONS:
-            self._track(event.container_id, event.container_name)
-        elif event.action in REMOVE_ACTIONS:
-            self._untrack(event.container_id)
+        added, removed = event.action in ADD_ACTIONS, event.action in REMOVE_ACTIONS
+        if not (added or removed):
+            return
+        closed, _, name = self._changes.get(event.container_id, (False, False, ""))
+        self._changes[event.container_id] = (
+            closed or removed,
+            added,
+            event.container_name if added else name,
+        )
+        if self._changes_timer is None:
+            self._changes_timer = self.tell_self_later(
+                STREAM_SETTLE, ApplyStreamChanges(generation=self._changes_generation)
+            )
+
+    def _apply_changes(self) -> None:
+        """What the events since the last batch asked for: a stream closed if a die/stop/kill
+        came, (re)opened if the last word was a start/restart; start-then-die leaves none."""
+        changes = self._changes
+        self._drop_changes()
+        for cid, (closed, opened, name) in changes.items():
+            if closed:
+                self._untrack(cid)
+            if opened:
+                self._track(cid, name)
+
+    def _drop_changes(self) -> None:
+        self._changes = {}
+        self._changes_generation += 1
+        if self._changes_timer is not None:
+            self._changes_timer.cancel()
+            self._changes_timer = None
 
     def _track(self, container_id: str, name: str) -> None:
         current = self._tracked.get(container_id)

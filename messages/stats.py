@@ -80,6 +80,14 @@ class RetryListing:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ApplyStreamChanges:
+    """StatsActor-internal timer: open and close the streams the events of the last moment
+    asked for (``generation``: the current batch of changes)."""
+
+    generation: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HostStatsTick:
     """Every 2 s while connected: send one host stats frame."""
 

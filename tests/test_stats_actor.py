@@ -13,7 +13,7 @@ import pytest
 
 from actors.base import Peers
 from actors.link.websocket import LinkSettings
-from actors.stats import StatsActor, StatsSettings
+from actors.stats import STREAM_SETTLE, StatsActor, StatsSettings
 from messages.common import Ping, Secret
 from messages.docker import ContainerEventObserved
 from messages.outbound import EventOut, LinkStateChanged, RawFrameOut
@@ -103,6 +103,11 @@ class Rig:
     def tell(self, *messages: Any) -> None:
         for m in messages:
             self.ref.tell(m)
+        self.sync()
+
+    def settle(self) -> None:
+        """Let the stream changes the events asked for happen (they wait STREAM_SETTLE)."""
+        self.scheduler.advance(STREAM_SETTLE)
         self.sync()
 
     def listed(self, *containers: tuple[str, str]) -> None:
@@ -207,18 +212,35 @@ def test_a_batch_of_samples_is_one_event_each_in_order(rig: Rig) -> None:
 def test_events_start_and_stop_streams(rig: Rig) -> None:
     rig.listed()
     rig.tell(event(C1, "start", "a"), event(C2, "restart", "b"))
+    assert rig.streams.opened == {}  # off the forwarding path: together, a moment later
+    rig.settle()
     assert set(rig.streams.opened) == {C1, C2}
     for action in ("die", "stop", "kill"):
         rig.tell(event(C1, "start"))
+        rig.settle()
         rig.tell(event(C1, action))
+        rig.settle()
         assert C1 not in rig.streams.opened, action
     rig.tell(event(C2, "destroy"), event(C2, "pause"))  # not ours to act on
+    rig.settle()
     assert C2 in rig.streams.opened
+
+
+def test_a_container_that_starts_and_dies_within_the_moment_costs_no_stream(rig: Rig) -> None:
+    rig.listed((C2, "two"))
+    two = rig.streams.opened[C2]
+    rig.tell(event(C1, "start"), event(C1, "die"), event(C2, "die"), event(C2, "start"))
+    rig.settle()
+    assert C1 not in rig.streams.opened and C1 not in rig.streams.closed  # never opened
+    assert rig.streams.opened[C2] != two  # died and started again: a fresh stream
+    assert rig.streams.closed.count(C2) == 1
 
 
 def test_events_during_the_listing_win_over_it(rig: Rig) -> None:
     rig.tell(event(C3, "start", "three"), event(C1, "die"))
     rig.listed((C1, "one"), (C2, "two"))  # Docker answered before the events happened
+    assert set(rig.streams.opened) == {C2, C3}
+    rig.settle()  # the same events once more, from the batch: nothing changes
     assert set(rig.streams.opened) == {C2, C3}
 
 
@@ -226,8 +248,10 @@ def test_samples_of_closed_or_replaced_streams_are_dropped(rig: Rig) -> None:
     rig.listed((C1, "one"))
     old = rig.streams.opened[C1]
     rig.tell(event(C1, "die"))
+    rig.settle()
     rig.streams.on_sample(C1, old, V1_SAMPLE)
     rig.tell(event(C1, "start"))
+    rig.settle()
     rig.streams.on_sample(C1, old, V1_SAMPLE)  # late sample of the old stream
     rig.streams.on_ended(C1, old, "EOF", False)  # the old stream's end
     rig.sync()
@@ -238,6 +262,7 @@ def test_samples_of_closed_or_replaced_streams_are_dropped(rig: Rig) -> None:
     rig.streams.on_ended(C1, rig.streams.opened[C1], "EOF", False)
     rig.sync()
     rig.tell(event(C1, "start"))  # tracked again only on the next start
+    rig.settle()
     assert rig.streams.opened[C1] != old
 
 
@@ -246,6 +271,7 @@ def test_disconnect_closes_everything_and_reconnect_relists(rig: Rig) -> None:
     rig.tell(LinkStateChanged(connected=False))
     assert rig.streams.opened == {} and set(rig.streams.closed) == {C1, C2}
     rig.tell(event(C3, "start"))  # while down: nothing (the next listing resyncs)
+    rig.settle()
     assert rig.streams.opened == {}
     rig.scheduler.advance(10)
     frames = len(rig.host_frames())
