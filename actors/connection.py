@@ -585,13 +585,15 @@ class ConnectionActor(SupervisedActor):
 
         WebSocket frames are read in order, so the pong to a ping sent after frame N proves the
         backend read frames up to N. Unconfirmed frames go back to the outbox if the link dies:
-        at-least-once delivery. The writer pings as soon as the burst a frame belongs to is
-        written (one ping per burst, not per frame: issue 13), so a backend that read the frame
-        almost always read the ping and answered before any close of its own: a duplicate
-        needs the link to die between those two reads.
+        at-least-once delivery. The ping follows the burst a frame belongs to at once (one
+        ping per burst, not per frame: issue 13), so a backend that read the frame almost
+        always read the ping and answered before any close of its own: a duplicate needs the
+        link to die between those two reads. While the writer is idle the link writes frame
+        and ping from this thread, without blocking (``send_direct``).
         """
         assert self._link is not None
-        self._link.send(text, self._delivery.sent(text, event_seq=event_seq, receipt=receipt))
+        ack = self._delivery.sent(text, event_seq=event_seq, receipt=receipt)
+        self._link.send_direct(text, ack)  # no hand-off to the writer while it is idle
 
     def _send_event(self, event: ContainerEventObserved) -> None:
         """Events live in the EventStreamer's cursor until confirmed: never in our outbox.

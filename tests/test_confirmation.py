@@ -10,7 +10,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from typing import Any
+
+import websocket
 
 from actors.base import SystemClock
 from actors.event_streamer import EventCursor
@@ -159,3 +164,77 @@ def test_an_event_unconfirmed_at_a_drop_is_replayed_once() -> None:
     for e in cursor.unconfirmed():
         send(e)  # a second replay on the same link (a restarted streamer) sends nothing again
     assert sent == [2, 3]
+
+
+# --- a frame written directly while the writer is idle -----------------------------------------
+
+
+class DirectSocket:
+    """What send_direct needs of websocket-client's WebSocket, around a real socket pair."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.get_mask_key = lambda n: b"\0" * n  # a zero mask: the payload reads as sent
+
+
+class Started:
+    started = True
+
+
+def direct_link(sndbuf: int | None = None) -> tuple[WebSocketLink, socket.socket]:
+    ours, theirs = socket.socketpair()
+    if sndbuf is not None:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    link = WebSocketLink(LinkSettings(url="ws://127.0.0.1:1"), 1, "{}", None, SystemClock())  # type: ignore[arg-type]
+    assert link._ws.adopt(DirectSocket(ours))  # type: ignore[arg-type]
+    link._writer = Started()  # type: ignore[assignment]  # (no thread: the queue is inspected)
+    return link, theirs
+
+
+def queued(link: WebSocketLink) -> list[Any]:
+    items = []
+    while not link._outgoing.empty():
+        items.append(link._outgoing.get())
+    return items
+
+
+def test_an_idle_link_writes_the_frame_and_its_ping_at_once() -> None:
+    link, theirs = direct_link()
+    link.send_direct("e1", 7)
+    text = websocket.ABNF.create_frame("e1", websocket.ABNF.OPCODE_TEXT)
+    ping = websocket.ABNF.create_frame(b"7", websocket.ABNF.OPCODE_PING)
+    for frame in (text, ping):
+        frame.get_mask_key = lambda n: b"\0" * n
+    expected = text.format() + ping.format()
+    assert theirs.recv(1024) == expected
+    assert queued(link) == []
+
+
+def test_a_frame_behind_queued_ones_waits_its_turn() -> None:
+    link, theirs = direct_link()
+    link.send("older", 1)  # not written yet by the writer
+    link.send_direct("newer", 2)
+    assert queued(link) == [("older", 1), ("newer", 2)]
+    theirs.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        assert theirs.recv(1024) == b""  # nothing went out of order
+
+
+def test_what_the_socket_does_not_take_goes_first_through_the_writer() -> None:
+    link, theirs = direct_link(sndbuf=4096)
+    big = "x" * 60_000
+    link.send_direct(big, 1)
+    link.send_direct("next", 2)  # the rest of the big one is still unsent: this one queues
+    rest, nxt = queued(link)
+    assert type(rest).__name__ == "_Rest" and nxt == ("next", 2)
+    received = b""
+    theirs.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while chunk := theirs.recv(65536):
+            received += chunk
+    frame = websocket.ABNF.create_frame(big, websocket.ABNF.OPCODE_TEXT)
+    frame.get_mask_key = lambda n: b"\0" * n
+    ping = websocket.ABNF.create_frame(b"1", websocket.ABNF.OPCODE_PING)
+    ping.get_mask_key = lambda n: b"\0" * n
+    assert received + rest.data == frame.format() + ping.format()  # nothing lost, in order

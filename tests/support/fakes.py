@@ -185,6 +185,9 @@ class FakeLink:
         if ack:
             self.acks.append(ack)
 
+    def send_direct(self, text: str, ack: int) -> None:
+        self.send(text, ack)
+
     def ping(self, ack: int) -> None:
         self.pings += 1
         self.acks.append(ack)

@@ -146,6 +146,8 @@ class FakeStreams:
         on_ended: Any,
         on_listed: Any,
         api_version: str | None = None,
+        on_samples: Any = None,
+        poll_pause: float = 0.0,
     ) -> None:
         self.on_sample, self.on_listed = on_sample, on_listed
         self.opened: dict[str, int] = {}
