@@ -37,6 +37,7 @@ from actors.status import StatusReporterActor, health_verdict, read_status
 from actors.telemetry.stats_math import host_roots
 from actors.token_store import TokenStoreActor, check_data_dir, resolve_token
 from actors.updater import UpdaterActor
+from messages.docker import CACHE_ACTIONS, STATS_ACTIONS
 from messages.roles import Role, Subscriber
 from messages.wire import AgentIdentity
 from supervisor import ChildSpec, Supervisor
@@ -140,12 +141,13 @@ LINK_SUBSCRIBERS: tuple[Role, ...] = (
     Role.SHELL,
     Role.HEALTH_CHECKS,
 )
-#: told every new container event, in this order: the Connection sends it to DockMon, the gateway
-#: keeps its caches, stats streams follow start/die (§5.2); only the gateway must be running
+#: told each new container event first, from the EventStreamer's reader: sends it to DockMon
+EVENT_FORWARD = Subscriber(Role.CONNECTION, optional=True)
+#: told afterwards, off the forwarding path: the gateway keeps its caches, stats streams follow
+#: start/die (§5.2); only the gateway must be running
 EVENT_SUBSCRIBERS: tuple[Subscriber, ...] = (
-    Subscriber(Role.CONNECTION, optional=True),
-    Subscriber(Role.DOCKER_GATEWAY),
-    Subscriber(Role.STATS, optional=True),
+    Subscriber(Role.DOCKER_GATEWAY, actions=CACHE_ACTIONS),
+    Subscriber(Role.STATS, optional=True, actions=STATS_ACTIONS),
 )
 
 
@@ -250,6 +252,7 @@ def build_specs(
                 ctx,
                 docker_host=cfg.docker_host,
                 cursor=cursor,
+                forward_to=EVENT_FORWARD,
                 event_subscribers=EVENT_SUBSCRIBERS,
                 docker_api_version=cfg.docker_api_version,
             ),

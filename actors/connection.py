@@ -114,6 +114,10 @@ Inbox: TypeAlias = (
     | ContainerOpFailed
 )
 
+#: confirmed container events told to the EventStreamer at once beyond this many (else at the
+#: next tick, or when the link goes: always before the next ReplayEvents)
+CONFIRM_BATCH = 256
+
 
 @dataclass
 class _Stats:
@@ -154,6 +158,7 @@ class ConnectionActor(SupervisedActor):
         self._link: WebSocketLink | None = None
         self._token: TokenInfo | None = None
         self._delivery = Delivery(settings.outbox_limit)
+        self._events_confirmed: list[int] = []  # not yet told to the EventStreamer
         self._attempt_timer: TimerHandle | None = None
         self._tick_timer: TimerHandle | None = None
         self._last_heard = 0.0
@@ -528,6 +533,7 @@ class ConnectionActor(SupervisedActor):
         if link is None:
             return
         link.close()
+        self._flush_confirmed()  # before the next link's ReplayEvents: nothing confirmed is resent
         if unconfirmed := self._delivery.link_lost():
             log.info(
                 "%d sent messages were not confirmed by a pong; they go again on the next "
@@ -543,6 +549,7 @@ class ConnectionActor(SupervisedActor):
         self._tick_timer = self.tell_self_later(1.0, Tick(generation=self._attempt))
 
     def _tick(self) -> None:
+        self._flush_confirmed()
         if self._state is not LinkState.CONNECTED or self._link is None:
             return
         now = self.ctx.clock.monotonic()
@@ -580,13 +587,15 @@ class ConnectionActor(SupervisedActor):
 
         WebSocket frames are read in order, so the pong to a ping sent after frame N proves the
         backend read frames up to N. Unconfirmed frames go back to the outbox if the link dies:
-        at-least-once delivery. Every frame is followed by its own ping, in the same burst, so a
-        backend that read the frame almost always read the ping and answered before any close
-        of its own: a duplicate needs the link to die between those two reads.
+        at-least-once delivery. The ping follows the burst a frame belongs to at once (one
+        ping per burst, not per frame: issue 13), so a backend that read the frame almost
+        always read the ping and answered before any close of its own: a duplicate needs the
+        link to die between those two reads. While the writer is idle the link writes frame
+        and ping from this thread, without blocking (``send_direct``).
         """
         assert self._link is not None
-        self._link.send(text)
-        self._link.ping(self._delivery.sent(text, event_seq=event_seq, receipt=receipt))
+        ack = self._delivery.sent(text, event_seq=event_seq, receipt=receipt)
+        self._link.send_direct(text, ack)  # no hand-off to the writer while it is idle
 
     def _send_event(self, event: ContainerEventObserved) -> None:
         """Events live in the EventStreamer's cursor until confirmed: never in our outbox.
@@ -608,13 +617,22 @@ class ConnectionActor(SupervisedActor):
         self._transmit(text, receipt=receipt)
 
     def _confirmed(self, confirmed: Confirmed) -> None:
-        """Tell the owners of the events a pong confirmed."""
+        """Tell the owners of the events a pong confirmed.
+
+        Container events are told to the EventStreamer in batches (issue 13: not one message
+        per pong): at the next tick, beyond CONFIRM_BATCH, and whenever the link goes, so the
+        confirmation always precedes the ReplayEvents of the next link (one inbox, FIFO).
+        """
         for owner, key in confirmed.receipts:
             self.ctx.peers.tell(owner, EventDelivered(key=key), optional=True)
-        if confirmed.events:
-            self.ctx.peers.tell(
-                Role.EVENT_STREAMER, EventsConfirmed(seqs=confirmed.events), optional=True
-            )
+        self._events_confirmed += confirmed.events
+        if len(self._events_confirmed) >= CONFIRM_BATCH:
+            self._flush_confirmed()
+
+    def _flush_confirmed(self) -> None:
+        if self._events_confirmed:
+            seqs, self._events_confirmed = tuple(self._events_confirmed), []
+            self.ctx.peers.tell(Role.EVENT_STREAMER, EventsConfirmed(seqs=seqs), optional=True)
 
     def _bounded_reply(self, reply: Reply) -> str:
         """The reply's frame, or an error in its place if the backend could not read it: a

@@ -1,8 +1,11 @@
 """EventStreamer: owns the Docker event subscription (PROTOCOL §5.1).
 
-A reader thread iterates docker-py's event stream and tells each container event to the actor,
-which forwards it to its subscribers (given by the composition root: the Connection sends it as
-``container_event``, the DockerGateway keeps its caches, Stats follows start/die).
+A reader thread iterates docker-py's event stream; each new container event is numbered by the
+cursor and told straight to the subscriber the composition root names to forward it (the
+Connection, which sends it as ``container_event``): an actor hop on the way to the hub would buy
+nothing but latency (issue 13). The reader then tells the actor, which does the bookkeeping off
+that path: it tells the other subscribers (the DockerGateway's cache, the stats streams) the
+actions each asked for, and the status.
 When the stream breaks — dockerd restarted, socket gone — the actor resubscribes with
 ``since=<last event time>`` and drops the events it already forwarded, so nothing is lost or sent
 twice. The resume point lives in an :class:`EventCursor` that survives actor restarts.
@@ -74,8 +77,16 @@ class EventCursor:
         with self._lock:
             return self.since_ns // 1_000_000_000
 
-    def accept(self, event: ContainerEventObserved) -> ContainerEventObserved | None:
-        """The event, numbered and kept until confirmed; None if it was already seen."""
+    def accept(
+        self,
+        event: ContainerEventObserved,
+        deliver: Callable[[ContainerEventObserved], object] | None = None,
+    ) -> ContainerEventObserved | None:
+        """The event, numbered and kept until confirmed; None if it was already seen.
+
+        ``deliver`` is called with the numbered event under the cursor's lock, so deliveries
+        follow the numbering even from two threads, and never cross a :meth:`replay`.
+        """
         key = event.key
         with self._lock:
             if key in self._seen_set or event.time_nano < self.since_ns - 1_000_000_000:
@@ -98,6 +109,8 @@ class EventCursor:
                         self._limit,
                         self.dropped,
                     )
+            if deliver is not None:
+                deliver(numbered)
             return numbered
 
     def confirm(self, seqs: tuple[int, ...]) -> None:
@@ -108,6 +121,12 @@ class EventCursor:
     def unconfirmed(self) -> tuple[ContainerEventObserved, ...]:
         with self._lock:
             return tuple(self._pending.values())
+
+    def replay(self, deliver: Callable[[tuple[ContainerEventObserved, ...]], object]) -> None:
+        """``deliver`` every unconfirmed event, under the lock: an event accepted (and
+        delivered) meanwhile is either in the replay or delivered after it, never before."""
+        with self._lock:
+            deliver(tuple(self._pending.values()))
 
 
 def _failure_class(reason: str) -> str:
@@ -152,6 +171,7 @@ class EventStreamerActor(SupervisedActor):
         *,
         docker_host: str,
         cursor: EventCursor,
+        forward_to: Subscriber,
         event_subscribers: tuple[Subscriber, ...],
         client_factory: Callable[[], docker.APIClient] | None = None,
         retry_delay: tuple[float, float] = (0.2, 5.0),
@@ -160,7 +180,10 @@ class EventStreamerActor(SupervisedActor):
         super().__init__(ctx)
         self._docker_host = docker_host
         self._cursor = cursor
-        self._subscribers = event_subscribers  # told every new container event, in this order
+        # told each new container event from the reader thread, in the cursor's order
+        self._forward_to = forward_to
+        # told by the actor afterwards, in this order, the actions each asked for
+        self._subscribers = event_subscribers
         self._client_factory = client_factory or docker_clients(
             docker_host, timeout=30, api_version=docker_api_version
         )
@@ -176,12 +199,16 @@ class EventStreamerActor(SupervisedActor):
         self._last_forwarded_ns = 0
 
     def on_start(self) -> None:
+        # a restarted streamer: whatever its predecessor had not delivered, before the new
+        # reader tells the Connection anything
+        self._replay()
         self._subscribe()
-        self._replay()  # a restarted streamer: whatever its predecessor had not delivered
 
     def _replay(self) -> None:
-        replay = EventsReplay(events=self._cursor.unconfirmed())
-        self.ctx.peers.tell(Role.CONNECTION, replay, optional=True)
+        peers, to = self.ctx.peers, self._forward_to
+        self._cursor.replay(
+            lambda events: peers.tell(to.role, EventsReplay(events=events), optional=to.optional)
+        )
 
     def _release(self) -> None:
         if self._timer is not None:
@@ -195,17 +222,18 @@ class EventStreamerActor(SupervisedActor):
             log.warning("EventStreamer ignored %s", type(message).__name__)
             return None
         match message:
-            case DockerEventReceived(generation=gen, event=event) if gen == self._generation:
-                if self._retry.failures:
-                    log.info("Docker event stream is back")
-                self._retry.reset()
-                self._end_log.clear()
-                numbered = self._cursor.accept(event)
-                if numbered is not None:
+            case DockerEventReceived(generation=gen, event=event):
+                if gen == self._generation:
+                    if self._retry.failures:
+                        log.info("Docker event stream is back")
+                    self._retry.reset()
+                    self._end_log.clear()
+                if event.seq:  # new: the reader numbered it and told the Connection already
                     self.forwarded += 1
                     for sub in self._subscribers:
-                        self.ctx.peers.tell(sub.role, numbered, optional=sub.optional)
-                    self._report(numbered)
+                        if sub.actions is None or event.action in sub.actions:
+                            self.ctx.peers.tell(sub.role, event, optional=sub.optional)
+                    self._report(event)
             case EventsConfirmed(seqs=seqs):
                 self._cursor.confirm(seqs)
             case ReplayEvents():
@@ -216,7 +244,7 @@ class EventStreamerActor(SupervisedActor):
                 self._subscribe()
             case PublishStatus():
                 self._publish()
-            case DockerEventReceived() | EventStreamEnded() | Resubscribe():
+            case EventStreamEnded() | Resubscribe():
                 pass  # from an older stream
             case _:
                 assert_never(message)
@@ -266,8 +294,14 @@ class EventStreamerActor(SupervisedActor):
             self._subscription.dispose()
 
     def _read(self, generation: int, since: int, subscription: Guarded[_Subscription]) -> None:
-        """The reader thread: tells each container event, then why the stream ended."""
-        ref = self.actor_ref
+        """The reader thread: each new container event to ``forward_to`` (numbered by the
+        cursor), every container event to the actor (seq 0: seen before), then why the stream
+        ended."""
+        ref, cursor, peers, to = self.actor_ref, self._cursor, self.ctx.peers, self._forward_to
+
+        def deliver(numbered: ContainerEventObserved) -> None:
+            peers.tell(to.role, numbered, optional=to.optional)
+
         reason = "stream ended"
         try:
             client = self._client_factory()
@@ -283,7 +317,10 @@ class EventStreamerActor(SupervisedActor):
                 event = parse_event(raw)
                 if event is None:
                     continue
-                message = DockerEventReceived(generation=generation, event=event)
+                if subscription.closed:  # superseded: its events come from the next stream
+                    return
+                numbered = cursor.accept(event, deliver)
+                message = DockerEventReceived(generation=generation, event=numbered or event)
                 if not tell_or_close(ref, message, subscription):  # the actor is gone
                     return
         except Exception as exc:

@@ -41,13 +41,15 @@ from actors.telemetry.stats_math import (
 )
 from actors.telemetry.streams import StatsStreams
 from messages.common import RawJson
-from messages.docker import ContainerEventObserved
+from messages.docker import STATS_ACTIONS, ContainerEventObserved
 from messages.outbound import EventOut, LinkStateChanged, RawFrameOut
 from messages.roles import Role
 from messages.stats import (
+    ApplyStreamChanges,
     HostStatsTick,
     RetryListing,
     RunningContainersListed,
+    StatsBatch,
     StatsSampled,
     StatsStreamEnded,
 )
@@ -58,6 +60,8 @@ log = logging.getLogger(__name__)
 #: every message this actor accepts (besides Ping); anything else is logged and dropped
 Inbox: TypeAlias = (
     StatsSampled
+    | StatsBatch
+    | ApplyStreamChanges
     | ContainerEventObserved
     | StatsStreamEnded
     | RunningContainersListed
@@ -68,6 +72,13 @@ Inbox: TypeAlias = (
 
 ADD_ACTIONS = frozenset({"start", "restart"})
 REMOVE_ACTIONS = frozenset({"die", "stop", "kill"})
+assert ADD_ACTIONS | REMOVE_ACTIONS == STATS_ACTIONS  # what the EventStreamer tells us
+#: the streams' loop gathers what is ready this long after a wake-up (fewer wake-ups; a sample
+#: a second per stream is never held up by more than this plus the batch interval)
+STREAMS_POLL_PAUSE = 0.1
+#: stream opens and closes asked for by events wait this long and go together: off the event
+#: forwarding path, and a container that starts and dies within it never costs a stream
+STREAM_SETTLE = 0.5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,6 +121,10 @@ class StatsActor(SupervisedActor):
         self._listing = 0  # current listing request; replies to older ones are stale
         self._listing_pending = False
         self._journal: list[ContainerEventObserved] = []  # events seen while listing
+        #: stream changes events asked for, applied together: id -> (closed, opened, name)
+        self._changes: dict[str, tuple[bool, bool, str]] = {}
+        self._changes_generation = 0
+        self._changes_timer: TimerHandle | None = None
         self._host_generation = 0
         self._host_timer: TimerHandle | None = None
         self._retry_timer: TimerHandle | None = None
@@ -126,6 +141,16 @@ class StatsActor(SupervisedActor):
             api_version=self._settings.docker_api_version,
             on_sample=lambda cid, token, sample: _tell(
                 ref, StatsSampled(container_id=cid, token=token, reading=container_reading(sample))
+            ),
+            poll_pause=STREAMS_POLL_PAUSE,
+            on_samples=lambda samples: _tell(
+                ref,
+                StatsBatch(
+                    samples=tuple(
+                        StatsSampled(container_id=c, token=t, reading=container_reading(s))
+                        for c, t, s in samples
+                    )
+                ),
             ),
             on_ended=lambda cid, token, reason, gone: _tell(
                 ref, StatsStreamEnded(container_id=cid, token=token, reason=reason, gone=gone)
@@ -175,6 +200,9 @@ class StatsActor(SupervisedActor):
         match message:
             case StatsSampled():
                 self._sampled(message)
+            case StatsBatch(samples=samples):
+                for sampled in samples:
+                    self._sampled(sampled)
             case ContainerEventObserved():
                 self._container_event(message)
             case StatsStreamEnded():
@@ -185,11 +213,15 @@ class StatsActor(SupervisedActor):
                 self._request_listing()
             case HostStatsTick(generation=gen) if gen == self._host_generation:
                 self._host_tick()
+            case ApplyStreamChanges(generation=gen) if gen == self._changes_generation:
+                self._apply_changes()
             case LinkStateChanged(connected=True):
                 self._activate()
             case LinkStateChanged():  # disconnected
                 self._deactivate()
-            case RunningContainersListed() | RetryListing() | HostStatsTick():
+            case (
+                RunningContainersListed() | RetryListing() | HostStatsTick() | ApplyStreamChanges()
+            ):
                 pass  # stale
             case _:
                 assert_never(message)
@@ -218,6 +250,7 @@ class StatsActor(SupervisedActor):
         self._listing += 1
         self._listing_pending = False
         self._journal.clear()
+        self._drop_changes()
         self._host_generation += 1
         for timer in (self._host_timer, self._retry_timer):
             if timer is not None:
@@ -270,10 +303,37 @@ class StatsActor(SupervisedActor):
             return  # the listing at the next connect resyncs
         if self._listing_pending:
             self._journal.append(event)
-        if event.action in ADD_ACTIONS:
-            self._track(event.container_id, event.container_name)
-        elif event.action in REMOVE_ACTIONS:
-            self._untrack(event.container_id)
+        added, removed = event.action in ADD_ACTIONS, event.action in REMOVE_ACTIONS
+        if not (added or removed):
+            return
+        closed, _, name = self._changes.get(event.container_id, (False, False, ""))
+        self._changes[event.container_id] = (
+            closed or removed,
+            added,
+            event.container_name if added else name,
+        )
+        if self._changes_timer is None:
+            self._changes_timer = self.tell_self_later(
+                STREAM_SETTLE, ApplyStreamChanges(generation=self._changes_generation)
+            )
+
+    def _apply_changes(self) -> None:
+        """What the events since the last batch asked for: a stream closed if a die/stop/kill
+        came, (re)opened if the last word was a start/restart; start-then-die leaves none."""
+        changes = self._changes
+        self._drop_changes()
+        for cid, (closed, opened, name) in changes.items():
+            if closed:
+                self._untrack(cid)
+            if opened:
+                self._track(cid, name)
+
+    def _drop_changes(self) -> None:
+        self._changes = {}
+        self._changes_generation += 1
+        if self._changes_timer is not None:
+            self._changes_timer.cancel()
+            self._changes_timer = None
 
     def _track(self, container_id: str, name: str) -> None:
         current = self._tracked.get(container_id)

@@ -91,8 +91,9 @@ class Bench:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.daemon = PrivateDockerd()
-        self.hub = FakeHub()
-        self.floor_hub = FakeHub()  # the floor's own hub: requests go to it alone
+        # no hub pings: a relay frozen for the other's turn must not be dropped for a missed pong
+        self.hub = FakeHub(ping_interval=None)
+        self.floor_hub = FakeHub(ping_interval=None)  # the floor's own hub: requests go to it alone
         self.agent: subprocess.Popen[bytes] | None = None
         self.floor: subprocess.Popen[bytes] | None = None
         self.client: docker.DockerClient | None = None
@@ -173,13 +174,18 @@ class Bench:
     def only(self, which: str) -> Iterator[None]:
         """Freeze the other relay (SIGSTOP) so the two never compete for the CPU; keep phases
         short (the hub's pings and the agent's 40 s dead-link rule run on wall-clock time)."""
-        other = self.floor if which == "agent" else self.agent
-        assert other is not None
-        other.send_signal(signal.SIGSTOP)
+        others = [self.floor] if which == "agent" else [self.agent]
+        if which == "raw":  # a baseline process of its own: both relays wait
+            others.append(self.floor)
+        for other in others:
+            if other is not None:
+                other.send_signal(signal.SIGSTOP)
         try:
             yield
         finally:
-            other.send_signal(signal.SIGCONT)
+            for other in others:
+                if other is not None:
+                    other.send_signal(signal.SIGCONT)
 
     @property
     def pid(self) -> int:
@@ -279,21 +285,41 @@ def _wait_for_event(hub: FakeHub, container_id: str, action: str) -> None:
     )
 
 
+def _wait_quiet(hub: FakeHub, quiet: float = 0.5, timeout: float = 60) -> None:
+    """Until no event has reached ``hub`` for ``quiet`` seconds."""
+    deadline = time.monotonic() + timeout
+    count, since = len(hub.events), time.monotonic()
+    while time.monotonic() - since < quiet and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if len(hub.events) != count:
+            count, since = len(hub.events), time.monotonic()
+
+
 def event_latency(b: Bench, events: int, rounds: int = 4) -> list[Row]:
-    """Agent and floor take turns (the other frozen), ``rounds`` times, in one run."""
+    """Agent and floor take turns (the other frozen), ``rounds`` times, in one run; CPU per
+    event is each relay's user+sys time during its own turns over the events it relayed."""
     cycles = max(1, events // 4 // rounds)  # create, start, kill, die, destroy per cycle
     agent, floor, raw = [], [], []
+    agent_cpu = floor_cpu = 0.0
+    assert b.floor is not None
     for _ in range(rounds):
         with b.only("agent"):
-            added, raw_lat, _ = _events_added(b, b.hub, cycles)
+            before = proc_stats(b.pid).cpu_s
+            added, raw_lat, last_id = _events_added(b, b.hub, cycles)
+            agent_cpu += proc_stats(b.pid).cpu_s - before
             agent += added
             raw += raw_lat
+        # the floor was frozen during the agent's turn: let it drain that backlog first (dockerd
+        # may drop events for a subscriber that long frozen; the floor does not resubscribe)
+        _wait_quiet(b.floor_hub)
         with b.only("floor"):
+            before = proc_stats(b.floor.pid).cpu_s
             added, _, last_id = _events_added(b, b.floor_hub, cycles)
+            floor_cpu += proc_stats(b.floor.pid).cpu_s - before
             floor += added
-        # the agent was frozen during the floor's turn: let it drain that backlog first
         _wait_for_event(b.hub, last_id, "destroy")
     r50, r99 = pct(agent, 50) / pct(floor, 50), pct(agent, 99) / pct(floor, 99)
+    cpu_agent, cpu_floor = agent_cpu / max(1, len(agent)), floor_cpu / max(1, len(floor))
     return [
         Row(
             f"event latency added ({len(agent)} agent / {len(floor)} floor events)",
@@ -302,6 +328,68 @@ def event_latency(b: Bench, events: int, rounds: int = 4) -> list[Row]:
             "p50 <= 1.2x floor, p99 <= 1.5x floor",
             r50 <= 1.2 and r99 <= 1.5,
             f"agent/floor p50 {r50:.2f}, p99 {r99:.2f}; raw docker-py p50 {ms(pct(raw, 50))}",
+        ),
+        Row(
+            "CPU per event relayed (user+sys, own turns)",
+            f"{ms(cpu_agent)}/event",
+            f"floor {ms(cpu_floor)}/event",
+            "-",
+            None,
+            f"agent/floor {cpu_agent / cpu_floor if cpu_floor else float('nan'):.2f}",
+        ),
+    ]
+
+
+def stats_cpu(b: Bench, containers: int, seconds: float) -> list[Row]:
+    """CPU of the agent while ``containers`` running containers stream stats to the hub, beside
+    the raw streams alone (bench/stats_design.py's asyncio child: the same Docker streams,
+    decoded, turned into the payload and JSON-encoded, but no actors and no WebSocket)."""
+    made = b.containers(containers, start=True)
+    ids = {str(c.id) for c in made}
+
+    def streaming() -> set[str]:
+        return {
+            e["payload"]["container_id"]
+            for e in b.hub.events[-4 * containers :]
+            if e.get("command") == "container_stats"
+        }
+
+    wait_until(lambda: ids <= streaming(), 120, f"stats of {containers} containers at the hub")
+    time.sleep(2)  # past the streams' first samples; a measurement, not a test
+    count = len(b.hub.events)
+    before, t0 = proc_stats(b.pid).cpu_s, time.monotonic()
+    time.sleep(seconds)
+    agent_cpu, elapsed = proc_stats(b.pid).cpu_s - before, time.monotonic() - t0
+    samples = sum(1 for e in b.hub.events[count:] if e.get("command") == "container_stats")
+    agent_pct = 100 * agent_cpu / elapsed
+    ids_file = b.workdir / "stats-ids"
+    ids_file.write_text("\n".join(ids))
+    with b.only("raw"):
+        out = subprocess.run(
+            [sys.executable, str(REPO / "bench" / "stats_design.py"), "--child", "asyncio",
+             "--docker-host", b.daemon.base_url, "--ids-file", str(ids_file),
+             "--seconds", str(seconds), "--warmup", "3"],
+            check=True, capture_output=True, text=True, timeout=seconds + 120,
+        )  # fmt: skip
+    raw = json.loads(out.stdout.strip().splitlines()[-1])
+    raw_pct = 100 * raw["agent_cpu_s"] / raw["elapsed"]
+    b.clear()
+    # a loaded dockerd sends fewer than one sample a second per container: the verdict also
+    # holds the cost per sample to the full rate (containers samples a second)
+    per_sample = agent_cpu / max(1, samples)
+    at_full_rate = 100 * per_sample * containers
+    raw_per_sample = raw["agent_cpu_s"] / max(1, raw["samples"])
+    return [
+        Row(
+            f"stats: {containers} running containers streaming ({seconds:.0f} s)",
+            f"{agent_pct:.1f} % of one core, {samples / elapsed:.0f} samples/s",
+            f"raw streams {raw_pct:.1f} %, {raw['samples'] / raw['elapsed']:.0f} samples/s",
+            "<= 5 % of one core",
+            agent_pct <= 5 and at_full_rate <= 5,
+            f"CPU per sample {ms(per_sample)} (raw {ms(raw_per_sample)}), agent/raw "
+            f"{per_sample / raw_per_sample if raw_per_sample else float('nan'):.2f}; at "
+            f"{containers} samples/s: {at_full_rate:.1f} %. raw: the same streams decoded and "
+            "encoded, no actors, no WebSocket",
         )
     ]
 
@@ -557,8 +645,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument(
         "--only",
-        help="comma-separated subset: memory, latency, inspect, list, list1000, concurrency, "
-        "recovery, storm, soak",
+        help="comma-separated subset: memory, latency, stats, inspect, list, list1000, "
+        "concurrency, recovery, storm, soak",
     )
     args = parser.parse_args()
     smoke = args.smoke
@@ -569,6 +657,7 @@ def main() -> int:
         plan: list[tuple[str, Callable[[], list[Row]]]] = [
             ("memory", lambda: memory_idle(b)),
             ("latency", lambda: event_latency(b, 40 if smoke else 800, 2 if smoke else 4)),
+            ("stats", lambda: stats_cpu(b, 10 if smoke else 200, 3 if smoke else 15)),
             ("inspect", lambda: inspect_roundtrip(b, 20 if smoke else 500)),
             ("list", lambda: list_roundtrip(b, 10 if smoke else 200, 3 if smoke else 20)),
             ("list1000", lambda: list_roundtrip(b, 20 if smoke else 1000, 3 if smoke else 10)),

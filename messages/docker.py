@@ -174,6 +174,13 @@ class ContainerEventObserved:
         return (self.time_nano, self.container_id, self.action)
 
 
+#: the container actions the DockerGateway's cache follows (StartedAt, eviction)
+CACHE_ACTIONS = frozenset({"start", "restart", "destroy"})
+#: the container actions stats streams follow (PROTOCOL §5.2: start/restart add, die/stop/kill
+#: remove); the composition root asks the EventStreamer to tell the stats actor only these
+STATS_ACTIONS = frozenset({"start", "restart", "die", "stop", "kill"})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EventsConfirmed:
     """Connection -> EventStreamer: a pong proved the backend read these events."""
@@ -215,7 +222,10 @@ class DockerChecked:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DockerEventReceived:
-    """EventStreamer-internal: its reader thread read one container event."""
+    """EventStreamer-internal: its reader thread read one container event.
+
+    ``event.seq`` > 0: new, numbered by the cursor and already told to the Connection; 0: one
+    seen before (the overlap a ``since=`` resubscription replays)."""
 
     generation: int
     event: ContainerEventObserved

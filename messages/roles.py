@@ -29,7 +29,9 @@ class Subscriber:
     """A role an actor tells every item of a fan-out (the composition root lists them).
 
     ``optional``: the role may legitimately not run, so a message it misses is no dead letter.
+    ``actions``: the event actions it wants (None: all of them), for an event fan-out.
     """
 
     role: Role
     optional: bool = False
+    actions: frozenset[str] | None = None

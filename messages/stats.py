@@ -52,6 +52,13 @@ class StatsSampled:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StatsBatch:
+    """The samples of every stream since the last batch (a fraction of a second), in order."""
+
+    samples: tuple[StatsSampled, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StatsStreamEnded:
     container_id: str
     token: int
@@ -71,6 +78,14 @@ class RunningContainersListed:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryListing:
     request: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApplyStreamChanges:
+    """StatsActor-internal timer: open and close the streams the events of the last moment
+    asked for (``generation``: the current batch of changes)."""
+
+    generation: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

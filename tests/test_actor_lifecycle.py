@@ -19,7 +19,7 @@ from actors.base import ActorContext, Peers, SupervisedActor
 from actors.event_streamer import EventCursor, EventStreamerActor
 from actors.health_checks import HealthCheckActor, HealthCheckMemory
 from actors.stats import StatsActor, StatsSettings
-from agent_cli import EVENT_SUBSCRIBERS
+from agent_cli import EVENT_FORWARD, EVENT_SUBSCRIBERS
 from tests.support.fakes import FakeClock, FakeScheduler, make_ctx
 from tests.test_stats_actor import FakeStreams
 
@@ -136,15 +136,19 @@ def test_event_streamer_whose_on_start_fails_stops_its_reader(
 ) -> None:
     client = FakeDockerClient()
 
-    def replay_fails(self: EventStreamerActor) -> None:
+    subscribe = EventStreamerActor._subscribe
+
+    def subscribe_then_fail(self: EventStreamerActor) -> None:
+        subscribe(self)
         raise RuntimeError("injected failure after the reader started")
 
-    monkeypatch.setattr(EventStreamerActor, "_replay", replay_fails)
+    monkeypatch.setattr(EventStreamerActor, "_subscribe", subscribe_then_fail)
     start_fails(
         lambda: EventStreamerActor.start(
             ctx("event_streamer"),
             docker_host="unix:///nowhere",
             cursor=EventCursor(0),
+            forward_to=EVENT_FORWARD,
             event_subscribers=EVENT_SUBSCRIBERS,
             client_factory=lambda: client,  # type: ignore[arg-type,return-value]
         )
@@ -202,6 +206,7 @@ def test_a_stream_obtained_after_the_release_is_closed_at_once() -> None:
         ctx("event_streamer"),
         docker_host="unix:///nowhere",
         cursor=EventCursor(0),
+        forward_to=EVENT_FORWARD,
         event_subscribers=EVENT_SUBSCRIBERS,
         client_factory=lambda: client,  # type: ignore[arg-type,return-value]
     )

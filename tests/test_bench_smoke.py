@@ -27,8 +27,9 @@ def test_benchmarks_run_in_smoke_mode(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads(out.read_text())
     names = " | ".join(r["name"] for r in rows)
-    for expected in ("RSS idle", "event latency", "inspect round trip", "list_containers",
-                     "during a", "registered", "reconnect storm", "soak"):  # fmt: skip
+    for expected in ("RSS idle", "event latency", "CPU per event", "stats: ",
+                     "inspect round trip", "list_containers", "during a", "registered",
+                     "reconnect storm", "soak"):  # fmt: skip
         assert expected in names
     assert all(r["agent"] and r["target"] for r in rows)
     assert "benchmark" in proc.stdout  # the printed table

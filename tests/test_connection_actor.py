@@ -230,8 +230,25 @@ def test_container_events_come_from_the_streamer_replay_in_order(rig: Rig) -> No
     rig.barrier()
     assert [name_of(s) for s in link.sent] == ["c0", "c1", "c5", "c6"]
     rig.ref.tell(PongReceived(generation=link.generation, ack=4))
+    rig.advance(1)  # confirmations go to the streamer in batches, at the next tick
     confirmed = rig.streamer.expect(EventsConfirmed)
     assert confirmed.seqs == (1, 2, 6, 7)
+
+
+def test_pongs_confirm_in_one_batch_told_before_the_next_links_replay(rig: Rig) -> None:
+    link = rig.connect()
+    rig.streamer.expect(ReplayEvents)
+    rig.ref.tell(EventsReplay(events=()))
+    for n in range(3):
+        rig.ref.tell(event(n))
+        rig.ref.tell(PongReceived(generation=link.generation, ack=n + 1))  # a pong per event
+    rig.ref.tell(ReaderStopped(generation=link.generation, reason="dropped"))
+    rig.connect()
+    rig.streamer.ref.ask(Ping(), timeout=3)  # the probe's inbox is FIFO: everything is in
+    told = [m for m in rig.streamer.received if isinstance(m, EventsConfirmed | ReplayEvents)]
+    # one message for the three pongs, and it precedes the replay request of the new link
+    assert [type(m) for m in told] == [EventsConfirmed, ReplayEvents]
+    assert told[0].seqs == (1, 2, 3)  # type: ignore[union-attr]
 
 
 def test_unconfirmed_events_are_not_requeued_here_but_replayed(rig: Rig) -> None:
@@ -402,7 +419,7 @@ def test_frames_not_confirmed_by_a_pong_are_resent_in_order_after_a_drop(rig: Ri
     for n in range(3):
         rig.ref.tell(note(n))
     rig.barrier()
-    assert link.acks == [1, 2, 3]  # each frame is followed by its own ping
+    assert link.acks == [1, 2, 3]  # each frame numbered, for the link's burst ping
     rig.ref.tell(PongReceived(generation=link.generation, ack=1))  # pongs 2 and 3 never come
     rig.ref.tell(ReaderStopped(generation=link.generation, reason="silently dead"))
     again = rig.connect()

@@ -18,9 +18,15 @@ import pytest
 
 from actors.base import Peers
 from actors.event_streamer import EventCursor, EventStreamerActor
-from agent_cli import EVENT_SUBSCRIBERS
+from agent_cli import EVENT_FORWARD, EVENT_SUBSCRIBERS
 from messages.common import Ping
-from messages.docker import ContainerEventObserved, EventsReplay, Resubscribe
+from messages.docker import (
+    CACHE_ACTIONS,
+    STATS_ACTIONS,
+    ContainerEventObserved,
+    EventsReplay,
+    Resubscribe,
+)
 from messages.roles import Role, Subscriber
 from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
 from tests.support.waiting import wait_for
@@ -225,6 +231,7 @@ def test_the_streamer_resubscribes_with_the_cursors_since_and_forwards_each_even
         make_ctx(peers, scheduler, clock, child_id="event_streamer"),
         docker_host="unix:///nowhere",
         cursor=cursor,
+        forward_to=EVENT_FORWARD,
         event_subscribers=EVENT_SUBSCRIBERS,
         client_factory=lambda: client,  # type: ignore[arg-type,return-value]
     )
@@ -252,8 +259,12 @@ def test_the_streamer_resubscribes_with_the_cursors_since_and_forwards_each_even
             ("c", "start", 3),
             ("a", "die", 4),
         ]
-        forwarded = [gateway.expect(ContainerEventObserved).seq for _ in range(4)]
-        assert forwarded == [1, 2, 3, 4]
+        # the gateway gets the actions its cache follows (the starts; not the die), once each
+        forwarded = [gateway.expect(ContainerEventObserved).seq for _ in range(3)]
+        assert forwarded == [1, 2, 3]
+        ref.ask(Ping(), timeout=3)
+        gateway.ref.ask(Ping(), timeout=3)
+        assert not [m for m in gateway.received if isinstance(m, ContainerEventObserved)]
     finally:
         ref.stop()
         connection.ref.stop()
@@ -266,45 +277,56 @@ def test_the_streamer_resubscribes_with_the_cursors_since_and_forwards_each_even
 def test_the_streamer_tells_each_event_to_the_subscribers_it_is_given_in_order(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The fan-out is the composition root's list: an optional subscriber that is not running
+    """The fan-out is the composition root's list: the forwarding subscriber gets each event from
+    the reader, the others what their actions ask for; an optional subscriber that is not running
     misses events quietly, a required one is a dead letter, a role not listed gets nothing."""
     caplog.set_level(logging.WARNING, logger="actors.base")
     clock = FakeClock()
     scheduler = FakeScheduler(clock)
-    stats, connection = ProbeHandle(), ProbeHandle()
+    forward, stats, health, connection = ProbeHandle(), ProbeHandle(), ProbeHandle(), ProbeHandle()
     peers = Peers()
+    peers.set(Role.UPDATER, forward.ref)
     peers.set(Role.STATS, stats.ref)
+    peers.set(Role.HEALTH_CHECKS, health.ref)
     peers.set(Role.CONNECTION, connection.ref)  # running, but not a subscriber here
     client = _EventsClient()
     ref = EventStreamerActor.start(
         make_ctx(peers, scheduler, clock, child_id="event_streamer"),
         docker_host="unix:///nowhere",
         cursor=EventCursor(T0),
+        forward_to=Subscriber(Role.UPDATER),
         event_subscribers=(
             Subscriber(Role.SHELL, optional=True),  # not running: no dead letter
-            Subscriber(Role.STATS),
-            Subscriber(Role.DOCKER_GATEWAY),  # not running: a dead letter
+            Subscriber(Role.STATS, actions=frozenset({"start"})),
+            Subscriber(Role.DOCKER_GATEWAY),  # not running: a dead letter per event
+            Subscriber(Role.HEALTH_CHECKS),
         ),
         client_factory=lambda: client,  # type: ignore[arg-type,return-value]
     )
     try:
         _, stream = client.subscriptions.get(timeout=5)
         stream.items.put(_raw(event(T0 + 100, "a")))
-        assert stats.expect(ContainerEventObserved).container_id == "a"
+        stream.items.put(_raw(event(T0 + 200, "a", "die")))
+        assert [forward.expect(ContainerEventObserved).action for _ in range(2)] == ["start", "die"]
+        assert [health.expect(ContainerEventObserved).action for _ in range(2)] == ["start", "die"]
+        assert stats.expect(ContainerEventObserved).action == "start"
         ref.ask(Ping(), timeout=5)
+        stats.ref.ask(Ping(), timeout=5)
+        assert not [m for m in stats.received if isinstance(m, ContainerEventObserved)]
         assert not [m for m in connection.received if isinstance(m, ContainerEventObserved)]
         dead = [r.getMessage() for r in caplog.records if "dead letter" in r.getMessage()]
-        assert dead == ["dead letter: ContainerEventObserved for docker_gateway (not running)"]
+        assert dead == ["dead letter: ContainerEventObserved for docker_gateway (not running)"] * 2
     finally:
         ref.stop()
-        stats.ref.stop()
-        connection.ref.stop()
+        for probe in (forward, stats, health, connection):
+            probe.ref.stop()
 
 
-def test_the_composition_root_fans_events_out_to_connection_gateway_and_stats() -> None:
-    """Today's wiring: only the gateway must run (the others are features that may be off)."""
+def test_the_composition_root_forwards_events_to_the_connection_then_gateway_and_stats() -> None:
+    """Today's wiring: the Connection first, from the reader; then the gateway (the actions its
+    cache follows) and stats (those its streams follow); only the gateway must run."""
+    assert Subscriber(Role.CONNECTION, optional=True) == EVENT_FORWARD
     assert (
-        Subscriber(Role.CONNECTION, optional=True),
-        Subscriber(Role.DOCKER_GATEWAY),
-        Subscriber(Role.STATS, optional=True),
+        Subscriber(Role.DOCKER_GATEWAY, actions=CACHE_ACTIONS),
+        Subscriber(Role.STATS, optional=True, actions=STATS_ACTIONS),
     ) == EVENT_SUBSCRIBERS

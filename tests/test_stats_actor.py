@@ -13,7 +13,7 @@ import pytest
 
 from actors.base import Peers
 from actors.link.websocket import LinkSettings
-from actors.stats import StatsActor, StatsSettings
+from actors.stats import STREAM_SETTLE, StatsActor, StatsSettings
 from messages.common import Ping, Secret
 from messages.docker import ContainerEventObserved
 from messages.outbound import EventOut, LinkStateChanged, RawFrameOut
@@ -37,8 +37,11 @@ class FakeStreams:
         on_ended: Any,
         on_listed: Any,
         api_version: str | None = None,
+        on_samples: Any = None,
+        poll_pause: float = 0.0,
     ) -> None:
         self.on_sample, self.on_ended, self.on_listed = on_sample, on_ended, on_listed
+        self.on_samples = on_samples
         self.opened: dict[str, int] = {}
         self.closed: list[str] = []
         self.listings: list[int] = []
@@ -101,6 +104,11 @@ class Rig:
     def tell(self, *messages: Any) -> None:
         for m in messages:
             self.ref.tell(m)
+        self.sync()
+
+    def settle(self) -> None:
+        """Let the stream changes the events asked for happen (they wait STREAM_SETTLE)."""
+        self.scheduler.advance(STREAM_SETTLE)
         self.sync()
 
     def listed(self, *containers: tuple[str, str]) -> None:
@@ -193,21 +201,47 @@ def test_listing_opens_streams_and_each_sample_is_an_unbuffered_event(rig: Rig) 
     assert rig.ingests[0].offered == [msg.payload.text]  # same numbers to the ingest socket
 
 
+def test_a_batch_of_samples_is_one_event_each_in_order(rig: Rig) -> None:
+    rig.listed((C1, "one"), (C2, "two"))
+    opened = rig.streams.opened
+    rig.streams.on_samples(((C2, opened[C2], V1_SAMPLE), (C1, opened[C1], V1_SAMPLE)))
+    rig.sync()
+    assert [p["container_name"] for p in rig.stats_events()] == ["two", "one"]
+    assert len(rig.ingests[0].offered) == 2
+
+
 def test_events_start_and_stop_streams(rig: Rig) -> None:
     rig.listed()
     rig.tell(event(C1, "start", "a"), event(C2, "restart", "b"))
+    assert rig.streams.opened == {}  # off the forwarding path: together, a moment later
+    rig.settle()
     assert set(rig.streams.opened) == {C1, C2}
     for action in ("die", "stop", "kill"):
         rig.tell(event(C1, "start"))
+        rig.settle()
         rig.tell(event(C1, action))
+        rig.settle()
         assert C1 not in rig.streams.opened, action
     rig.tell(event(C2, "destroy"), event(C2, "pause"))  # not ours to act on
+    rig.settle()
     assert C2 in rig.streams.opened
+
+
+def test_a_container_that_starts_and_dies_within_the_moment_costs_no_stream(rig: Rig) -> None:
+    rig.listed((C2, "two"))
+    two = rig.streams.opened[C2]
+    rig.tell(event(C1, "start"), event(C1, "die"), event(C2, "die"), event(C2, "start"))
+    rig.settle()
+    assert C1 not in rig.streams.opened and C1 not in rig.streams.closed  # never opened
+    assert rig.streams.opened[C2] != two  # died and started again: a fresh stream
+    assert rig.streams.closed.count(C2) == 1
 
 
 def test_events_during_the_listing_win_over_it(rig: Rig) -> None:
     rig.tell(event(C3, "start", "three"), event(C1, "die"))
     rig.listed((C1, "one"), (C2, "two"))  # Docker answered before the events happened
+    assert set(rig.streams.opened) == {C2, C3}
+    rig.settle()  # the same events once more, from the batch: nothing changes
     assert set(rig.streams.opened) == {C2, C3}
 
 
@@ -215,8 +249,10 @@ def test_samples_of_closed_or_replaced_streams_are_dropped(rig: Rig) -> None:
     rig.listed((C1, "one"))
     old = rig.streams.opened[C1]
     rig.tell(event(C1, "die"))
+    rig.settle()
     rig.streams.on_sample(C1, old, V1_SAMPLE)
     rig.tell(event(C1, "start"))
+    rig.settle()
     rig.streams.on_sample(C1, old, V1_SAMPLE)  # late sample of the old stream
     rig.streams.on_ended(C1, old, "EOF", False)  # the old stream's end
     rig.sync()
@@ -227,6 +263,7 @@ def test_samples_of_closed_or_replaced_streams_are_dropped(rig: Rig) -> None:
     rig.streams.on_ended(C1, rig.streams.opened[C1], "EOF", False)
     rig.sync()
     rig.tell(event(C1, "start"))  # tracked again only on the next start
+    rig.settle()
     assert rig.streams.opened[C1] != old
 
 
@@ -235,6 +272,7 @@ def test_disconnect_closes_everything_and_reconnect_relists(rig: Rig) -> None:
     rig.tell(LinkStateChanged(connected=False))
     assert rig.streams.opened == {} and set(rig.streams.closed) == {C1, C2}
     rig.tell(event(C3, "start"))  # while down: nothing (the next listing resyncs)
+    rig.settle()
     assert rig.streams.opened == {}
     rig.scheduler.advance(10)
     frames = len(rig.host_frames())
@@ -300,3 +338,35 @@ def test_ingest_gets_the_permanent_token_and_stops_with_the_actor(rig: Rig) -> N
     streams = rig.streams
     rig.ref.stop()
     assert ingest.stopped and streams.stopped
+
+
+def test_the_streams_hand_over_their_samples_in_one_batch_per_interval() -> None:
+    """StatsStreams' batching on its own loop, run here step by step (no thread started)."""
+    import asyncio
+
+    from actors.telemetry.streams import StatsStreams
+
+    batches: list[Any] = []
+
+    def not_batched(*_: Any) -> None:
+        raise AssertionError("a sample went out on its own")
+
+    streams = StatsStreams(
+        "unix:///nowhere",
+        on_sample=not_batched,
+        on_ended=lambda *_: None,
+        on_listed=lambda *_: None,
+        on_samples=batches.append,
+        batch_interval=0.0,
+    )
+    loop = streams._loop
+    try:
+        for n, cid in enumerate((C1, C2, C1)):
+            streams._sampled(cid, n, {"n": n})
+        assert batches == []  # held until the interval's timer runs
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert batches == [((C1, 0, {"n": 0}), (C2, 1, {"n": 1}), (C1, 2, {"n": 2}))]
+        streams._flush()  # nothing new: no empty batch
+        assert len(batches) == 1
+    finally:
+        loop.close()

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -100,7 +101,48 @@ class _Finish:
 
 
 _FINISH = _Finish()
-_Outgoing = str | _Ping | _Finish
+#: frames up to this many characters may be written directly (send_direct); bigger ones (a
+#: long container list) are masked and written by the writer, off the actor's thread
+DIRECT_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _Rest:
+    """The bytes a direct send left unsent: the writer sends them before anything else."""
+
+    data: bytes
+
+
+#: a frame, a frame to confirm (text, its number), a ping, the close, the rest of a direct send
+_Outgoing = str | tuple[str, int] | _Ping | _Finish | _Rest
+
+
+class BurstPings:
+    """One confirmation ping per burst of frames, not one per frame (issue 13).
+
+    The writer reports each numbered frame it wrote; once its queue is empty it asks for the
+    ping to send: the number of the last frame written, if no ping carried it yet. WebSocket
+    frames are read in order, so that one pong confirms the whole burst. No threads, no I/O.
+    """
+
+    def __init__(self) -> None:
+        self._written = 0  # the number of the last numbered frame written
+        self._pinged = 0  # the largest number a ping carried
+
+    def wrote(self, ack: int) -> None:
+        self._written = max(self._written, ack)
+
+    def pinged(self, ack: int) -> None:
+        """A ping carrying ``ack`` went out (a keepalive, say): it confirms up to there too."""
+        self._pinged = max(self._pinged, ack)
+
+    def due(self, *, queue_empty: bool) -> int | None:
+        """The number the next ping must carry, now; None while more frames are queued or
+        everything written was pinged already."""
+        if not queue_empty or self._written <= self._pinged:
+            return None
+        self._pinged = self._written
+        return self._written
 
 
 class MessageTooBig(websocket.WebSocketProtocolException):
@@ -192,14 +234,70 @@ class WebSocketLink:
         self._ws: Guarded[websocket.WebSocket] = Guarded(wake=_shut_down, dispose=_close)
         self._outgoing: Handoff[_Outgoing] = Handoff()
         self._busy_since: float | None = None
+        # the direct path (send_direct): the socket is written by one thread at a time (_io),
+        # and only while nothing queued is still unsent (_queued, counted under _count)
+        self._io = threading.Lock()
+        self._count = threading.Lock()
+        self._queued = 0
         self._reader = HelperThread("ConnectionActor-reader", self._read)
         self._writer = HelperThread("ConnectionActor-writer", self._write)
 
     def start(self) -> None:
         self._reader.start()
 
-    def send(self, text: str) -> None:
-        self._outgoing.put(text)
+    def send(self, text: str, ack: int = 0) -> None:
+        """Queue a frame; ``ack`` > 0 numbers a frame to confirm: the writer pings once the
+        burst it belongs to is written (:class:`BurstPings`)."""
+        with self._count:
+            self._queued += 1
+        self._outgoing.put((text, ack) if ack else text)
+
+    def send_direct(self, text: str, ack: int) -> None:
+        """Like :meth:`send`, but when the writer has nothing left to send, write the frame and
+        its confirmation ping on the caller's thread at once, with one non-blocking send: no
+        hand-off to the writer (issue 13). Whatever the socket does not take at once, or any
+        doubt (the writer busy, TLS, an error), goes through the writer as usual, in order;
+        so the caller never blocks on a backend that stops reading."""
+        ws = self._ws.resource
+        sock = ws.sock if ws is not None else None
+        if (
+            len(text) <= DIRECT_LIMIT
+            and ws is not None
+            and sock is not None
+            and not isinstance(sock, ssl.SSLSocket)  # TLS cannot take MSG_DONTWAIT
+            and self._writer.started
+            and self._io.acquire(blocking=False)
+        ):
+            try:
+                if self._direct(ws, sock, text, ack):
+                    return
+            finally:
+                self._io.release()
+        self.send(text, ack)
+
+    def _direct(self, ws: websocket.WebSocket, sock: socket.socket, text: str, ack: int) -> bool:
+        with self._count:
+            if self._queued:
+                return False  # older frames first
+        if not ws.lock.acquire(blocking=False):  # the reader answering a server ping
+            return False
+        try:
+            data = _frame(ws, text, websocket.ABNF.OPCODE_TEXT) + _frame(
+                ws, str(ack).encode(), websocket.ABNF.OPCODE_PING
+            )
+            try:
+                sent = sock.send(data, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                return False  # the writer meets the error and closes the link
+            if sent < len(data):
+                with self._count:
+                    self._queued += 1
+                self._outgoing.put(_Rest(data[sent:]))  # first in line: nothing else is queued
+            return True
+        finally:
+            ws.lock.release()
 
     def ping(self, ack: int) -> None:
         """A ping carrying ``ack``: its pong proves every frame sent before it was read."""
@@ -311,6 +409,7 @@ class WebSocketLink:
     def _write(self) -> None:
         ws = self._ws.resource
         assert ws is not None
+        pings = BurstPings()
         while (item := self._outgoing.get()) is not None:
             if isinstance(item, _Finish):
                 with contextlib.suppress(OSError, websocket.WebSocketException):
@@ -318,16 +417,39 @@ class WebSocketLink:
                 return
             self._busy_since = self._clock.monotonic()
             try:
-                if isinstance(item, _Ping):
-                    ws.ping(item.payload)
-                else:
-                    ws.send(item)
+                with self._io:
+                    if isinstance(item, _Ping):
+                        ws.ping(item.payload)
+                        pings.pinged(_ack_of(item.payload) or 0)
+                    elif isinstance(item, tuple):
+                        ws.send(item[0])
+                        pings.wrote(item[1])
+                    elif isinstance(item, _Rest):
+                        with ws.lock:
+                            if ws.sock is None:
+                                raise websocket.WebSocketConnectionClosedException("closed")
+                            ws.sock.sendall(item.data)
+                    else:
+                        ws.send(item)
+                    if isinstance(item, str | tuple | _Rest):
+                        with self._count:
+                            self._queued -= 1
+                    if (ack := pings.due(queue_empty=self._outgoing.empty())) is not None:
+                        ws.ping(str(ack).encode())
             except (OSError, websocket.WebSocketException) as exc:
                 log.info("send failed: %s", exc)
                 self.close_from_thread()
                 return
             finally:
                 self._busy_since = None
+
+
+def _frame(ws: websocket.WebSocket, data: str | bytes, opcode: int) -> bytes:
+    """One frame's bytes, masked as websocket-client masks what it sends."""
+    frame = websocket.ABNF.create_frame(data, opcode)
+    if ws.get_mask_key:
+        frame.get_mask_key = ws.get_mask_key
+    return frame.format()
 
 
 def _shut_down(ws: websocket.WebSocket) -> None:

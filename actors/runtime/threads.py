@@ -194,6 +194,9 @@ class Handoff(Generic[T]):
     def qsize(self) -> int:
         return self._queue.qsize()
 
+    def empty(self) -> bool:
+        return self._queue.empty()
+
 
 def tell_or_close(ref: pykka.ActorRef[Any], message: Any, guarded: Guarded[Any]) -> bool:
     """Tell ``message`` to the owner; if it is dead, close ``guarded`` and say False (exit)."""

@@ -7,7 +7,12 @@ measured the alternatives (thread per stream, one-shot polling) on dockerd 20.10
 
 The tiny HTTP/1.1 client below speaks just enough for Docker's API over ``unix://`` or plain
 ``tcp://`` (GET, chunked or sized bodies). The loop thread never touches actor state: it calls
-the ``on_sample`` / ``on_ended`` / ``on_listed`` callbacks, which ``tell`` the actor.
+the ``on_sample`` / ``on_ended`` / ``on_listed`` callbacks, which ``tell`` the actor. With
+``on_samples``, the samples of every stream are collected and handed over together every
+``batch_interval`` seconds instead: one wake-up of the actor per interval, not one per sample
+(issue 13; Docker sends one sample a second per stream, so a fraction of that delays nothing).
+With ``poll_pause``, the loop's selector waits that long after each wake-up before it gathers
+what is ready, so one wake-up serves the samples of many streams instead of one each.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import selectors
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -121,7 +128,26 @@ async def _read_error(reader: asyncio.StreamReader, length: int | None) -> str:
         return body[:200].decode("utf-8", "replace")
 
 
+class PacedSelector(selectors.DefaultSelector):
+    """A selector that, woken from a wait, pauses ``pause`` seconds, then takes all that is
+    ready by then: with 200 streams sending a sample a second each, a wake-up per sample is
+    most of the cost of reading them (issue 13). A poll that does not wait is not paused."""
+
+    def __init__(self, pause: float) -> None:
+        super().__init__()
+        self._pause = pause
+
+    def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
+        ready: list[tuple[Any, int]] = super().select(timeout)
+        if ready and timeout != 0:
+            time.sleep(self._pause)  # the loop's own thread; timers only run a little later
+            ready = super().select(0)
+        return ready
+
+
 SampleCallback = Callable[[str, int, dict[str, Any]], None]  # (container_id, token, sample)
+#: every sample since the last call, in arrival order: ((container_id, token, sample), ...)
+SamplesCallback = Callable[[tuple[tuple[str, int, dict[str, Any]], ...]], None]
 EndedCallback = Callable[[str, int, str, bool], None]  # (container_id, token, reason, gone)
 ListedCallback = Callable[[int, tuple[tuple[str, str], ...] | None, str], None]
 
@@ -138,13 +164,24 @@ class StatsStreams:
         on_listed: ListedCallback,
         name: str = "StatsActor-streams",
         api_version: str | None = None,
+        on_samples: SamplesCallback | None = None,
+        batch_interval: float = 0.25,
+        poll_pause: float = 0.0,
     ) -> None:
         self._docker_host = docker_host
         self._api_version = api_version
         self._on_sample = on_sample
+        self._on_samples = on_samples
+        self._batch_interval = batch_interval
+        self._batch: list[tuple[str, int, dict[str, Any]]] = []  # loop thread only
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._on_ended = on_ended
         self._on_listed = on_listed
-        self._loop = asyncio.new_event_loop()
+        self._loop = (
+            asyncio.SelectorEventLoop(PacedSelector(poll_pause))
+            if poll_pause > 0
+            else asyncio.new_event_loop()
+        )
         self._tasks: dict[str, asyncio.Task[None]] = {}  # loop thread only
         self._listings: set[asyncio.Task[None]] = set()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -192,7 +229,25 @@ class StatsStreams:
                 self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
 
+    def _sampled(self, container_id: str, token: int, sample: dict[str, Any]) -> None:
+        if self._on_samples is None:
+            self._on_sample(container_id, token, sample)
+            return
+        self._batch.append((container_id, token, sample))
+        if self._flush_timer is None:
+            self._flush_timer = self._loop.call_later(self._batch_interval, self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        batch, self._batch = self._batch, []
+        if batch and self._on_samples is not None:
+            self._on_samples(tuple(batch))
+
     def _shutdown(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
         tasks = [*self._tasks.values(), *self._listings]
         self._tasks.clear()
         self._listings.clear()
@@ -256,7 +311,7 @@ class StatsStreams:
                 raise DockerHttpError(status, await _read_error(reader, length))
             async for sample in _json_lines(reader, length):
                 if isinstance(sample, dict):
-                    self._on_sample(container_id, token, sample)
+                    self._sampled(container_id, token, sample)
         except asyncio.CancelledError:
             return  # closed by the actor: it already knows
         except Exception as exc:
@@ -266,4 +321,5 @@ class StatsStreams:
                 writer.close()
             if self._tasks.get(container_id) is asyncio.current_task():
                 del self._tasks[container_id]
+        self._flush()  # its samples before its end
         self._on_ended(container_id, token, reason, gone)

@@ -178,8 +178,15 @@ class FakeLink:
     def start(self) -> None:
         self.started.set()
 
-    def send(self, text: str) -> None:
+    def send(self, text: str, ack: int = 0) -> None:
+        """``ack``: the frame's number, which the real link's burst ping carries; kept in
+        ``acks`` like a ping's, since that is what a pong may confirm."""
         self.sent.append(text)
+        if ack:
+            self.acks.append(ack)
+
+    def send_direct(self, text: str, ack: int) -> None:
+        self.send(text, ack)
 
     def ping(self, ack: int) -> None:
         self.pings += 1

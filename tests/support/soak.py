@@ -37,7 +37,7 @@ from actors.link.websocket import LinkSettings
 from actors.stats import StatsActor, StatsSettings
 from actors.status import StatusReporterActor
 from actors.token_store import TokenStoreActor
-from agent_cli import EVENT_SUBSCRIBERS, LINK_SUBSCRIBERS
+from agent_cli import EVENT_FORWARD, EVENT_SUBSCRIBERS, LINK_SUBSCRIBERS
 from messages.common import Ping, Secret
 from messages.connection import FrameReceived, LinkOpened, PongReceived, ReaderStopped
 from messages.docker import HostInfo
@@ -168,6 +168,8 @@ class FakeStreams:
         on_ended: Any,
         on_listed: Any,
         api_version: str | None = None,
+        on_samples: Any = None,
+        poll_pause: float = 0.0,
     ) -> None:
         self.on_sample, self.on_listed = on_sample, on_listed
         self.opened: dict[str, int] = {}
@@ -306,6 +308,7 @@ class MonthRig:
                     EventStreamerActor,
                     docker_host="unix:///soak.sock",
                     cursor=self.cursor,
+                    forward_to=EVENT_FORWARD,
                     event_subscribers=EVENT_SUBSCRIBERS,
                     client_factory=lambda: FakeDockerEvents(self),
                 ),
