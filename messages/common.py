@@ -6,6 +6,29 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text (``json.dumps(separators=(",", ":"), ensure_ascii=False)``'s bytes).
+
+    orjson encodes Docker's answers 10-20x faster than ``json``. Where it refuses what ``json``
+    accepts (integers beyond 64 bits, lone surrogates, nesting deeper than 254) ``json`` encodes
+    it as before; NaN and infinities become ``null`` (``json`` would emit ``NaN``, which is not
+    JSON and would make the backend close the connection).
+    """
+    try:
+        return orjson.dumps(value, option=_ORJSON_OPTIONS).decode()
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def loads(data: str | bytes) -> Any:
+    """Decode JSON text or UTF-8 bytes (``ValueError`` if it is not JSON)."""
+    return orjson.loads(data)
+
 
 @dataclass(frozen=True, slots=True)
 class Secret:
@@ -46,7 +69,15 @@ class RawJson:
 
     @staticmethod
     def of(value: Any) -> RawJson:
-        return RawJson(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+        return RawJson(dumps(value))
+
+    @staticmethod
+    def wrap(key: str, raw: bytes) -> RawJson:
+        """``{"<key>": <raw>}`` around a JSON value already encoded (Docker's bytes, spliced
+        as they are, not re-encoded); ``ValueError`` if ``raw`` is not JSON in UTF-8 (checked
+        by orjson's parser, a few µs: the strict backend closes the link on a bad frame)."""
+        orjson.loads(raw)
+        return RawJson("{" + dumps(key) + ":" + raw.decode("utf-8").strip() + "}")
 
     def value(self) -> Any:
         return json.loads(self.text)

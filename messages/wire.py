@@ -28,7 +28,7 @@ from messages import (
     updates,
     volumes,
 )
-from messages.common import RawJson, Secret
+from messages.common import RawJson, Secret, dumps
 from messages.decoding import BadPayload, CommandDecoder, boolean, command_failed, number
 from messages.docker import (
     CommandFailed,
@@ -321,7 +321,7 @@ def _generic_command(frame: Mapping[str, Any], request_id: str | None) -> Decode
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return dumps(value)
 
 
 def encode_reply(reply: Reply, now_ns: int | None = None) -> str:
