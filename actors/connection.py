@@ -257,7 +257,9 @@ class ConnectionActor(SupervisedActor):
             case (
                 CommandSucceeded() | CommandFailed() | ContainerOpSucceeded() | ContainerOpFailed()
             ):
-                self._send(self._bounded_reply(message))
+                text, line = self._bounded_reply(message)
+                self._send(text)
+                self._write(line)  # after the reply is on its way: the disk is off its path
             case _:
                 log.warning("Connection ignored %s", type(message).__name__)
         return None
@@ -614,9 +616,10 @@ class ConnectionActor(SupervisedActor):
                 "event_streamer", EventsConfirmed(seqs=confirmed.events), optional=True
             )
 
-    def _bounded_reply(self, reply: Reply) -> str:
+    def _bounded_reply(self, reply: Reply) -> tuple[str, AuditLine | None]:
         """The reply's frame, or an error in its place if the backend could not read it: a
-        frame over 16 MiB closes the connection (1009), and resending it would do so forever."""
+        frame over 16 MiB closes the connection (1009), and resending it would do so forever;
+        and the request's audit line, for the caller to write once the frame is sent."""
         text = encode_reply(reply, self.ctx.clock.time_ns())
         size = frame_bytes(text)
         if size > MAX_MESSAGE_BYTES:
@@ -631,8 +634,7 @@ class ConnectionActor(SupervisedActor):
                 else CommandFailed(request_id=reply.request_id, error=error)
             )
             text = encode_reply(reply, self.ctx.clock.time_ns())
-        self._write(self._book.answered(reply))
-        return text
+        return text, self._book.answered(reply)
 
     def _send(self, text: str, *, buffer: bool = True) -> None:
         if frame_bytes(text) > MAX_MESSAGE_BYTES:  # an event: the backend could never read it
