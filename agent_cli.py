@@ -9,36 +9,23 @@ import platform
 import socket
 import sys
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import agent_config
-from actors.base import Clock, SystemClock
-from actors.commands.tools import HandlerSettings
-from actors.connection import ConnectionActor
-from actors.deploy import engine as compose_engine
-from actors.deploy.runner import KILL_GRACE
-from actors.deployer import DeployerActor, DeployerSettings, DeployRuns, in_container
-from actors.docker_gateway import DockerGatewayActor, detect_own_container_id
 from actors.errors import ConfigError, FatalError
-from actors.event_streamer import EventCursor, EventStreamerActor
-from actors.flows.context import FlowRegistry, UpdaterSettings
-from actors.health_checks import HealthCheckActor, HealthCheckMemory
 from actors.host.privileges import PrivilegeError, drop_privileges
-from actors.link.ingest import ingest_settings
-from actors.link.websocket import LinkSettings
-from actors.rules.policy import AuditLog
-from actors.runtime.logs import setup_logging
-from actors.shell import ShellActor
-from actors.stats import StatsActor, StatsSettings
-from actors.status import StatusReporterActor, health_verdict, read_status
-from actors.telemetry.stats_math import host_roots
-from actors.token_store import TokenStoreActor, check_data_dir, resolve_token
-from actors.updater import UpdaterActor
-from messages.wire import AgentIdentity
-from supervisor import ChildSpec, Supervisor
+from actors.rules.health import health_verdict, read_status
+
+# The actors, docker-py and pykka load where the agent runs (main, build_specs), not here:
+# ``dockmon-agent healthcheck``, which Docker runs every 30 s, only reads one JSON file.
+if TYPE_CHECKING:
+    from actors.base import Clock
+    from actors.deploy import engine as compose_engine
+    from actors.link.websocket import LinkSettings
+    from messages.wire import AgentIdentity
+    from supervisor import ChildSpec
 
 log = logging.getLogger("dockmon_agent")
 
@@ -47,6 +34,8 @@ STATUS_STALE_AFTER = 60.0
 
 
 def agent_version() -> str:
+    from importlib import metadata
+
     try:
         return metadata.version("dockmon-agent")
     except metadata.PackageNotFoundError:
@@ -100,6 +89,8 @@ def capabilities(
 def identity(
     cfg: agent_config.Config, own_container_id: str | None = None, *, compose: bool = False
 ) -> AgentIdentity:
+    from messages.wire import AgentIdentity
+
     return AgentIdentity(
         version=registered_version(),
         proto_version=cfg.proto_version,
@@ -116,11 +107,15 @@ def identity(
 
 def shutdown_deadline(cfg: agent_config.Config) -> float:
     """How long an orderly stop may take: 10 s, plus the wait for running deployments."""
+    from actors.deploy.runner import KILL_GRACE
+
     return 10.0 + cfg.deploy_stop_timeout + 3 * KILL_GRACE
 
 
 def link_settings_for(cfg: agent_config.Config) -> LinkSettings:
     """How the Connection dials DockMon; ``doctor`` uses the same settings."""
+    from actors.link.websocket import LinkSettings
+
     return LinkSettings(
         url=cfg.ws_url,
         insecure_skip_verify=cfg.insecure_skip_verify,
@@ -143,6 +138,26 @@ def build_specs(
 
     ``compose``: the compose engine probe; None runs ``docker-compose version`` here, once.
     """
+    from actors.base import SystemClock
+    from actors.commands.tools import HandlerSettings
+    from actors.connection import ConnectionActor
+    from actors.deploy import engine as compose_engine
+    from actors.deploy.runner import KILL_GRACE
+    from actors.deployer import DeployerActor, DeployerSettings, DeployRuns, in_container
+    from actors.docker_gateway import DockerGatewayActor
+    from actors.event_streamer import EventCursor, EventStreamerActor
+    from actors.flows.context import FlowRegistry, UpdaterSettings
+    from actors.health_checks import HealthCheckActor, HealthCheckMemory
+    from actors.link.ingest import ingest_settings
+    from actors.rules.policy import AuditLog
+    from actors.shell import ShellActor
+    from actors.stats import StatsActor, StatsSettings
+    from actors.status import StatusReporterActor
+    from actors.telemetry.stats_math import host_roots
+    from actors.token_store import TokenStoreActor
+    from actors.updater import UpdaterActor
+    from supervisor import ChildSpec
+
     cursor = EventCursor((clock or SystemClock()).time_ns())
     settings = link_settings or link_settings_for(cfg)
     probe = compose if compose is not None else compose_engine.probe()
@@ -291,6 +306,8 @@ def startup_problems(report: agent_config.ConfigReport) -> list[str]:
     DATA_PATH and the token are checked only where the settings they depend on are valid and
     the config file could be read (a token or URL in an unreadable file is not "missing").
     """
+    from actors.token_store import check_data_dir, resolve_token
+
     problems = list(report.problems)
     if report.file_failed or report.problems_of("DATA_PATH"):
         return problems
@@ -435,6 +452,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_problems(problems)
         return 2
     cfg = report.config
+    from actors.docker_gateway import detect_own_container_id
+    from actors.runtime.logs import setup_logging
+    from supervisor import Supervisor
+
     setup_logging(cfg.log_level, cfg.log_json)
     for level, note in privileges.notes:
         log.log(level, "%s", note)

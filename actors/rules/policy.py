@@ -28,9 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import docker.errors
+from typing import TYPE_CHECKING, Any
 
 from messages.compose import ReadComposeFile, ScanComposeDirs
 from messages.deploy import DeployCompose
@@ -51,7 +49,9 @@ from messages.networks import CreateNetwork, DeleteNetwork, ListNetworks, PruneN
 from messages.shell import CloseShell, ResizeShell, ShellInput, StartShell
 from messages.updates import SelfUpdate, UpdateContainer
 from messages.volumes import DeleteVolume, ListVolumes, PruneVolumes
-from messages.wire import Request
+
+if TYPE_CHECKING:
+    from messages.wire import Request
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +199,8 @@ def _with_dependents(api: Any, command: Any, _own: str | None) -> Resolved:
 
 def _attached(api: Any, command: Any, _own: str | None) -> Resolved:
     """delete_network with force disconnects every attached container first (§4.3.3)."""
+    import docker.errors  # here: the configuration (agent_config) loads this module, not Docker
+
     net = api.inspect_network(command.network_id)
     if not command.force:
         return Resolved((), detail=net)  # attached containers make the handler refuse
