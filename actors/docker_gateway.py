@@ -36,6 +36,7 @@ from actors.host.host_ips import (
 from actors.rules.policy import CHANGES, Guard, Policy, Refused
 from actors.runtime.docker_client import client_factory as docker_clients
 from actors.runtime.docker_http import LeanDocker, lean_address
+from actors.runtime.memory import release_memory
 from actors.runtime.pool import WorkerPool
 from messages.common import RawJson
 from messages.docker import (
@@ -318,6 +319,7 @@ class DockerGatewayActor(SupervisedActor):
             self._checked(exc, from_probe=True)
         else:
             self._checked(from_probe=True)
+        release_memory()  # after a peak (a big list, many stats streams) RSS comes back down
 
     def _client(self) -> docker.APIClient:
         client: docker.APIClient | None = getattr(self._local, "client", None)

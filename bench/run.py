@@ -430,6 +430,91 @@ def memory_idle(b: Bench) -> list[Row]:
     ]
 
 
+#: the five runtime imports, in a bare interpreter: the floor for the agent's idle RSS
+BARE_IMPORTS = (
+    "import pykka, websocket, docker, yaml, colorlog, time; time.sleep(1.5); "
+    "print(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1])"
+)
+
+
+def memory_footprint(b: Bench) -> list[Row]:
+    """Idle connected RSS beside a bare interpreter with the five runtime imports."""
+    time.sleep(2)  # let start-up garbage settle; this is a measurement, not a test
+    s = proc_stats(b.pid)
+    bare = int(subprocess.run([sys.executable, "-c", BARE_IMPORTS], capture_output=True,
+                              text=True, check=True).stdout) / 1024  # fmt: skip
+    return [
+        Row(
+            "RSS idle, connected, vs the bare runtime imports",
+            f"{s.rss_mb:.1f} MB, {s.threads} threads",
+            f"bare imports {bare:.1f} MB",
+            "<= 36 MB",
+            s.rss_mb <= 36,
+            f"agent - bare {s.rss_mb - bare:+.1f} MB (pykka, websocket, docker, yaml, colorlog)",
+        )
+    ]
+
+
+def healthcheck_runs(b: Bench, runs: int) -> list[Row]:
+    """``dockmon-agent healthcheck`` as Docker runs it: a fresh process each time (peak RSS
+    from wait4, wall time from spawn to exit), against the running agent's status file."""
+    env = {**os.environ, "DATA_PATH": str(b.workdir / "data")}
+    env.pop("DOCKMON_CONFIG", None)
+    rss, wall, codes = [], [], set()
+    for _ in range(runs):
+        t = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "agent_cli", "healthcheck"], cwd=REPO,
+                                env=env, stdout=subprocess.DEVNULL)  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall.append(time.perf_counter() - t)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        codes.add(proc.returncode)
+        rss.append(usage.ru_maxrss / 1024)
+    bare = []
+    for _ in range(max(3, runs // 4)):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        bare.append(time.perf_counter() - t)
+    return [
+        Row(
+            f"healthcheck process ({runs} runs)",
+            f"RSS p50 {pct(rss, 50):.1f} MB, max {max(rss):.1f}; wall p50 {ms(pct(wall, 50))}, "
+            f"max {ms(max(wall))}",
+            f"bare interpreter {ms(pct(bare, 50))}",
+            "<= 16 MB and <= 150 ms",
+            pct(rss, 50) <= 16 and pct(wall, 50) <= 0.150,
+            f"exit codes {sorted(codes)} (0: healthy)",
+        )
+    ]
+
+
+def memory_after_peak(b: Bench, containers: int, running: int) -> list[Row]:
+    """RSS before, at and after a peak: ``containers`` listed through the hub while ``running``
+    of them stream stats; then all are removed and the agent is left alone for a while."""
+    time.sleep(2)
+    before = proc_stats(b.pid).rss_mb
+    b.containers(running, start=True)
+    b.containers(containers - running, start=False)
+    for _ in range(3):
+        result = _ok(b.hub.command("list_containers", timeout=120))
+        assert len(result.data) >= containers
+    time.sleep(5)  # the stats streams of the running ones are open and sampling
+    peak = proc_stats(b.pid).rss_mb
+    b.clear()
+    _ok(b.hub.command("list_containers", timeout=60))
+    time.sleep(35)  # the streams end, the caches drop them, a probe (every 30 s) trims the heap
+    after = proc_stats(b.pid).rss_mb
+    return [
+        Row(
+            f"RSS after a peak ({containers} listed, {running} streaming stats)",
+            f"after {after:.1f} MB ({after - before:+.1f})",
+            f"before {before:.1f} MB; peak {peak:.1f} MB",
+            "<= before + 5 MB",
+            after <= before + 5,
+        )
+    ]
+
+
 def recovery(b: Bench) -> list[Row]:
     count = b.hub.connection_count
     b.hub.refuse(True)
@@ -557,8 +642,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument(
         "--only",
-        help="comma-separated subset: memory, latency, inspect, list, list1000, concurrency, "
-        "recovery, storm, soak",
+        help="comma-separated subset: memory, footprint, healthcheck, latency, inspect, list, "
+        "list1000, concurrency, recovery, storm, peak, soak",
     )
     args = parser.parse_args()
     smoke = args.smoke
@@ -568,6 +653,8 @@ def main() -> int:
         b.start_floor()
         plan: list[tuple[str, Callable[[], list[Row]]]] = [
             ("memory", lambda: memory_idle(b)),
+            ("footprint", lambda: memory_footprint(b)),
+            ("healthcheck", lambda: healthcheck_runs(b, 5 if smoke else 20)),
             ("latency", lambda: event_latency(b, 40 if smoke else 800, 2 if smoke else 4)),
             ("inspect", lambda: inspect_roundtrip(b, 20 if smoke else 500)),
             ("list", lambda: list_roundtrip(b, 10 if smoke else 200, 3 if smoke else 20)),
@@ -575,6 +662,7 @@ def main() -> int:
             ("concurrency", lambda: concurrency(b, 10 if smoke else 100, 2 if smoke else 10)),
             ("recovery", lambda: recovery(b)),
             ("storm", lambda: reconnect_storm(b, 2 if smoke else 30, 5 if smoke else 100)),
+            ("peak", lambda: memory_after_peak(b, 20 if smoke else 1000, 5 if smoke else 200)),
             ("soak", lambda: soak(b, 3 if smoke else 600)),
         ]
         names = args.only.split(",") if args.only else [name for name, _ in plan]
