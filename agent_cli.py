@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,6 +60,8 @@ _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm6
 
 
 def agent_arch() -> str:
+    import platform
+
     machine = platform.machine().lower()
     return _ARCH.get(machine, "arm" if machine.startswith("arm") else machine)
 
@@ -89,6 +89,8 @@ def capabilities(
 def identity(
     cfg: agent_config.Config, own_container_id: str | None = None, *, compose: bool = False
 ) -> AgentIdentity:
+    import socket
+
     from messages.wire import AgentIdentity
 
     return AgentIdentity(

@@ -21,7 +21,7 @@ from actors.errors import ConfigError
 from actors.host.privileges import DEFAULT_SOCKETS
 from actors.rules.image_refs import parse_image_ref
 from actors.rules.paths import is_system_path
-from actors.rules.policy import Policy, parse_policy
+from actors.rules.permissions import Policy, parse_policy
 from actors.runtime.docker_client import api_version_problem
 from actors.runtime.logs import parse_level, register_secret
 from messages.common import Secret

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
-import orjson
+_orjson: ModuleType | None = None
 
-_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+def _codec() -> ModuleType:
+    """orjson, loaded on first use: reading the configuration (``healthcheck``) encodes nothing."""
+    global _orjson
+    if _orjson is None:
+        import orjson
+
+        _orjson = orjson
+    return _orjson
 
 
 def dumps(value: Any) -> str:
@@ -19,15 +28,16 @@ def dumps(value: Any) -> str:
     it as before; NaN and infinities become ``null`` (``json`` would emit ``NaN``, which is not
     JSON and would make the backend close the connection).
     """
+    codec = _codec()
     try:
-        return orjson.dumps(value, option=_ORJSON_OPTIONS).decode()
+        return codec.dumps(value, option=codec.OPT_NON_STR_KEYS).decode()  # type: ignore[no-any-return]
     except TypeError:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def loads(data: str | bytes) -> Any:
     """Decode JSON text or UTF-8 bytes (``ValueError`` if it is not JSON)."""
-    return orjson.loads(data)
+    return _codec().loads(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +86,7 @@ class RawJson:
         """``{"<key>": <raw>}`` around a JSON value already encoded (Docker's bytes, spliced
         as they are, not re-encoded); ``ValueError`` if ``raw`` is not JSON in UTF-8 (checked
         by orjson's parser, a few µs: the strict backend closes the link on a bad frame)."""
-        orjson.loads(raw)
+        _codec().loads(raw)
         return RawJson("{" + dumps(key) + ":" + raw.decode("utf-8").strip() + "}")
 
     def value(self) -> Any:
