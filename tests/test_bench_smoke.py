@@ -28,7 +28,8 @@ def test_benchmarks_run_in_smoke_mode(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())
     names = " | ".join(r["name"] for r in rows)
     for expected in ("RSS idle", "event latency", "inspect round trip", "list_containers",
-                     "during a", "registered", "reconnect storm", "soak"):  # fmt: skip
+                     "during a", "registered", "reconnect storm", "soak", "bare runtime imports",
+                     "healthcheck process", "after a peak"):  # fmt: skip
         assert expected in names
     assert all(r["agent"] and r["target"] for r in rows)
     assert "benchmark" in proc.stdout  # the printed table
