@@ -25,6 +25,7 @@ from actors.commands.tools import describe_docker_error
 from actors.host.docker_access import diagnose
 from actors.runtime.docker_http import LeanDocker, api_error, lean_address
 from messages.common import RawJson, dumps, loads
+from tests.support.agent_harness import running_agent
 from tests.support.daemon import PrivateDockerd
 
 # --- pure parts ------------------------------------------------------------------------------
@@ -401,3 +402,39 @@ def test_a_daemon_restart_mid_connection_reopens_the_kept_connection(
         assert lean.connections == 2
     finally:
         lean.close()
+
+
+# --- through the agent: the hub sees what docker-py would have given ------------------------------
+
+
+def test_the_agent_answers_inspect_and_list_from_the_lean_path_as_docker_py_would(
+    tmp_path: Path,
+    dockerd: PrivateDockerd,
+    docker_client: docker.DockerClient,
+    make_container: Any,
+) -> None:
+    c = make_container(["sleep", "3600"], labels={"dockmon-test.note": "<b>&\u2028"})
+    with running_agent(tmp_path / "data", dockerd.base_url, DOCKER_API_VERSION="1.41") as agent:
+        agent.hub.wait_registered()
+        inspected = agent.hub.container_op("inspect", c.id[:12])
+        assert inspected.ok, inspected.error
+        assert inspected.data["container"] == docker_client.api.inspect_container(c.id)
+        missing = agent.hub.container_op("inspect", "doesnotexist0")
+        assert missing.error == (
+            "failed to inspect container: Error response from daemon: No such container: "
+            "doesnotexist0"
+        )
+        listed = agent.hub.command("list_containers")
+        assert listed.ok, listed.error
+        ours = {s["Id"]: s for s in listed.data}
+        info = docker_client.api.inspect_container(c.id)
+        for summary in docker_client.api.containers(all=True):
+            got = ours[summary["Id"]]
+            extra = {k: got.pop(k) for k in ("RepoDigests", "StartedAt", "Env") if k in got}
+            got.pop("Status"), summary.pop("Status")  # "Up 2 seconds": a clock, not data
+            assert got == summary
+            if summary["Id"] == c.id:
+                assert extra["StartedAt"] == info["State"]["StartedAt"]
+                assert extra["Env"] == dict(e.split("=", 1) for e in info["Config"]["Env"])
+                assert extra["RepoDigests"] == []
+        agent.hub.assert_clean()
