@@ -5,42 +5,26 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
-import socket
 import sys
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 import agent_config
-from actors.base import Clock, SystemClock
-from actors.commands.tools import HandlerSettings
-from actors.connection import ConnectionActor
-from actors.deploy import engine as compose_engine
-from actors.deploy.runner import KILL_GRACE
-from actors.deployer import DeployerActor, DeployerSettings, DeployRuns, in_container
-from actors.docker_gateway import DockerGatewayActor, detect_own_container_id
 from actors.errors import ConfigError, FatalError
-from actors.event_streamer import EventCursor, EventStreamerActor
-from actors.flows.context import FlowRegistry, UpdaterSettings
-from actors.health_checks import HealthCheckActor, HealthCheckMemory
 from actors.host.privileges import PrivilegeError, drop_privileges
-from actors.link.ingest import ingest_settings
-from actors.link.websocket import LinkSettings
-from actors.rules.policy import AuditLog
-from actors.runtime.logs import setup_logging
-from actors.shell import ShellActor
-from actors.stats import StatsActor, StatsSettings
-from actors.status import StatusReporterActor, health_verdict, read_status
-from actors.telemetry.stats_math import host_roots
-from actors.token_store import TokenStoreActor, check_data_dir, resolve_token
-from actors.updater import UpdaterActor
-from messages.docker import CACHE_ACTIONS, STATS_ACTIONS
-from messages.roles import Role, Subscriber
-from messages.wire import AgentIdentity
-from supervisor import ChildSpec, Supervisor
+from actors.rules.health import health_verdict, read_status
+
+# The actors, docker-py and pykka load where the agent runs (main, build_specs), not here:
+# ``dockmon-agent healthcheck``, which Docker runs every 30 s, only reads one JSON file.
+if TYPE_CHECKING:
+    from actors.base import Clock
+    from actors.deploy import engine as compose_engine
+    from actors.link.websocket import LinkSettings
+    from messages.roles import Role, Subscriber
+    from messages.wire import AgentIdentity
+    from supervisor import ChildSpec
 
 log = logging.getLogger("dockmon_agent")
 
@@ -49,6 +33,8 @@ STATUS_STALE_AFTER = 60.0
 
 
 def agent_version() -> str:
+    from importlib import metadata
+
     try:
         return metadata.version("dockmon-agent")
     except metadata.PackageNotFoundError:
@@ -75,6 +61,8 @@ _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm6
 
 
 def agent_arch() -> str:
+    import platform
+
     machine = platform.machine().lower()
     return _ARCH.get(machine, "arm" if machine.startswith("arm") else machine)
 
@@ -102,6 +90,10 @@ def capabilities(
 def identity(
     cfg: agent_config.Config, own_container_id: str | None = None, *, compose: bool = False
 ) -> AgentIdentity:
+    import socket
+
+    from messages.wire import AgentIdentity
+
     return AgentIdentity(
         version=registered_version(),
         proto_version=cfg.proto_version,
@@ -118,11 +110,15 @@ def identity(
 
 def shutdown_deadline(cfg: agent_config.Config) -> float:
     """How long an orderly stop may take: 10 s, plus the wait for running deployments."""
+    from actors.deploy.runner import KILL_GRACE
+
     return 10.0 + cfg.deploy_stop_timeout + 3 * KILL_GRACE
 
 
 def link_settings_for(cfg: agent_config.Config) -> LinkSettings:
     """How the Connection dials DockMon; ``doctor`` uses the same settings."""
+    from actors.link.websocket import LinkSettings
+
     return LinkSettings(
         url=cfg.ws_url,
         insecure_skip_verify=cfg.insecure_skip_verify,
@@ -133,22 +129,30 @@ def link_settings_for(cfg: agent_config.Config) -> LinkSettings:
     )
 
 
-#: told LinkStateChanged when the DockMon connection comes up or goes down (each if it runs)
-LINK_SUBSCRIBERS: tuple[Role, ...] = (
-    Role.UPDATER,
-    Role.DEPLOYER,
-    Role.STATS,
-    Role.SHELL,
-    Role.HEALTH_CHECKS,
-)
-#: told each new container event first, from the EventStreamer's reader: sends it to DockMon
-EVENT_FORWARD = Subscriber(Role.CONNECTION, optional=True)
-#: told afterwards, off the forwarding path: the gateway keeps its caches, stats streams follow
-#: start/die (§5.2); only the gateway must be running
-EVENT_SUBSCRIBERS: tuple[Subscriber, ...] = (
-    Subscriber(Role.DOCKER_GATEWAY, actions=CACHE_ACTIONS),
-    Subscriber(Role.STATS, optional=True, actions=STATS_ACTIONS),
-)
+class Fanouts(NamedTuple):
+    """Who the emitters tell (the composition root's lists; only the gateway must be running)."""
+
+    #: told LinkStateChanged when the DockMon connection comes up or goes down (each if it runs)
+    link: tuple[Role, ...]
+    #: told each new container event first, from the EventStreamer's reader: sends it to DockMon
+    event_forward: Subscriber
+    #: told afterwards, off the forwarding path: the gateway keeps its caches, stats streams
+    #: follow start/die (§5.2)
+    events: tuple[Subscriber, ...]
+
+
+def fanouts() -> Fanouts:
+    from messages.docker import CACHE_ACTIONS, STATS_ACTIONS
+    from messages.roles import Role, Subscriber
+
+    return Fanouts(
+        link=(Role.UPDATER, Role.DEPLOYER, Role.STATS, Role.SHELL, Role.HEALTH_CHECKS),
+        event_forward=Subscriber(Role.CONNECTION, optional=True),
+        events=(
+            Subscriber(Role.DOCKER_GATEWAY, actions=CACHE_ACTIONS),
+            Subscriber(Role.STATS, optional=True, actions=STATS_ACTIONS),
+        ),
+    )
 
 
 def build_specs(
@@ -163,7 +167,29 @@ def build_specs(
 
     ``compose``: the compose engine probe; None runs ``docker-compose version`` here, once.
     """
+    from actors.base import SystemClock
+    from actors.commands.tools import HandlerSettings
+    from actors.connection import ConnectionActor
+    from actors.deploy import engine as compose_engine
+    from actors.deploy.runner import KILL_GRACE
+    from actors.deployer import DeployerActor, DeployerSettings, DeployRuns, in_container
+    from actors.docker_gateway import DockerGatewayActor
+    from actors.event_streamer import EventCursor, EventStreamerActor
+    from actors.flows.context import FlowRegistry, UpdaterSettings
+    from actors.health_checks import HealthCheckActor, HealthCheckMemory
+    from actors.link.ingest import ingest_settings
+    from actors.rules.policy import AuditLog
+    from actors.shell import ShellActor
+    from actors.stats import StatsActor, StatsSettings
+    from actors.status import StatusReporterActor
+    from actors.telemetry.stats_math import host_roots
+    from actors.token_store import TokenStoreActor
+    from actors.updater import UpdaterActor
+    from messages.roles import Role
+    from supervisor import ChildSpec
+
     cursor = EventCursor((clock or SystemClock()).time_ns())
+    wiring = fanouts()
     settings = link_settings or link_settings_for(cfg)
     probe = compose if compose is not None else compose_engine.probe()
     if probe.available:
@@ -241,7 +267,7 @@ def build_specs(
                 identity=ident,
                 reconnect_initial=cfg.reconnect_initial,
                 reconnect_max=cfg.reconnect_max,
-                link_subscribers=LINK_SUBSCRIBERS,
+                link_subscribers=wiring.link,
                 policy=cfg.policy,
                 audit=audit,
             ),
@@ -252,8 +278,8 @@ def build_specs(
                 ctx,
                 docker_host=cfg.docker_host,
                 cursor=cursor,
-                forward_to=EVENT_FORWARD,
-                event_subscribers=EVENT_SUBSCRIBERS,
+                forward_to=wiring.event_forward,
+                event_subscribers=wiring.events,
                 docker_api_version=cfg.docker_api_version,
             ),
         ),
@@ -314,6 +340,8 @@ def startup_problems(report: agent_config.ConfigReport) -> list[str]:
     DATA_PATH and the token are checked only where the settings they depend on are valid and
     the config file could be read (a token or URL in an unreadable file is not "missing").
     """
+    from actors.token_store import check_data_dir, resolve_token
+
     problems = list(report.problems)
     if report.file_failed or report.problems_of("DATA_PATH"):
         return problems
@@ -458,6 +486,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_problems(problems)
         return 2
     cfg = report.config
+    from actors.docker_gateway import detect_own_container_id
+    from actors.runtime.logs import setup_logging
+    from supervisor import Supervisor
+
     setup_logging(cfg.log_level, cfg.log_json)
     for level, note in privileges.notes:
         log.log(level, "%s", note)

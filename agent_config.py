@@ -8,7 +8,6 @@ by its default: every problem is collected and raised in one ``ConfigError``.
 from __future__ import annotations
 
 import argparse
-import difflib
 import errno
 import os
 import re
@@ -18,13 +17,11 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import yaml
-
 from actors.errors import ConfigError
 from actors.host.privileges import DEFAULT_SOCKETS
 from actors.rules.image_refs import parse_image_ref
 from actors.rules.paths import is_system_path
-from actors.rules.policy import Policy, parse_policy
+from actors.rules.permissions import Policy, parse_policy
 from actors.runtime.docker_client import api_version_problem
 from actors.runtime.logs import parse_level, register_secret
 from messages.common import Secret
@@ -286,6 +283,8 @@ def _read_yaml(path: str, problems: list[str], sections: dict[str, Any]) -> dict
     None (and a problem) when the file cannot be used at all: missing, unreadable, not YAML.
     """
     where = f"config file {path!r}"
+    import yaml  # here: without a config file (healthcheck, most agents) PyYAML never loads
+
     try:
         with open(path, "rb") as f:
             data = yaml.safe_load(f)
@@ -315,6 +314,8 @@ def _read_yaml(path: str, problems: list[str], sections: dict[str, Any]) -> dict
             continue
         setting = _BY_NAME.get(str(key).upper())
         if setting is None:
+            import difflib
+
             close = difflib.get_close_matches(str(key).upper(), _BY_NAME, n=1)
             guess = close[0].lower() if close and str(key).islower() else "".join(close)
             hint = f" (did you mean {guess!r}?)" if guess else ""

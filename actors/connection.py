@@ -262,7 +262,9 @@ class ConnectionActor(SupervisedActor):
             case (
                 CommandSucceeded() | CommandFailed() | ContainerOpSucceeded() | ContainerOpFailed()
             ):
-                self._send(self._bounded_reply(message))
+                text, line = self._bounded_reply(message)
+                self._send(text)
+                self._write(line)  # after the reply is on its way: the disk is off its path
             case _:
                 assert_never(message)
         return None
@@ -634,9 +636,10 @@ class ConnectionActor(SupervisedActor):
             seqs, self._events_confirmed = tuple(self._events_confirmed), []
             self.ctx.peers.tell(Role.EVENT_STREAMER, EventsConfirmed(seqs=seqs), optional=True)
 
-    def _bounded_reply(self, reply: Reply) -> str:
+    def _bounded_reply(self, reply: Reply) -> tuple[str, AuditLine | None]:
         """The reply's frame, or an error in its place if the backend could not read it: a
-        frame over 16 MiB closes the connection (1009), and resending it would do so forever."""
+        frame over 16 MiB closes the connection (1009), and resending it would do so forever;
+        and the request's audit line, for the caller to write once the frame is sent."""
         text = encode_reply(reply, self.ctx.clock.time_ns())
         size = frame_bytes(text)
         if size > MAX_MESSAGE_BYTES:
@@ -651,8 +654,7 @@ class ConnectionActor(SupervisedActor):
                 else CommandFailed(request_id=reply.request_id, error=error)
             )
             text = encode_reply(reply, self.ctx.clock.time_ns())
-        self._write(self._book.answered(reply))
-        return text
+        return text, self._book.answered(reply)
 
     def _send(self, text: str, *, buffer: bool = True) -> None:
         if frame_bytes(text) > MAX_MESSAGE_BYTES:  # an event: the backend could never read it

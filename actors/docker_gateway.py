@@ -35,6 +35,8 @@ from actors.host.host_ips import (
 )
 from actors.rules.policy import CHANGES, Guard, Policy, Refused
 from actors.runtime.docker_client import client_factory as docker_clients
+from actors.runtime.docker_http import LeanDocker, lean_address
+from actors.runtime.memory import release_memory
 from actors.runtime.pool import WorkerPool
 from messages.common import RawJson
 from messages.docker import (
@@ -202,8 +204,12 @@ class DockerGatewayActor(SupervisedActor):
         self._client_factory = client_factory or docker_clients(
             docker_host, timeout=request_timeout, api_version=docker_api_version
         )
+        # the lean read path (inspect, list_containers) where it applies: not with an injected
+        # client (tests' fakes), not for TLS or ssh hosts (docker-py keeps those)
+        self._lean_address = lean_address(docker_host) if client_factory is None else None
+        self._lean_settings = (request_timeout, docker_api_version)
         self._local = threading.local()
-        self._clients: list[docker.APIClient] = []
+        self._clients: list[docker.APIClient | LeanDocker] = []
         self._clients_lock = threading.Lock()
         self._pool: WorkerPool | None = None
         self._cache = _ListCache()
@@ -336,6 +342,7 @@ class DockerGatewayActor(SupervisedActor):
             self._checked(exc, from_probe=True)
         else:
             self._checked(from_probe=True)
+        release_memory()  # after a peak (a big list, many stats streams) RSS comes back down
 
     def _client(self) -> docker.APIClient:
         client: docker.APIClient | None = getattr(self._local, "client", None)
@@ -345,6 +352,19 @@ class DockerGatewayActor(SupervisedActor):
             with self._clients_lock:
                 self._clients.append(client)
         return client
+
+    def _reads(self) -> docker.APIClient | LeanDocker:
+        """This worker's client for the hot reads: the lean one where it applies."""
+        if self._lean_address is None:
+            return self._client()
+        lean: LeanDocker | None = getattr(self._local, "lean", None)
+        if lean is None:
+            timeout, version = self._lean_settings
+            lean = LeanDocker(self._lean_address, timeout=timeout, api_version=version)
+            self._local.lean = lean
+            with self._clients_lock:
+                self._clients.append(lean)
+        return lean
 
     # --- worker-side jobs (run on pool threads) ---------------------------------------------
 
@@ -376,7 +396,7 @@ class DockerGatewayActor(SupervisedActor):
     def _operate(self, op: ContainerOperation) -> Reply:
         action = ACTION_NAMES[type(op)]
         try:
-            api = self._client()
+            api = self._reads() if isinstance(op, InspectContainer) else self._client()
             try:
                 resolved = self._guard.check(api, op)
             except Refused as exc:
@@ -386,16 +406,19 @@ class DockerGatewayActor(SupervisedActor):
                 )
             # act on the id the guard checked: a rename since then cannot redirect the action
             cid = op.container_id if resolved is None else resolved.container_id
-            body = self._run(api, op, cid)
+            if isinstance(api, LeanDocker):  # Docker's bytes spliced into the reply as they are
+                body = RawJson.wrap("container", api.inspect_container_raw(cid))
+            else:
+                body = RawJson.of(self._run(api, op, cid))
         except Exception as exc:
             error, error_type = describe_docker_error(_VERBS[action], exc, self._docker_host)
             log.info("%s %s failed: %s", action, op.container_id, error)
             self._checked(exc)
             return ContainerOpFailed(request_id=op.request_id, error=error, error_type=error_type)
         log.info("%s %s: ok", action, op.container_id)
-        return ContainerOpSucceeded(request_id=op.request_id, body=RawJson.of(body))
+        return ContainerOpSucceeded(request_id=op.request_id, body=body)
 
-    def _run(self, api: docker.APIClient, op: ContainerOperation, cid: str) -> dict[str, Any]:
+    def _run(self, api: Any, op: ContainerOperation, cid: str) -> dict[str, Any]:
         """Act on ``cid`` (the resolved id for changes); replies echo the request's reference."""
         echo = op.container_id
         match op:
@@ -441,7 +464,7 @@ class DockerGatewayActor(SupervisedActor):
 
     def _list_containers(self, msg: ListContainers) -> Reply:
         try:
-            api = self._client()
+            api = self._reads()
             summaries: list[dict[str, Any]] = api.containers(all=True)
             live = {s["Id"] for s in summaries}
             for summary in summaries:
@@ -461,7 +484,7 @@ class DockerGatewayActor(SupervisedActor):
             return CommandFailed(request_id=msg.request_id, error=error, error_type=error_type)
         return CommandSucceeded(request_id=msg.request_id, payload=RawJson.of(summaries))
 
-    def _enrich(self, api: docker.APIClient, summary: dict[str, Any]) -> None:
+    def _enrich(self, api: docker.APIClient | LeanDocker, summary: dict[str, Any]) -> None:
         cid, state, image_id = summary["Id"], summary.get("State", ""), summary.get("ImageID", "")
         with self._cache.lock:
             entry = self._cache.containers.get(cid)

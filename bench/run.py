@@ -97,6 +97,7 @@ class Bench:
         self.agent: subprocess.Popen[bytes] | None = None
         self.floor: subprocess.Popen[bytes] | None = None
         self.client: docker.DockerClient | None = None
+        self.idle_rss: float | None = None  # idle connected RSS before any load (footprint)
 
     def __enter__(self) -> Bench:
         self.daemon.start()
@@ -518,6 +519,108 @@ def memory_idle(b: Bench) -> list[Row]:
     ]
 
 
+#: the five runtime imports, in a bare interpreter: the floor for the agent's idle RSS
+BARE_IMPORTS = (
+    "import pykka, websocket, docker, yaml, colorlog, time; time.sleep(1.5); "
+    "print(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1])"
+)
+
+
+def memory_footprint(b: Bench) -> list[Row]:
+    """Idle connected RSS beside a bare interpreter with the five runtime imports."""
+    time.sleep(2)  # let start-up garbage settle; this is a measurement, not a test
+    s = proc_stats(b.pid)
+    b.idle_rss = s.rss_mb  # the pre-peak level the peak row is judged by
+    bare = int(subprocess.run([sys.executable, "-c", BARE_IMPORTS], capture_output=True,
+                              text=True, check=True).stdout) / 1024  # fmt: skip
+    return [
+        Row(
+            "RSS idle, connected, vs the bare runtime imports",
+            f"{s.rss_mb:.1f} MB, {s.threads} threads",
+            f"bare imports {bare:.1f} MB",
+            "<= 36 MB",
+            s.rss_mb <= 36,
+            f"agent - bare {s.rss_mb - bare:+.1f} MB (pykka, websocket, docker, yaml, colorlog)",
+        )
+    ]
+
+
+#: runs argv[1:] and prints "<peak RSS KB> <wall s> <exit code>"; a small launcher, because a
+#: child forked straight from this (large) process would count our pages in its peak RSS
+LAUNCHER = (
+    "import os, sys, time\n"
+    "t = time.perf_counter()\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    fd = os.open(os.devnull, os.O_WRONLY); os.dup2(fd, 1)\n"
+    "    os.execv(sys.argv[1], sys.argv[1:])\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "print(usage.ru_maxrss, time.perf_counter() - t, os.waitstatus_to_exitcode(status))\n"
+)
+
+
+def healthcheck_runs(b: Bench, runs: int) -> list[Row]:
+    """``dockmon-agent healthcheck`` as Docker runs it: a fresh process each time (peak RSS
+    from wait4, wall time from fork to exit), against the running agent's status file."""
+    env = {**os.environ, "DATA_PATH": str(b.workdir / "data")}
+    env.pop("DOCKMON_CONFIG", None)
+
+    def launch(*argv: str) -> tuple[float, float, int]:
+        command = [sys.executable, "-c", LAUNCHER, sys.executable, *argv]
+        out = subprocess.run(
+            command, cwd=REPO, env=env, capture_output=True, text=True, check=True
+        ).stdout
+        kb, wall, code = out.split()
+        return int(kb) / 1024, float(wall), int(code)
+
+    checks = [launch("-m", "agent_cli", "healthcheck") for _ in range(runs)]
+    bare = [launch("-c", "pass") for _ in range(max(3, runs // 4))]
+    rss, wall = [c[0] for c in checks], [c[1] for c in checks]
+    return [
+        Row(
+            f"healthcheck process ({runs} runs)",
+            f"RSS p50 {pct(rss, 50):.1f} MB, max {max(rss):.1f}; wall p50 {ms(pct(wall, 50))}, "
+            f"max {ms(max(wall))}",
+            f"bare interpreter {pct([c[0] for c in bare], 50):.1f} MB, "
+            f"{ms(pct([c[1] for c in bare], 50))}",
+            "<= 16 MB and <= 150 ms",
+            pct(rss, 50) <= 16 and pct(wall, 50) <= 0.150,
+            f"exit codes {sorted({c[2] for c in checks})} (0: healthy)",
+        )
+    ]
+
+
+def memory_after_peak(b: Bench, containers: int, running: int, settle: float = 35) -> list[Row]:
+    """RSS before, at and after a peak: ``containers`` listed through the hub while ``running``
+    of them stream stats; then all are removed and the agent is left alone for ``settle`` s
+    (streams end, caches drop them, a Docker probe, every 30 s, trims the heap)."""
+    time.sleep(2)
+    before = proc_stats(b.pid).rss_mb
+    # the level to come back to: idle before any load when the footprint row ran first (earlier
+    # rows, the 1,000-container list above all, leave the agent above it)
+    level = b.idle_rss if b.idle_rss is not None else before
+    b.containers(running, start=True)
+    b.containers(containers - running, start=False)
+    for _ in range(3):
+        result = _ok(b.hub.command("list_containers", timeout=120))
+        assert len(result.data) >= containers
+    time.sleep(min(5, settle))  # the stats streams of the running ones are open and sampling
+    peak = proc_stats(b.pid).rss_mb
+    b.clear()
+    _ok(b.hub.command("list_containers", timeout=60))
+    time.sleep(settle)
+    after = proc_stats(b.pid).rss_mb
+    return [
+        Row(
+            f"RSS after a peak ({containers} listed, {running} streaming stats)",
+            f"after {after:.1f} MB ({after - level:+.1f} vs idle)",
+            f"idle {level:.1f} MB; before {before:.1f}; peak {peak:.1f}",
+            "<= idle + 5 MB",
+            after <= level + 5,
+        )
+    ]
+
+
 def recovery(b: Bench) -> list[Row]:
     count = b.hub.connection_count
     b.hub.refuse(True)
@@ -645,8 +748,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument(
         "--only",
-        help="comma-separated subset: memory, latency, stats, inspect, list, list1000, "
-        "concurrency, recovery, storm, soak",
+        help="comma-separated subset: memory, footprint, healthcheck, latency, stats, inspect, "
+        "list, list1000, concurrency, recovery, storm, peak, soak",
     )
     args = parser.parse_args()
     smoke = args.smoke
@@ -656,6 +759,8 @@ def main() -> int:
         b.start_floor()
         plan: list[tuple[str, Callable[[], list[Row]]]] = [
             ("memory", lambda: memory_idle(b)),
+            ("footprint", lambda: memory_footprint(b)),
+            ("healthcheck", lambda: healthcheck_runs(b, 5 if smoke else 20)),
             ("latency", lambda: event_latency(b, 40 if smoke else 800, 2 if smoke else 4)),
             ("stats", lambda: stats_cpu(b, 10 if smoke else 200, 3 if smoke else 15)),
             ("inspect", lambda: inspect_roundtrip(b, 20 if smoke else 500)),
@@ -664,6 +769,7 @@ def main() -> int:
             ("concurrency", lambda: concurrency(b, 10 if smoke else 100, 2 if smoke else 10)),
             ("recovery", lambda: recovery(b)),
             ("storm", lambda: reconnect_storm(b, 2 if smoke else 30, 5 if smoke else 100)),
+            ("peak", lambda: memory_after_peak(b, *((20, 5, 2) if smoke else (1000, 200, 35)))),
             ("soak", lambda: soak(b, 3 if smoke else 600)),
         ]
         names = args.only.split(",") if args.only else [name for name, _ in plan]

@@ -4,7 +4,40 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
+
+_orjson: ModuleType | None = None
+
+
+def _codec() -> ModuleType:
+    """orjson, loaded on first use: reading the configuration (``healthcheck``) encodes nothing."""
+    global _orjson
+    if _orjson is None:
+        import orjson
+
+        _orjson = orjson
+    return _orjson
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text (``json.dumps(separators=(",", ":"), ensure_ascii=False)``'s bytes).
+
+    orjson encodes Docker's answers 10-20x faster than ``json``. Where it refuses what ``json``
+    accepts (integers beyond 64 bits, lone surrogates, nesting deeper than 254) ``json`` encodes
+    it as before; NaN and infinities become ``null`` (``json`` would emit ``NaN``, which is not
+    JSON and would make the backend close the connection).
+    """
+    codec = _codec()
+    try:
+        return codec.dumps(value, option=codec.OPT_NON_STR_KEYS).decode()  # type: ignore[no-any-return]
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def loads(data: str | bytes) -> Any:
+    """Decode JSON text or UTF-8 bytes (``ValueError`` if it is not JSON)."""
+    return _codec().loads(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +79,15 @@ class RawJson:
 
     @staticmethod
     def of(value: Any) -> RawJson:
-        return RawJson(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+        return RawJson(dumps(value))
+
+    @staticmethod
+    def wrap(key: str, raw: bytes) -> RawJson:
+        """``{"<key>": <raw>}`` around a JSON value already encoded (Docker's bytes, spliced
+        as they are, not re-encoded); ``ValueError`` if ``raw`` is not JSON in UTF-8 (checked
+        by orjson's parser, a few µs: the strict backend closes the link on a bad frame)."""
+        _codec().loads(raw)
+        return RawJson("{" + dumps(key) + ":" + raw.decode("utf-8").strip() + "}")
 
     def value(self) -> Any:
         return json.loads(self.text)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from messages import references
-from messages.common import RawJson, Secret
+from messages.common import RawJson, Secret, dumps
 from messages.decoding import BadPayload, boolean, command_failed, number
 from messages.docker import (
     CommandFailed,
@@ -299,7 +299,7 @@ def _generic_command(frame: Mapping[str, Any], request_id: str | None) -> Decode
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return dumps(value)
 
 
 def encode_reply(reply: Reply, now_ns: int | None = None) -> str:

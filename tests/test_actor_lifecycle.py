@@ -19,7 +19,7 @@ from actors.base import ActorContext, Peers, SupervisedActor
 from actors.event_streamer import EventCursor, EventStreamerActor
 from actors.health_checks import HealthCheckActor, HealthCheckMemory
 from actors.stats import StatsActor, StatsSettings
-from agent_cli import EVENT_FORWARD, EVENT_SUBSCRIBERS
+from agent_cli import fanouts
 from tests.support.fakes import FakeClock, FakeScheduler, make_ctx
 from tests.test_stats_actor import FakeStreams
 
@@ -148,8 +148,8 @@ def test_event_streamer_whose_on_start_fails_stops_its_reader(
             ctx("event_streamer"),
             docker_host="unix:///nowhere",
             cursor=EventCursor(0),
-            forward_to=EVENT_FORWARD,
-            event_subscribers=EVENT_SUBSCRIBERS,
+            forward_to=fanouts().event_forward,
+            event_subscribers=fanouts().events,
             client_factory=lambda: client,  # type: ignore[arg-type,return-value]
         )
     )
@@ -206,8 +206,8 @@ def test_a_stream_obtained_after_the_release_is_closed_at_once() -> None:
         ctx("event_streamer"),
         docker_host="unix:///nowhere",
         cursor=EventCursor(0),
-        forward_to=EVENT_FORWARD,
-        event_subscribers=EVENT_SUBSCRIBERS,
+        forward_to=fanouts().event_forward,
+        event_subscribers=fanouts().events,
         client_factory=lambda: client,  # type: ignore[arg-type,return-value]
     )
     actor._subscribe()  # starts the reader (generation 1)

@@ -23,7 +23,7 @@ from actors.event_streamer import EventCursor, EventStreamerActor
 from actors.link.ingest import IngestLink
 from actors.link.websocket import LinkSettings
 from actors.runtime.backoff import Backoff, exponential
-from agent_cli import EVENT_FORWARD, EVENT_SUBSCRIBERS
+from agent_cli import fanouts
 from messages.common import Secret
 from messages.docker import Resubscribe
 from messages.stats import RetryListing
@@ -75,8 +75,8 @@ def test_the_event_streamer_keeps_resubscribing_after_thousands_of_failures() ->
         make_ctx(Peers(), scheduler, clock, child_id="event_streamer"),
         docker_host="unix:///nowhere.sock",
         cursor=EventCursor(0),
-        forward_to=EVENT_FORWARD,
-        event_subscribers=EVENT_SUBSCRIBERS,
+        forward_to=fanouts().event_forward,
+        event_subscribers=fanouts().events,
         retry_delay=(0.2, 5.0),
     )
     delays = []

@@ -16,7 +16,7 @@ from actors.connection import ConnectionActor
 from actors.link.websocket import LinkSettings
 from actors.rules.policy import AuditLog
 from actors.runtime.backoff import Backoff
-from agent_cli import LINK_SUBSCRIBERS
+from agent_cli import fanouts
 from messages.common import Ping, RawJson, Secret
 from messages.connection import Dial, FrameReceived, LinkOpened, PongReceived, ReaderStopped
 from messages.docker import (
@@ -128,7 +128,7 @@ def rig() -> Iterator[Rig]:
         identity=IDENT,
         reconnect_initial=1.0,
         reconnect_max=8.0,
-        link_subscribers=LINK_SUBSCRIBERS,
+        link_subscribers=fanouts().link,
         link_factory=FakeLink,  # type: ignore[arg-type]
         rng=random.Random(7),
     )
@@ -333,7 +333,7 @@ def _audited_rig(rig: Rig, path: Any) -> tuple[pykka.ActorRef[Any], AuditLog]:
         identity=IDENT,
         reconnect_initial=1.0,
         reconnect_max=8.0,
-        link_subscribers=LINK_SUBSCRIBERS,
+        link_subscribers=fanouts().link,
         link_factory=FakeLink,  # type: ignore[arg-type]
         audit=audit,
     )
@@ -521,7 +521,7 @@ def test_audit_records_from_other_actors_are_written(rig: Rig, tmp_path: Any) ->
         identity=IDENT,
         reconnect_initial=1.0,
         reconnect_max=8.0,
-        link_subscribers=LINK_SUBSCRIBERS,
+        link_subscribers=fanouts().link,
         link_factory=FakeLink,  # type: ignore[arg-type]
         audit=audit,
     )
@@ -539,7 +539,7 @@ def test_audit_records_from_other_actors_are_written(rig: Rig, tmp_path: Any) ->
 def test_link_state_changes_go_to_exactly_the_subscribers_the_composition_root_lists(
     rig: Rig,
 ) -> None:
-    subscribers = {role: ProbeHandle() for role in LINK_SUBSCRIBERS}
+    subscribers = {role: ProbeHandle() for role in fanouts().link}
     for role, probe in subscribers.items():
         rig.peers.set(role, probe.ref)
     link = rig.connect()

@@ -31,7 +31,7 @@ from actors.event_streamer import EventCursor, EventStreamerActor
 from actors.host.docker_access import diagnose
 from actors.link.websocket import LinkSettings
 from actors.status import health_verdict
-from agent_cli import EVENT_FORWARD, EVENT_SUBSCRIBERS, LINK_SUBSCRIBERS, main
+from agent_cli import fanouts, main
 from messages.common import Ping, Secret
 from messages.docker import DescribeHost, HostDescribed
 from messages.roles import Role
@@ -207,8 +207,8 @@ def test_event_streamer_logs_a_broken_stream_once_then_at_a_backoff(
         make_ctx(Peers(), scheduler, clock, child_id="event_streamer"),
         docker_host=f"unix://{path}",
         cursor=EventCursor(clock.time_ns()),
-        forward_to=EVENT_FORWARD,
-        event_subscribers=EVENT_SUBSCRIBERS,
+        forward_to=fanouts().event_forward,
+        event_subscribers=fanouts().events,
         client_factory=lambda: docker.APIClient(base_url=f"unix://{path}", version="1.41"),
     )
 
@@ -276,7 +276,7 @@ def test_connection_logs_the_same_failure_once_then_at_a_backoff(
         identity=IDENT,
         reconnect_initial=1.0,
         reconnect_max=4.0,
-        link_subscribers=LINK_SUBSCRIBERS,
+        link_subscribers=fanouts().link,
         link_factory=FakeLink,  # type: ignore[arg-type]
         rng=random.Random(3),
     )

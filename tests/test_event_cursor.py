@@ -18,7 +18,7 @@ import pytest
 
 from actors.base import Peers
 from actors.event_streamer import EventCursor, EventStreamerActor
-from agent_cli import EVENT_FORWARD, EVENT_SUBSCRIBERS
+from agent_cli import fanouts
 from messages.common import Ping
 from messages.docker import (
     CACHE_ACTIONS,
@@ -231,8 +231,8 @@ def test_the_streamer_resubscribes_with_the_cursors_since_and_forwards_each_even
         make_ctx(peers, scheduler, clock, child_id="event_streamer"),
         docker_host="unix:///nowhere",
         cursor=cursor,
-        forward_to=EVENT_FORWARD,
-        event_subscribers=EVENT_SUBSCRIBERS,
+        forward_to=fanouts().event_forward,
+        event_subscribers=fanouts().events,
         client_factory=lambda: client,  # type: ignore[arg-type,return-value]
     )
     try:
@@ -325,8 +325,8 @@ def test_the_streamer_tells_each_event_to_the_subscribers_it_is_given_in_order(
 def test_the_composition_root_forwards_events_to_the_connection_then_gateway_and_stats() -> None:
     """Today's wiring: the Connection first, from the reader; then the gateway (the actions its
     cache follows) and stats (those its streams follow); only the gateway must run."""
-    assert Subscriber(Role.CONNECTION, optional=True) == EVENT_FORWARD
+    assert Subscriber(Role.CONNECTION, optional=True) == fanouts().event_forward
     assert (
         Subscriber(Role.DOCKER_GATEWAY, actions=CACHE_ACTIONS),
         Subscriber(Role.STATS, optional=True, actions=STATS_ACTIONS),
-    ) == EVENT_SUBSCRIBERS
+    ) == fanouts().events

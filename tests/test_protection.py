@@ -15,7 +15,15 @@ import docker
 import docker.errors
 import pytest
 
-from actors.rules.policy import CHANGES, CHANGES_NOTHING, Guard, Policy, Refused, Target
+from actors.rules.policy import (
+    CHANGES,
+    CHANGES_NOTHING,
+    CONTAINER_CHANGES,
+    Guard,
+    Policy,
+    Refused,
+    Target,
+)
 from messages.docker import (
     ACTION_NAMES,
     KillContainer,
@@ -46,6 +54,12 @@ def test_every_routed_command_type_declares_whether_it_can_change_a_container() 
         f"{sorted(c.__name__ for c in undeclared)}"
     )
     assert set(CHANGES) | set(CHANGES_NOTHING) <= set(ROUTES)  # nothing stale
+
+
+def test_the_configurations_container_changes_are_the_declared_ones() -> None:
+    """actors/rules/permissions.py spells CONTAINER_CHANGES out (so the configuration loads no
+    message type): it must be exactly the operations CHANGES declares."""
+    assert frozenset(spec.operation for spec in CHANGES.values()) == CONTAINER_CHANGES
 
 
 def test_container_actions_keep_their_protocol_names() -> None:

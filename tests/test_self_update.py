@@ -435,7 +435,7 @@ def conn() -> Iterator[tuple[pykka.ActorRef[Any], FakeScheduler, ProbeHandle]]:
         ),
         reconnect_initial=1.0,
         reconnect_max=8.0,
-        link_subscribers=agent_cli.LINK_SUBSCRIBERS,
+        link_subscribers=agent_cli.fanouts().link,
         link_factory=FinishingLink,  # type: ignore[arg-type]
         rng=random.Random(1),
     )

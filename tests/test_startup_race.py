@@ -21,7 +21,7 @@ import pytest
 from actors.base import ActorContext, Peers, SupervisedActor
 from actors.connection import ConnectionActor
 from actors.link.websocket import LinkSettings
-from agent_cli import LINK_SUBSCRIBERS
+from agent_cli import fanouts
 from messages.common import Ping, Secret
 from messages.docker import DescribeHost, HostDescribed, HostInfo
 from messages.roles import Role
@@ -82,7 +82,7 @@ def test_the_host_description_reaches_a_connection_not_yet_published() -> None:
             identity=IDENT,
             reconnect_initial=1.0,
             reconnect_max=8.0,
-            link_subscribers=LINK_SUBSCRIBERS,
+            link_subscribers=fanouts().link,
             link_factory=FakeLink,  # type: ignore[arg-type]
             rng=random.Random(1),
         )

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,7 @@ from messages.common import Ping
 from messages.roles import Role
 from messages.status import EventForwarded, FlushStatus, WriteFailed
 from messages.timefmt import rfc3339_nano
+from tests.conftest import REPO_ROOT
 from tests.support.agent_harness import running_agent
 from tests.support.daemon import PrivateDockerd
 from tests.support.fakes import FakeClock, FakeScheduler, make_ctx
@@ -173,3 +178,34 @@ def test_a_failing_status_write_is_counted_and_logged_once(
     assert status["audit_write_failures"] == 1
     assert status["events_forwarded"] == 5
     assert "No space left" in status["last_write_error"]
+
+
+_HEAVY = ("docker", "requests", "pykka", "websocket", "asyncio", "yaml", "colorlog", "supervisor")
+
+
+def test_healthcheck_loads_no_actor_docker_py_or_pykka(tmp_path: Path) -> None:
+    """Docker runs ``healthcheck`` every 30 s: it reads one JSON file, so it imports only the
+    configuration and the verdict (bench/run.py measures its RSS and time)."""
+    status = {"connected": True, "updated_at": rfc3339_nano(time.time_ns())}
+    (tmp_path / "status.json").write_text(json.dumps(status))
+    code = (
+        "import sys, agent_cli\n"
+        "rc = agent_cli.main(['healthcheck'])\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[1:]))\n"
+        "heavy += sorted(m for m in sys.modules if m.startswith('actors.') and m.count('.') == 1"
+        " and m.split('.')[1] not in ('errors', 'rules', 'runtime', 'host'))\n"
+        "print('heavy:', heavy, 'rc:', rc)\n"
+    )
+    env = {**os.environ, "DATA_PATH": str(tmp_path)}
+    env.pop("DOCKMON_CONFIG", None)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *_HEAVY],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "healthy: registered with DockMon" in result.stdout
+    assert "heavy: [] rc: 0" in result.stdout

@@ -14,18 +14,21 @@ raw paths go unversioned (the daemon answers with its own API version).
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import docker
+if TYPE_CHECKING:  # docker-py and asyncio load when a client or a stream is made, not before:
+    import asyncio  # ``dockmon-agent healthcheck`` reads the configuration and needs neither
+
+    import docker
 
 #: docker-py refuses anything older
 MINIMUM_API_VERSION = (1, 24)
 _VERSION = re.compile(r"(\d+)\.(\d+)")
 
-ClientFactory = Callable[[], docker.APIClient]
+ClientFactory = Callable[[], "docker.APIClient"]
 
 
 def api_version_problem(text: str) -> str | None:
@@ -43,6 +46,8 @@ def api_client(
     docker_host: str, *, timeout: float, api_version: str | None = None
 ) -> docker.APIClient:
     """A docker-py low-level client for ``docker_host`` speaking ``api_version`` (or auto)."""
+    import docker
+
     return docker.APIClient(
         base_url=docker_host, version=api_version or "auto", timeout=max(1, int(timeout))
     )
@@ -73,6 +78,8 @@ async def open_connection(
     docker_host: str, *, limit: int
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A raw connection to the daemon (``unix://`` or plain ``tcp://``) for one HTTP request."""
+    import asyncio
+
     path = socket_path(docker_host)
     if path is not None:
         return await asyncio.open_unix_connection(path, limit=limit)

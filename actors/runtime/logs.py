@@ -17,8 +17,6 @@ import time
 from collections.abc import Mapping
 from typing import TextIO
 
-import colorlog
-
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -132,6 +130,13 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+def _colored(stream: TextIO) -> logging.Formatter:
+    """Text lines (coloured on a terminal); colorlog loads only for them (JSON is the default)."""
+    import colorlog
+
+    return colorlog.ColoredFormatter(_HUMAN_FORMAT, stream=stream)
+
+
 def setup_logging(level: str, json_format: bool | None, stream: TextIO | None = None) -> None:
     """Point the root logger at one redacting handler on ``stream`` (default stderr).
 
@@ -147,9 +152,7 @@ def setup_logging(level: str, json_format: bool | None, stream: TextIO | None = 
         json_format = not (callable(isatty) and isatty())
     handler = logging.StreamHandler(stream)
     handler.addFilter(_REDACTOR)
-    handler.setFormatter(
-        _JsonFormatter() if json_format else colorlog.ColoredFormatter(_HUMAN_FORMAT, stream=stream)
-    )
+    handler.setFormatter(_JsonFormatter() if json_format else _colored(stream))
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)

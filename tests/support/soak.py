@@ -37,7 +37,7 @@ from actors.link.websocket import LinkSettings
 from actors.stats import StatsActor, StatsSettings
 from actors.status import StatusReporterActor
 from actors.token_store import TokenStoreActor
-from agent_cli import EVENT_FORWARD, EVENT_SUBSCRIBERS, LINK_SUBSCRIBERS
+from agent_cli import fanouts
 from messages.common import Ping, Secret
 from messages.connection import FrameReceived, LinkOpened, PongReceived, ReaderStopped
 from messages.docker import HostInfo
@@ -298,7 +298,7 @@ class MonthRig:
                     identity=IDENT,
                     reconnect_initial=0.1,
                     reconnect_max=1.0,
-                    link_subscribers=LINK_SUBSCRIBERS,
+                    link_subscribers=fanouts().link,
                     link_factory=FakeLink,
                 ),
             ),
@@ -308,8 +308,8 @@ class MonthRig:
                     EventStreamerActor,
                     docker_host="unix:///soak.sock",
                     cursor=self.cursor,
-                    forward_to=EVENT_FORWARD,
-                    event_subscribers=EVENT_SUBSCRIBERS,
+                    forward_to=fanouts().event_forward,
+                    event_subscribers=fanouts().events,
                     client_factory=lambda: FakeDockerEvents(self),
                 ),
             ),
