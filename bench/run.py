@@ -695,16 +695,33 @@ def reconnect_storm(b: Bench, seconds: float, ops: int) -> list[Row]:
             with contextlib.suppress(Exception):
                 if b.hub.wait_response(request, timeout=60).ok:
                     done += 1
-        time.sleep(2)  # trailing events reach both listeners
-        want = sorted(
-            (e["Actor"]["ID"], e["Action"]) for at, e in raw if e["Actor"]["ID"] in ids and at > t0
-        )
-    got = sorted(
-        (e["payload"]["container_id"], e["payload"]["action"])
-        for e in b.hub.events[start_index:]
-        if e.get("command") == "container_event" and e["payload"]["container_id"] in ids
-    )
-    lost = len([1 for k in set(want) if want.count(k) > got.count(k)])
+
+        def tally() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+            want = sorted(
+                (e["Actor"]["ID"], e["Action"])
+                for at, e in list(raw)
+                if e["Actor"]["ID"] in ids and at > t0
+            )
+            got = sorted(
+                (e["payload"]["container_id"], e["payload"]["action"])
+                for e in b.hub.events[start_index:]
+                if e.get("command") == "container_event" and e["payload"]["container_id"] in ids
+            )
+            return want, got
+
+        def missing(want: list[tuple[str, str]], got: list[tuple[str, str]]) -> int:
+            return len([1 for k in set(want) if want.count(k) > got.count(k)])
+
+        # the trailing events reach the hub after the last reconnect: wait for them (up to 30 s,
+        # then what is missing counts as lost), and say how long the last one took
+        settle_start = time.monotonic()
+        while missing(*tally()) and time.monotonic() - settle_start < 30:
+            time.sleep(0.1)
+        settled = time.monotonic() - settle_start
+        time.sleep(1)  # a duplicate would come with the replay just seen: give it a moment
+        want, got = tally()
+    lost = missing(want, got)
+    gone = sorted({(k[0][:12], k[1]) for k in want if want.count(k) > got.count(k)})
     dup = len([1 for k in set(got) if got.count(k) > want.count(k)])
     b.clear()
     return [
@@ -714,7 +731,9 @@ def reconnect_storm(b: Bench, seconds: float, ops: int) -> list[Row]:
             f"raw listener saw {len(want)} events",
             "all complete, 0 lost, 0 duplicated",
             done == len(sent) and lost == 0 and dup == 0,
-            "events and replies are kept until a pong confirms them, then resent if needed",
+            f"the last event in {settled:.1f} s after the replies"
+            + (f"; missing {gone}" if gone else "")
+            + "; events and replies are kept until a pong confirms them, then resent if needed",
         )
     ]
 
