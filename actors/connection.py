@@ -157,7 +157,7 @@ class ConnectionActor(SupervisedActor):
         self._attempt = 0
         self._link: WebSocketLink | None = None
         self._token: TokenInfo | None = None
-        self._delivery = Delivery(settings.outbox_limit)
+        self._delivery = Delivery(settings.outbox_limit, settings.confirm_margin)
         self._events_confirmed: list[int] = []  # not yet told to the EventStreamer
         self._attempt_timer: TimerHandle | None = None
         self._tick_timer: TimerHandle | None = None
@@ -214,16 +214,13 @@ class ConnectionActor(SupervisedActor):
             case FrameReceived(generation=gen, data=data) if gen == self._attempt:
                 self._last_heard = self.ctx.clock.monotonic()
                 self._frame(data)
-            case PongReceived(generation=gen, ack=ack) if gen == self._attempt:
+            case PongReceived(generation=gen, ack=ack, at=at) if gen == self._attempt:
                 self._last_heard = self.ctx.clock.monotonic()
                 if ack is not None:
-                    self._confirmed(self._delivery.confirm(ack))
-            case ReaderStopped(generation=gen, reason=reason) if (
-                gen == self._attempt and self._handing_over()
-            ):
-                self._handed_over(reason, echoed=reason.startswith("closed by server"))
-            case ReaderStopped(generation=gen, reason=reason) if gen == self._attempt:
-                self._link_lost(reason)
+                    read_at = self._last_heard if at is None else at
+                    self._confirmed(self._delivery.confirm(ack, read_at))
+            case ReaderStopped(generation=gen) if gen == self._attempt:
+                self._reader_stopped(message)
             case Tick(generation=gen) if gen == self._attempt:
                 self._tick()
             case AttemptTimedOut(generation=gen) if gen == self._attempt and self._handing_over():
@@ -499,6 +496,15 @@ class ConnectionActor(SupervisedActor):
             self._drop_link("handed over")
             self._state = LinkState.HANDED_OVER
 
+    def _reader_stopped(self, stopped: ReaderStopped) -> None:
+        # the link's end is the last we hear of it: what was ponged less than the margin
+        # before it goes again (a close discards what the backend's handler had not read)
+        self._last_heard = self.ctx.clock.monotonic() if stopped.at is None else stopped.at
+        if self._handing_over():
+            self._handed_over(stopped.reason, echoed=stopped.echoed)
+        else:
+            self._link_lost(stopped.reason)
+
     def _handed_over(self, how: str, *, echoed: bool) -> None:
         if echoed:  # the backend read everything we sent before our close frame
             self._confirmed(self._delivery.confirm_all())
@@ -535,12 +541,15 @@ class ConnectionActor(SupervisedActor):
         if link is None:
             return
         link.close()
+        # what the link outlived by the margin is confirmed; what was ponged later goes again
+        self._confirmed(self._delivery.alive_at(self._last_heard))
         self._flush_confirmed()  # before the next link's ReplayEvents: nothing confirmed is resent
         if unconfirmed := self._delivery.link_lost():
             log.info(
-                "%d sent messages were not confirmed by a pong; they go again on the next "
-                "connection",
+                "%d sent messages were not confirmed (no pong, or the link ended less than %gs "
+                "after it); they go again on the next connection",
                 unconfirmed,
+                self._delivery.margin,
             )
         self._attempt += 1  # anything still in flight from that link is now stale
         log.debug("link closed: %s", reason)
@@ -551,10 +560,13 @@ class ConnectionActor(SupervisedActor):
         self._tick_timer = self.tell_self_later(1.0, Tick(generation=self._attempt))
 
     def _tick(self) -> None:
-        self._flush_confirmed()
         if self._state is not LinkState.CONNECTED or self._link is None:
+            self._flush_confirmed()
             return
         now = self.ctx.clock.monotonic()
+        ended = self._link.ended_at  # its ReaderStopped may still be on the way
+        self._confirmed(self._delivery.alive_at(now if ended is None else ended))
+        self._flush_confirmed()
         silent = now - self._last_heard
         stuck = self._link.send_stuck_for(now)
         if silent >= self._settings.dead_after:
@@ -588,12 +600,12 @@ class ConnectionActor(SupervisedActor):
         """Send a frame that must not be lost and ask the server to confirm it with a pong.
 
         WebSocket frames are read in order, so the pong to a ping sent after frame N proves the
-        backend read frames up to N. Unconfirmed frames go back to the outbox if the link dies:
-        at-least-once delivery. The ping follows the burst a frame belongs to at once (one
-        ping per burst, not per frame: issue 13), so a backend that read the frame almost
-        always read the ping and answered before any close of its own: a duplicate needs the
-        link to die between those two reads. While the writer is idle the link writes frame
-        and ping from this thread, without blocking (``send_direct``).
+        backend's WebSocket layer read frames up to N; once the link has outlived that pong by
+        the confirmation margin, its handler did too (:mod:`actors.session.delivery`).
+        Unconfirmed frames go again if the link dies: at-least-once delivery. The ping follows
+        the burst a frame belongs to at once (one ping per burst, not per frame: issue 13).
+        While the writer is idle the link writes frame and ping from this thread, without
+        blocking (``send_direct``).
         """
         assert self._link is not None
         ack = self._delivery.sent(text, event_seq=event_seq, receipt=receipt)

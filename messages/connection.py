@@ -23,16 +23,23 @@ class FrameReceived:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PongReceived:
-    """A pong (``ack``: the sequence number our ping carried) or a server ping (``ack`` None)."""
+    """A pong (``ack``: the sequence number our ping carried) or a server ping (``ack`` None),
+    read at ``at`` (the link's monotonic clock; None: when the actor handles it)."""
 
     generation: int
     ack: int | None = None
+    at: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReaderStopped:
+    """The link ended at ``at`` (the link's monotonic clock; None: when the actor handles it).
+    ``echoed``: the backend answered the close frame we sent with the same one (a hand-over)."""
+
     generation: int
     reason: str
+    at: float | None = None
+    echoed: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

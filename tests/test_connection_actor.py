@@ -98,6 +98,15 @@ class Rig:
         assert self.state == "connected"
         return link
 
+    def pong(self, link: FakeLink, ack: int) -> None:
+        """A pong the link's reader read now."""
+        self.ref.tell(PongReceived(generation=link.generation, ack=ack, at=self.clock.now))
+
+    def end(self, link: FakeLink, reason: str, after: float = 0.0) -> None:
+        """The link's reader met its end ``after`` seconds from now."""
+        at = self.clock.now + after
+        self.ref.tell(ReaderStopped(generation=link.generation, reason=reason, at=at))
+
     def advance(self, seconds: float, step: float = 1.0) -> None:
         for _ in range(round(seconds / step)):
             self.scheduler.advance(step)
@@ -229,8 +238,8 @@ def test_container_events_come_from_the_streamer_replay_in_order(rig: Rig) -> No
     rig.ref.tell(event(6))
     rig.barrier()
     assert [name_of(s) for s in link.sent] == ["c0", "c1", "c5", "c6"]
-    rig.ref.tell(PongReceived(generation=link.generation, ack=4))
-    rig.advance(1)  # confirmations go to the streamer in batches, at the next tick
+    rig.pong(link, 4)
+    rig.advance(1)  # the link outlived the pong by the margin: at the next tick, in a batch
     confirmed = rig.streamer.expect(EventsConfirmed)
     assert confirmed.seqs == (1, 2, 6, 7)
 
@@ -241,8 +250,8 @@ def test_pongs_confirm_in_one_batch_told_before_the_next_links_replay(rig: Rig) 
     rig.ref.tell(EventsReplay(events=()))
     for n in range(3):
         rig.ref.tell(event(n))
-        rig.ref.tell(PongReceived(generation=link.generation, ack=n + 1))  # a pong per event
-    rig.ref.tell(ReaderStopped(generation=link.generation, reason="dropped"))
+        rig.pong(link, n + 1)  # a pong per event
+    rig.end(link, "dropped", after=1.0)  # the link outlived the pongs by the margin
     rig.connect()
     rig.streamer.ref.ask(Ping(), timeout=3)  # the probe's inbox is FIFO: everything is in
     told = [m for m in rig.streamer.received if isinstance(m, EventsConfirmed | ReplayEvents)]
@@ -420,8 +429,8 @@ def test_frames_not_confirmed_by_a_pong_are_resent_in_order_after_a_drop(rig: Ri
         rig.ref.tell(note(n))
     rig.barrier()
     assert link.acks == [1, 2, 3]  # each frame numbered, for the link's burst ping
-    rig.ref.tell(PongReceived(generation=link.generation, ack=1))  # pongs 2 and 3 never come
-    rig.ref.tell(ReaderStopped(generation=link.generation, reason="silently dead"))
+    rig.pong(link, 1)  # pongs 2 and 3 never come
+    rig.end(link, "silently dead", after=1.0)
     again = rig.connect()
     assert [name_of(s) for s in again.sent] == [
         "c1",
@@ -433,10 +442,27 @@ def test_confirmed_frames_are_not_resent(rig: Rig) -> None:
     link = rig.connect()
     for n in range(3):
         rig.ref.tell(note(n))
-    rig.ref.tell(PongReceived(generation=link.generation, ack=3))
+    rig.pong(link, 3)
     rig.barrier()
-    rig.ref.tell(ReaderStopped(generation=link.generation, reason="closed by server: 1000"))
+    rig.end(link, "closed by server: 1000", after=1.0)
     assert rig.connect().sent == []
+
+
+def test_frames_ponged_less_than_the_margin_before_the_link_ends_go_again(rig: Rig) -> None:
+    """The backend's WebSocket layer pongs before its handler reads what came before the ping,
+    and a close discards what the handler had not read: a pong must be outlived to count."""
+    link = rig.connect()
+    rig.streamer.expect(ReplayEvents)
+    rig.ref.tell(EventsReplay(events=()))
+    rig.ref.tell(note(0))
+    rig.ref.tell(event(1))
+    rig.pong(link, 2)
+    rig.end(link, "closed by server: 1001 going away", after=0.5)  # within the 1 s margin
+    again = rig.connect()
+    assert [name_of(s) for s in again.sent] == ["c0"]  # the plain frame, again
+    rig.streamer.ref.ask(Ping(), timeout=3)
+    assert not [m for m in rig.streamer.received if isinstance(m, EventsConfirmed)]
+    rig.streamer.expect(ReplayEvents)  # the event: from the streamer, which still holds it
 
 
 def test_stats_are_never_resent(rig: Rig) -> None:
@@ -497,7 +523,8 @@ def test_a_tracked_event_goes_once_per_link_and_is_confirmed_to_its_owner(rig: R
         ("deploy_complete", "d-1"),
     ]
     assert frames[0]["type"] == "event" and "correlation_id" not in frames[0]
-    rig.ref.tell(PongReceived(generation=link.generation, ack=link.acks[1]))
+    rig.pong(link, link.acks[1])
+    rig.advance(1)  # outlived by the margin
     assert deployer.expect(EventDelivered) == EventDelivered(key="d-0")
     # the link dies before d-1 is confirmed: it is not requeued here (the owner sends it)
     rig.ref.tell(ReaderStopped(generation=link.generation, reason="dead"))
@@ -506,7 +533,8 @@ def test_a_tracked_event_goes_once_per_link_and_is_confirmed_to_its_owner(rig: R
     rig.ref.tell(tracked("d-1"))
     rig.barrier()
     assert [json.loads(s)["payload"]["deployment_id"] for s in again.sent] == ["d-1"]
-    rig.ref.tell(PongReceived(generation=again.generation, ack=again.acks[-1]))
+    rig.pong(again, again.acks[-1])
+    rig.advance(1)
     assert deployer.expect(EventDelivered) == EventDelivered(key="d-1")
     assert not [m for m in deployer.received if isinstance(m, EventDelivered)]
 

@@ -16,6 +16,7 @@ import json
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import pytest
 
 from actors.base import SystemClock
 from actors.link.websocket import MAX_MESSAGE_BYTES, LinkSettings, WebSocketLink
-from messages.connection import FrameReceived, LinkOpened, ReaderStopped
+from messages.connection import FrameReceived, LinkOpened, PongReceived, ReaderStopped
 from tests.support.agent_harness import running_agent
 from tests.support.daemon import PrivateDockerd
 from tests.support.fakes import ProbeHandle
@@ -147,6 +148,41 @@ def stopped(probe: ProbeHandle, timeout: float = 5) -> str:
 
 def text_frame(payload: bytes) -> bytes:
     return header(0x1, len(payload)) + payload
+
+
+def close_frame(code: int, reason: bytes) -> bytes:
+    payload = struct.pack("!H", code) + reason
+    return header(0x8, len(payload)) + payload
+
+
+def test_a_pong_carries_its_number_and_when_it_was_read(
+    link: tuple[RawServer, WebSocketLink, ProbeHandle],
+) -> None:
+    """When matters: a pong confirms only once the link has outlived it (delivery.py)."""
+    server, _, probe = link
+    before = time.monotonic()
+    server.send(header(0xA, 2) + b"17")
+    pong = probe.expect(PongReceived, timeout=5)
+    assert pong.ack == 17 and pong.at is not None and before <= pong.at <= time.monotonic()
+
+
+@pytest.mark.parametrize(
+    ("reason", "echoed"), [(b"agent hand-over", True), (b"New connection established", False)]
+)
+def test_only_the_echo_of_our_own_close_frame_counts_as_one(
+    link: tuple[RawServer, WebSocketLink, ProbeHandle], reason: bytes, echoed: bool
+) -> None:
+    """After our hand-over close, a close the backend sent of its own accord (the new agent
+    superseding us) means it stopped reading: it is no echo and confirms nothing."""
+    server, ws_link, probe = link
+    ws_link.finish()
+    assert server.closed.wait(5) and server.closes == [1000]
+    before = time.monotonic()
+    server.send(close_frame(1000, reason))
+    end = probe.expect(ReaderStopped, timeout=5)
+    assert end.echoed is echoed and end.reason == f"closed by server: 1000 {reason.decode()}"
+    assert end.at is not None and before <= end.at <= time.monotonic()
+    assert ws_link.ended_at == end.at
 
 
 def test_a_frame_over_16_mib_is_refused_from_its_header(

@@ -916,6 +916,29 @@ def test_deploy_events_are_checked_as_a_sequence(hub: FakeHub, connect: Connect)
     assert "a second deploy_complete for deployment d-1" in hub.violations[1]
 
 
+def test_a_redelivery_on_a_later_connection_is_no_second_result(
+    hub: FakeHub, connect: Connect
+) -> None:
+    """At-least-once: a link that ended before the agent took its frames as read brings the
+    same messages again on the next connection; anything new, or a repeat on the same
+    connection, is still a violation."""
+    client, ok = authed(hub, connect)
+    for msg in (progress(), complete()):
+        client.send(msg)
+    hub.wait_until(lambda: len(hub.deploy_events("d-1")) == 2)
+    client.shutdown()
+    again, _ = authed(hub, connect, token=ok["agent_id"])
+    for msg in (progress(), complete()):
+        again.send(msg)
+    hub.wait_until(lambda: len(hub.deploy_events("d-1")) == 4)
+    hub.assert_clean()
+    again.send(progress(stage="completed", message="late"))  # new after the result
+    again.send(complete())  # the same again on the same connection
+    hub.wait_until(lambda: len(hub.violations) == 2)
+    assert "deploy_progress for deployment d-1 after its deploy_complete" in hub.violations[0]
+    assert "a second deploy_complete for deployment d-1" in hub.violations[1]
+
+
 def test_event_with_correlation_id_is_routed_as_a_response(hub: FakeHub, connect: Connect) -> None:
     client, _ = authed(hub, connect)
     client.send({**container_event(), "correlation_id": "abc"})

@@ -469,7 +469,8 @@ def test_hand_over_flushes_closes_and_stays_idle_until_resumed(
     ref.ask(Ping(), timeout=3)
     assert "selfupdate_progress" in link.sent[-1] and link.finished and not link.closed
     assert state(ref) == "handing_over"
-    ref.tell(ReaderStopped(generation=link.generation, reason="closed by server: 1000"))
+    echo = "closed by server: 1000 agent hand-over"
+    ref.tell(ReaderStopped(generation=link.generation, reason=echo, echoed=True))
     ref.ask(Ping(), timeout=3)
     assert state(ref) == "handed_over" and link.closed
     # no reconnect, however long it stays idle; events wait in the outbox
@@ -485,6 +486,25 @@ def test_hand_over_flushes_closes_and_stays_idle_until_resumed(
     assert state(ref) == "connected"
     assert any('"health"' in s for s in new_link.sent)  # delivered after the new auth
     assert not any('"start"' in s for s in new_link.sent)  # the close echo confirmed it
+
+
+def test_a_server_close_during_the_hand_over_is_no_echo_and_confirms_nothing(
+    conn: tuple[pykka.ActorRef[Any], FakeScheduler, ProbeHandle],
+) -> None:
+    """The new agent registering with our token makes the backend close our socket itself
+    (1000 "New connection established", PROTOCOL §2.5): that close crossed ours, the backend
+    stopped reading when it sent it, so what it had not read goes again on the next link."""
+    ref, _, gateway = conn
+    link = connect(ref, gateway)
+    ref.tell(EventOut(command="selfupdate_progress", payload=RawJson.of({"stage": "start"})))
+    ref.tell(HandOver())
+    closed = "closed by server: 1000 New connection established"
+    ref.tell(ReaderStopped(generation=link.generation, reason=closed))
+    ref.ask(Ping(), timeout=3)
+    assert state(ref) == "handed_over" and link.closed
+    ref.tell(ResumeAfterHandOver())
+    new_link = connect(ref, gateway)
+    assert any('"start"' in s for s in new_link.sent)  # not confirmed: sent again
 
 
 def test_hand_over_without_a_close_echo_times_out_into_idle(

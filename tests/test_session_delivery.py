@@ -15,10 +15,11 @@ def test_frames_are_numbered_and_a_pong_confirms_every_frame_up_to_its_number() 
     d = Delivery(outbox_limit=10)
     assert [d.sent(f"f{n}") for n in range(3)] == [1, 2, 3]
     assert d.unconfirmed == 3 and d.last_seq == 3
-    assert d.confirm(2) == Confirmed()  # plain frames: nobody to tell
+    assert d.confirm(2, at=0.0) == Confirmed()  # plain frames: nobody to tell
     assert d.unconfirmed == 1
-    assert d.confirm(2) == Confirmed() and d.unconfirmed == 1  # a repeated pong changes nothing
-    d.confirm(3)
+    assert d.confirm(2, at=0.0) == Confirmed()  # a repeated pong changes nothing
+    assert d.unconfirmed == 1
+    d.confirm(3, at=0.0)
     assert d.unconfirmed == 0
 
 
@@ -28,10 +29,49 @@ def test_a_pong_confirms_events_and_tracked_events_to_their_owners_once() -> Non
     d.sent("plain")
     d.sent("deploy", receipt=(Role.DEPLOYER, "d-1"))
     d.sent("e8", event_seq=8)
-    assert d.confirm(3) == Confirmed(events=(7,), receipts=((Role.DEPLOYER, "d-1"),))
-    assert d.confirm(3) == Confirmed()
+    assert d.confirm(3, at=0.0) == Confirmed(events=(7,), receipts=((Role.DEPLOYER, "d-1"),))
+    assert d.confirm(3, at=0.0) == Confirmed()
     assert d.confirm_all() == Confirmed(events=(8,))
     assert d.unconfirmed == 0
+
+
+def test_a_pong_confirms_once_the_link_outlives_it_by_the_margin() -> None:
+    """The backend's WebSocket layer pongs as soon as it reads the ping; its handler may still
+    be behind, and a close then discards what it had not read: so a pong confirms only once
+    the link has outlived it by the margin (a later pong, a tick, the link's end)."""
+    d = Delivery(outbox_limit=10, margin=1.0)
+    d.sent("e1", event_seq=1)
+    assert d.confirm(1, at=10.0) == Confirmed()  # ponged, not yet confirmed
+    assert d.unconfirmed == 1
+    d.sent("e2", event_seq=2)
+    assert d.confirm(2, at=10.5) == Confirmed()  # 0.5 s later: e1 not yet either
+    assert d.alive_at(10.99) == Confirmed()
+    assert d.alive_at(11.0) == Confirmed(events=(1,))  # the link lived 1 s past e1's pong
+    assert d.unconfirmed == 1
+    d.sent("plain")
+    d.sent("e3", event_seq=3)
+    assert d.confirm(4, at=12.0) == Confirmed(events=(2,))  # a pong proves the link alive too
+
+
+def test_a_link_that_ends_within_the_margin_of_a_pong_sends_those_frames_again() -> None:
+    d = Delivery(outbox_limit=10, margin=1.0)
+    for n in range(3):
+        d.sent(f"f{n}")
+    d.sent("e", event_seq=9)
+    d.confirm(1, at=5.0)
+    d.confirm(4, at=6.2)
+    # the server closed at 6.5: f0's pong is 1.5 s older, the rest only 0.3 s
+    assert d.alive_at(6.5) == Confirmed()
+    assert d.link_lost() == 3
+    assert d.take_outbox() == ["f1", "f2"]  # e (event 9) comes back from its owner
+
+
+def test_a_close_echo_confirms_everything_at_once() -> None:
+    d = Delivery(outbox_limit=10, margin=1.0)
+    d.sent("e1", event_seq=1)
+    d.confirm(1, at=0.0)
+    d.sent("e2", event_seq=2)
+    assert d.confirm_all() == Confirmed(events=(1, 2)) and d.unconfirmed == 0
 
 
 def test_each_event_is_sent_once_per_link() -> None:
@@ -49,7 +89,7 @@ def test_a_lost_link_requeues_unconfirmed_plain_frames_first_and_in_order() -> N
         d.sent(f"f{n}")
     d.sent("event", event_seq=1)  # the EventStreamer replays it
     d.sent("tracked", receipt=(Role.DEPLOYER, "d"))  # the Deployer sends it again
-    d.confirm(1)
+    d.confirm(1, at=0.0)
     d.awaiting_replay = True
     assert d.link_lost() == 5  # unconfirmed, events included
     d.queue("later")

@@ -59,6 +59,10 @@ class LinkSettings:
     dead_after: float = 40.0
     write_deadline: float = 10.0
     outbox_limit: int = 10_000
+    #: how long the link must outlive a pong before it confirms the frames before its ping: the
+    #: backend's WebSocket layer answers a ping at once, its handler may still be reading the
+    #: frames before it (uvicorn queues up to 32), and a close then discards them (delivery.py)
+    confirm_margin: float = 1.0
 
     def ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context()
@@ -101,6 +105,8 @@ class _Finish:
 
 
 _FINISH = _Finish()
+#: the close frame a hand-over sends (PROTOCOL §7): the backend's echo of it is this same frame
+HAND_OVER_CLOSE = (websocket.STATUS_NORMAL, "agent hand-over")
 #: frames up to this many characters may be written directly (send_direct); bigger ones (a
 #: long container list) are masked and written by the writer, off the actor's thread
 DIRECT_LIMIT = 64 * 1024
@@ -234,6 +240,7 @@ class WebSocketLink:
         self._ws: Guarded[websocket.WebSocket] = Guarded(wake=_shut_down, dispose=_close)
         self._outgoing: Handoff[_Outgoing] = Handoff()
         self._busy_since: float | None = None
+        self._ended_at: float | None = None  # when the reader met the link's end
         # the direct path (send_direct): the socket is written by one thread at a time (_io),
         # and only while nothing queued is still unsent (_queued, counted under _count)
         self._io = threading.Lock()
@@ -307,6 +314,12 @@ class WebSocketLink:
         """Send what is queued, then a close frame (1000); the reader ends on the echo."""
         self._outgoing.put(_FINISH)
 
+    @property
+    def ended_at(self) -> float | None:
+        """When the reader met the end of the link (a close frame, an error), before it tells
+        the owner; None while it reads: the owner may take the link to be alive now."""
+        return self._ended_at
+
     def send_stuck_for(self, now: float) -> float:
         busy = self._busy_since
         return 0.0 if busy is None else now - busy
@@ -334,6 +347,7 @@ class WebSocketLink:
 
     def _read(self) -> None:
         reason = "closed"
+        echoed = False
         try:
             ws = _BoundedWebSocket(
                 MAX_MESSAGE_BYTES,
@@ -363,10 +377,13 @@ class WebSocketLink:
                         return
                 elif opcode in (websocket.ABNF.OPCODE_PONG, websocket.ABNF.OPCODE_PING):
                     ack = _ack_of(frame.data) if opcode == websocket.ABNF.OPCODE_PONG else None
-                    if not self._tell(PongReceived(generation=self.generation, ack=ack)):
+                    at = self._clock.monotonic()
+                    if not self._tell(PongReceived(generation=self.generation, ack=ack, at=at)):
                         return
                 elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                    self._ended_at = self._clock.monotonic()
                     code, text = _close_reason(frame.data)
+                    echoed = (code, text) == HAND_OVER_CLOSE
                     reason = f"closed by server: {code} {text}".rstrip()
                     return
         except MessageTooBig as exc:
@@ -393,8 +410,13 @@ class WebSocketLink:
         finally:
             if self._ws.closed:
                 reason = "closed by agent"
+            if self._ended_at is None:
+                self._ended_at = self._clock.monotonic()
             self._outgoing.stop()
-            tell_quietly(self._notify, ReaderStopped(generation=self.generation, reason=reason))
+            stopped = ReaderStopped(
+                generation=self.generation, reason=reason, at=self._ended_at, echoed=echoed
+            )
+            tell_quietly(self._notify, stopped)
 
     def _refuse(self, code: int, reason: bytes) -> None:
         """Tell the server why we drop the link (bounded: the send may not block for long)."""
@@ -413,7 +435,8 @@ class WebSocketLink:
         while (item := self._outgoing.get()) is not None:
             if isinstance(item, _Finish):
                 with contextlib.suppress(OSError, websocket.WebSocketException):
-                    ws.send_close(websocket.STATUS_NORMAL, b"agent hand-over")
+                    code, text = HAND_OVER_CLOSE
+                    ws.send_close(code, text.encode())
                 return
             self._busy_since = self._clock.monotonic()
             try:

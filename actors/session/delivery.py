@@ -1,11 +1,18 @@
 """At-least-once delivery of the frames the Connection sends (PROTOCOL §9).
 
-WebSocket frames are read in order, so the pong to a ping sent after frame N proves the backend
-read every frame up to N. :class:`Delivery` numbers the frames sent on a link, keeps those no
-pong has confirmed yet, and, when the link drops, decides what goes again: plain frames go back
-to the front of the outbox in their order; container events and tracked events do not, their
-owners (the EventStreamer's cursor, the Deployer) send them again. While disconnected, frames
-wait in a bounded outbox that drops its oldest when full, and counts what it dropped.
+WebSocket frames are read in order, so the pong to a ping sent after frame N proves the backend's
+WebSocket layer read every frame up to N. It does not prove its handler did: the layer answers
+a ping the moment it reads it, while the frames before it may still wait in the handler's queue,
+and a backend that closes the socket then (a restart, a superseding connection) never processes
+them. So a pong confirms only once the link has outlived it by ``margin`` seconds, the time the
+handler may lag behind its WebSocket layer; frames ponged less than that before the link ended go
+again, like frames no pong reached (a duplicate rather than a loss).
+
+:class:`Delivery` numbers the frames sent on a link, keeps those not confirmed yet, and, when the
+link drops, decides what goes again: plain frames go back to the front of the outbox in their
+order; container events and tracked events do not, their owners (the EventStreamer's cursor, the
+Deployer) send them again. While disconnected, frames wait in a bounded outbox that drops its
+oldest when full, and counts what it dropped.
 
 No threads and no I/O: the actor sends and pings, and tells the owners what was confirmed.
 """
@@ -43,12 +50,14 @@ class Confirmed:
 class Delivery:
     """The outbox, the frame numbers and the unconfirmed frames of the Connection."""
 
-    def __init__(self, outbox_limit: int) -> None:
+    def __init__(self, outbox_limit: int, margin: float = 0.0) -> None:
         self.outbox_limit = outbox_limit
+        self.margin = margin  # how long the link must outlive a pong for it to confirm
         self.dropped = 0  # frames the full outbox dropped since the start
         self._outbox: deque[str] = deque()
         self._seq = 0  # the number of the last frame sent (never reused, across links)
-        self._unacked: deque[_Sent] = deque()  # sent on this link, not yet confirmed
+        self._unacked: deque[_Sent] = deque()  # sent on this link, no pong yet
+        self._ponged: deque[tuple[float, _Sent]] = deque()  # (when the pong came, the frame)
         self._sent_events: set[int] = set()  # container events sent on this link
         self._tracked_sent: set[Receipt] = set()  # tracked events sent on this link
         #: the EventStreamer was asked to replay: live events wait for it (it holds them too)
@@ -60,8 +69,9 @@ class Delivery:
 
     @property
     def unconfirmed(self) -> int:
-        """Frames sent on this link that no pong has confirmed yet."""
-        return len(self._unacked)
+        """Frames sent on this link and not confirmed yet (ponged less than ``margin`` ago, or
+        not ponged at all)."""
+        return len(self._ponged) + len(self._unacked)
 
     @property
     def last_seq(self) -> int:
@@ -112,12 +122,22 @@ class Delivery:
         self._unacked.append(_Sent(self._seq, text, event_seq, receipt))
         return self._seq
 
-    def confirm(self, ack: int) -> Confirmed:
-        """A pong carrying ``ack``: every frame up to that number was read."""
+    def confirm(self, ack: int, at: float) -> Confirmed:
+        """A pong carrying ``ack``, read at ``at``: the backend's WebSocket layer read every frame
+        up to that number. Those frames confirm once the link outlives this pong by ``margin``;
+        the pong itself proves the link alive at ``at``, so returns what earlier pongs confirm
+        now."""
+        while self._unacked and self._unacked[0].seq <= ack:
+            self._ponged.append((at, self._unacked.popleft()))
+        return self.alive_at(at)
+
+    def alive_at(self, at: float) -> Confirmed:
+        """The link was alive at ``at``: confirm the frames ponged at least ``margin`` before."""
         events: list[int] = []
         receipts: list[Receipt] = []
-        while self._unacked and self._unacked[0].seq <= ack:
-            sent = self._unacked.popleft()
+        horizon = at - self.margin
+        while self._ponged and self._ponged[0][0] <= horizon:
+            sent = self._ponged.popleft()[1]
             if sent.event_seq:
                 events.append(sent.event_seq)
             if sent.receipt is not None:
@@ -125,18 +145,23 @@ class Delivery:
         return Confirmed(tuple(events), tuple(receipts))
 
     def confirm_all(self) -> Confirmed:
-        """The backend read everything sent on this link (it echoed our close frame)."""
-        return self.confirm(self._seq)
+        """The backend read everything sent on this link: it echoed the close frame we sent
+        after it, and a backend's handler reads what came before a close before it ends."""
+        self._ponged.extend((float("-inf"), sent) for sent in self._unacked)
+        self._unacked.clear()
+        return self.alive_at(float("inf"))
 
     def link_lost(self) -> int:
         """The link is gone: unconfirmed plain frames go back to the front of the outbox, in
         order (events and tracked events come back from their owners); the per-link memory is
-        cleared. Returns how many sent frames were not confirmed."""
-        unconfirmed = len(self._unacked)
-        again = [s.text for s in self._unacked if not s.event_seq and s.receipt is None]
+        cleared. Call :meth:`alive_at` first with the link's last sign of life. Returns how
+        many sent frames were not confirmed."""
+        sent = [s for _, s in self._ponged] + list(self._unacked)
+        again = [s.text for s in sent if not s.event_seq and s.receipt is None]
         self._outbox.extendleft(reversed(again))
+        self._ponged.clear()
         self._unacked.clear()
         self._sent_events.clear()
         self._tracked_sent.clear()
         self.awaiting_replay = False
-        return unconfirmed
+        return len(sent)

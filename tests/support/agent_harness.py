@@ -12,6 +12,7 @@ from typing import Any
 import pykka
 
 import agent_config
+from actors.link.websocket import LinkSettings
 from agent_cli import build_specs, link_settings_for, shutdown_deadline
 from messages.roles import Role
 from supervisor import Supervisor
@@ -25,6 +26,7 @@ class RunningAgent:
     hub: FakeHub
     supervisor: Supervisor
     config: agent_config.Config
+    link: LinkSettings
 
     @property
     def token_file(self) -> Path:
@@ -69,7 +71,7 @@ def running_agent(
         shutdown_deadline=shutdown_deadline(cfg),
     ).start()
     try:
-        yield RunningAgent(hub, sup, cfg)
+        yield RunningAgent(hub, sup, cfg, settings)
     finally:
         sup.stop("test finished")
         if own_hub:

@@ -172,6 +172,7 @@ class FakeLink:
         self.closed = False
         self.started = threading.Event()
         self.stuck_since: float | None = None
+        self.ended_at: float | None = None
         self.clock = clock
         FakeLink.instances.append(self)
 

@@ -37,7 +37,7 @@ import struct
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -46,7 +46,7 @@ from typing import Any, ClassVar, cast
 from urllib.parse import parse_qs
 
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import CloseCode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request
 from websockets.http11 import Response as HttpResponse
 from websockets.protocol import State
@@ -436,8 +436,33 @@ class _HubConnection(ServerConnection):
         self, sock: socket.socket, protocol: ServerProtocol, server: Server, **kwargs: Any
     ) -> None:
         self.link = _Link(sock)
+        #: each container event the WebSocket layer read: [(container id, action), when the
+        #: pong to the ping after it went out (None: no ping yet)], processed or not
+        self.reads: list[list[Any]] = []
+        self.ended_at: float | None = None  # when the hub began closing it, or saw it end
         self.hub._count_connection()
         super().__init__(cast(socket.socket, self.link), protocol, server, **kwargs)
+
+    def process_event(self, event: Any) -> None:
+        """Note the container events read and when their ping was answered (the WebSocket
+        layer sends the pong before it passes the ping here), whether or not the handler
+        processes them later."""
+        if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+            with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):
+                msg = json.loads(bytes(event.data))
+                if msg.get("command") == "container_event":
+                    key = (msg["payload"]["container_id"], msg["payload"]["action"])
+                    with self.hub._cond:
+                        self.reads.append([key, None])
+        elif isinstance(event, Frame) and event.opcode is Opcode.PING:
+            with self.hub._cond:
+                now = time.monotonic()
+                for read in reversed(self.reads):
+                    if read[1] is not None:
+                        break
+                    read[1] = now
+                self.hub._cond.notify_all()
+        super().process_event(event)
 
     def keepalive(self) -> None:
         """websockets' keepalive loop, except that it neither pings nor times out while silent."""
@@ -624,13 +649,18 @@ class FakeHub:
         self._violations: list[str] = []
         self._errors: list[str] = []
         self._unmatched: list[dict[str, Any]] = []
+        self._agent_conns: list[_HubConnection] = []  # every agent socket, ended ones too
+        self._handler_paused = False
         self._closes_sent: list[tuple[int, str]] = []
         self._sent: list[dict[str, Any]] = []
         self._pending: dict[str, _Pending] = {}
         self._responses: dict[str, Response] = {}
         self._breakers: dict[str, _Breaker] = {}
         self._health_checks: dict[str | None, list[dict[str, Any]]] = {}  # agent_id/None -> configs
-        self._deploys_done: set[str] = set()  # deployment ids whose deploy_complete arrived
+        #: deployment id -> the session its deploy_complete arrived on
+        self._deploys_done: dict[str, int] = {}
+        #: deployment id -> (command, payload) received for it -> the last session it came on
+        self._deploy_messages: dict[str, dict[tuple[str, str], int]] = {}
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -667,6 +697,8 @@ class FakeHub:
             if self._stopped:
                 return
             self._stopped = True
+            self._handler_paused = False
+            self._cond.notify_all()
             server = self._server
             sessions = list(self._sessions.values())
         if server is None:
@@ -1113,6 +1145,34 @@ class FakeHub:
         for thread in threads:
             thread.join(CLOSE_TIMEOUT + 1)
 
+    def pause_handler(self, on: bool = True) -> None:
+        """While on, the message handler processes nothing, while the WebSocket layer goes on
+        reading frames (into its queue) and answering pings: a backend whose handler lags
+        (a slow database write). A close meanwhile discards what it had not processed."""
+        with self._cond:
+            self._handler_paused = on
+            self._cond.notify_all()
+
+    def ponged_events(self) -> list[tuple[str, str]]:
+        """(container id, action) of each container event whose ping the WebSocket layer
+        answered, processed or not."""
+        with self._cond:
+            return [r[0] for c in self._agent_conns for r in c.reads if r[1] is not None]
+
+    def resend_allowance(self, margin: float) -> Counter[tuple[str, str]]:
+        """How often each container event may come again under at-least-once delivery with
+        the agent's confirmation ``margin``: once per ended socket that read it with no pong
+        after it, or ended less than ``margin`` (+ 0.25 s of clock slack) after that pong."""
+        allowed: Counter[tuple[str, str]] = Counter()
+        with self._cond:
+            for conn in self._agent_conns:
+                if conn.ended_at is None:
+                    continue
+                for key, ponged in conn.reads:
+                    if ponged is None or conn.ended_at - ponged < margin + 0.25:
+                        allowed[key] += 1
+        return allowed
+
     def abort(self) -> None:
         """Kill every agent TCP connection without a close frame (RST)."""
         with self._cond:
@@ -1251,6 +1311,7 @@ class FakeHub:
             self._next_sid += 1
             session = _Session(sid=self._next_sid, conn=conn)
             self._sessions[session.sid] = session
+            self._agent_conns.append(conn)
             self._cond.notify_all()
         try:
             if self._authenticate(session):
@@ -1268,6 +1329,8 @@ class FakeHub:
     def _end_session(self, session: _Session) -> None:
         protocol = session.conn.protocol
         with self._cond:
+            if session.conn.ended_at is None:
+                session.conn.ended_at = time.monotonic()
             self._sessions.pop(session.sid, None)
             if session.agent_id is not None and self._active.get(session.agent_id) is session:
                 del self._active[session.agent_id]
@@ -1289,6 +1352,8 @@ class FakeHub:
     def _close_session(self, session: _Session, code: int, reason: str) -> None:
         with self._cond:
             session.closing = True
+            if session.conn.ended_at is None:
+                session.conn.ended_at = time.monotonic()
             if not session.close_recorded and session.conn.state is State.OPEN:
                 session.close_recorded = True
                 self._closes_sent.append((int(code), reason))
@@ -1484,6 +1549,7 @@ class FakeHub:
             except ConnectionClosed:
                 return
             with self._cond:
+                self._cond.wait_for(lambda: not self._handler_paused or session.closing)
                 if session.closing:
                     # The backend's handler has returned once it closes the socket: a frame
                     # arriving now is never processed (Starlette stops calling receive()).
@@ -1601,15 +1667,24 @@ class FakeHub:
             self._deploy_sequence(str(command), payload, msg)
 
     def _deploy_sequence(self, command: str, payload: dict[str, Any], msg: dict[str, Any]) -> None:
-        """§8.1: exactly one deploy_complete per deployment, and nothing for it afterwards."""
+        """§8.1: exactly one deploy_complete per deployment, and nothing for it afterwards,
+        except a redelivery: a message already received for it, the same again, once on each
+        later connection (the link ended before the agent could take it as read)."""
         deployment_id = payload.get("deployment_id")
         if not isinstance(deployment_id, str):
             return
-        if deployment_id in self._deploys_done:
+        seen = self._deploy_messages.setdefault(deployment_id, {})
+        this = (command, json.dumps(payload, sort_keys=True))
+        done_on = self._deploys_done.get(deployment_id)
+        if (
+            done_on is not None
+            and not seen.get(this, self._routing_session) < self._routing_session
+        ):
             what = "a second deploy_complete" if command == "deploy_complete" else command
             self._violation(f"{what} for deployment {deployment_id} after its deploy_complete", msg)
-        if command == "deploy_complete":
-            self._deploys_done.add(deployment_id)
+        seen[this] = self._routing_session
+        if command == "deploy_complete" and done_on is None:
+            self._deploys_done[deployment_id] = self._routing_session
 
     def _unawaited_update(self, payload: dict[str, Any]) -> str | None:
         """The backend's update waiter (§6) matches ``old_container_id`` against the 12-char id
