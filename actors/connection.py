@@ -45,6 +45,7 @@ from messages.connection import (
     LinkOpened,
     PongReceived,
     ReaderStopped,
+    ReplayDue,
     ResumeAfterHandOver,
     Tick,
 )
@@ -99,6 +100,7 @@ Inbox: TypeAlias = (
     | PongReceived
     | ReaderStopped
     | Tick
+    | ReplayDue
     | AttemptTimedOut
     | HandOver
     | ResumeAfterHandOver
@@ -223,6 +225,8 @@ class ConnectionActor(SupervisedActor):
                 self._reader_stopped(message)
             case Tick(generation=gen) if gen == self._attempt:
                 self._tick()
+            case ReplayDue(generation=gen) if gen == self._attempt and self._connected():
+                self._ask_replay()
             case AttemptTimedOut(generation=gen) if gen == self._attempt and self._handing_over():
                 self._handed_over("close handshake timed out", echoed=False)
             case HandOver():
@@ -253,6 +257,7 @@ class ConnectionActor(SupervisedActor):
                 | PongReceived()
                 | ReaderStopped()
                 | Tick()
+                | ReplayDue()
                 | AttemptTimedOut()
             ):
                 pass  # from an older attempt
@@ -428,11 +433,19 @@ class ConnectionActor(SupervisedActor):
         assert self._link is not None
         for text in queued:
             self._transmit(text)
+        if self._delivery.doubtful:  # live events wait in the streamer's cursor meanwhile
+            self._delivery.awaiting_replay = True
+            self.tell_self_later(self._settings.confirm_margin, ReplayDue(generation=self._attempt))
+        else:
+            self._ask_replay()
+        self._schedule_tick()
+        self._notify_link(True)
+
+    def _ask_replay(self) -> None:
+        self._delivery.doubtful = False
         self._delivery.awaiting_replay = self.ctx.peers.tell(
             Role.EVENT_STREAMER, ReplayEvents(), optional=True
         )
-        self._schedule_tick()
-        self._notify_link(True)
 
     def _persist(self, token: Secret) -> None:
         """Save before going on: a crash right after auth must not lose the new identity."""

@@ -739,8 +739,8 @@ def reconnect_storm(b: Bench, seconds: float, ops: int) -> list[Row]:
             f"the last event in {settled:.1f} s after the replies"
             + (f"; missing {gone}" if gone else "")
             + "; events and replies are kept until the link outlives the pong after them by "
-            f"{CONFIRM_MARGIN:g} s, else resent: links of 200 ms resend what they carried "
-            "(duplicates, at-least-once)",
+            f"{CONFIRM_MARGIN:g} s; those a drop left in doubt go again once a link lives that "
+            "long (the duplicates: at-least-once)",
         )
     ]
 

@@ -50,6 +50,15 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReplayDue:
+    """The link has lived the confirmation margin: ask for the events' replay now. It waits
+    that long when the last link ended with events it could not take as read: replayed at once
+    on a link that dies as young, they would go again and again (a storm of drops)."""
+
+    generation: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AttemptTimedOut:
     """The current attempt's phase (host facts, dial, auth reply) took too long."""
 

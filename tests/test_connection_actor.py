@@ -273,6 +273,33 @@ def test_unconfirmed_events_are_not_requeued_here_but_replayed(rig: Rig) -> None
     assert [name_of(s) for s in again.sent] == ["c0"]
 
 
+def test_after_a_link_ended_in_doubt_the_replay_waits_until_the_new_one_lived_the_margin(
+    rig: Rig,
+) -> None:
+    """In a storm of drops every 200 ms, replaying at once would resend every doubtful event
+    on every link: the replay (and the live events behind it) waits the margin instead, and a
+    link that dies younger asks for nothing."""
+    link = rig.connect()
+    rig.streamer.expect(ReplayEvents)
+    rig.ref.tell(EventsReplay(events=()))
+    rig.ref.tell(event(0))
+    rig.pong(link, 1)
+    rig.end(link, "closed by server: 1001 going away", after=0.2)  # event 0 is in doubt
+    for young in (True, False):
+        again = rig.connect()
+        rig.ref.tell(event(1))  # live: it waits with the replay (the streamer holds it)
+        rig.barrier()
+        assert again.sent == []
+        assert not [m for m in rig.streamer.received if isinstance(m, ReplayEvents)]
+        if young:  # dies before the margin: nothing sent, and the doubt stays
+            rig.end(again, "closed by server: 1001 going away")
+    rig.advance(1)
+    rig.streamer.expect(ReplayEvents)  # the link lived 1 s: now
+    rig.ref.tell(EventsReplay(events=(event(0), event(1))))
+    rig.barrier()
+    assert [name_of(s) for s in again.sent] == ["c0", "c1"]
+
+
 def test_a_dropped_connection_reconnects_at_once(rig: Rig) -> None:
     link = rig.connect()
     rig.ref.tell(ReaderStopped(generation=link.generation, reason="closed by server: 1000"))
@@ -462,6 +489,7 @@ def test_frames_ponged_less_than_the_margin_before_the_link_ends_go_again(rig: R
     assert [name_of(s) for s in again.sent] == ["c0"]  # the plain frame, again
     rig.streamer.ref.ask(Ping(), timeout=3)
     assert not [m for m in rig.streamer.received if isinstance(m, EventsConfirmed)]
+    rig.advance(1)  # the replay waits until the new link lived the margin (below)
     rig.streamer.expect(ReplayEvents)  # the event: from the streamer, which still holds it
 
 

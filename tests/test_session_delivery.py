@@ -64,6 +64,10 @@ def test_a_link_that_ends_within_the_margin_of_a_pong_sends_those_frames_again()
     assert d.alive_at(6.5) == Confirmed()
     assert d.link_lost() == 3
     assert d.take_outbox() == ["f1", "f2"]  # e (event 9) comes back from its owner
+    assert d.doubtful  # the next link waits the margin before asking for the replay
+    d.sent("g")
+    d.link_lost()
+    assert d.doubtful  # a link that ended with nothing in doubt clears nothing
 
 
 def test_a_close_echo_confirms_everything_at_once() -> None:

@@ -62,6 +62,9 @@ class Delivery:
         self._tracked_sent: set[Receipt] = set()  # tracked events sent on this link
         #: the EventStreamer was asked to replay: live events wait for it (it holds them too)
         self.awaiting_replay = False
+        #: a link ended with frames ponged less than the margin before its end, and no replay
+        #: has been asked for since: the next link waits the margin before asking for one
+        self.doubtful = False
 
     @property
     def outbox_depth(self) -> int:
@@ -157,6 +160,7 @@ class Delivery:
         cleared. Call :meth:`alive_at` first with the link's last sign of life. Returns how
         many sent frames were not confirmed."""
         sent = [s for _, s in self._ponged] + list(self._unacked)
+        self.doubtful = self.doubtful or bool(self._ponged)
         again = [s.text for s in sent if not s.event_seq and s.receipt is None]
         self._outbox.extendleft(reversed(again))
         self._ponged.clear()
