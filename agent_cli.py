@@ -488,7 +488,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = report.config
     from actors.docker_gateway import detect_own_container_id
     from actors.runtime.logs import setup_logging
+    from actors.runtime.memory import tune_allocator
     from supervisor import Supervisor
+
+    tune_allocator(os.environ)  # before any thread starts (actors/runtime/memory.py)
 
     setup_logging(cfg.log_level, cfg.log_json)
     for level, note in privileges.notes:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import subprocess
+import sys
 
 import pytest
 
 from actors.runtime import memory
+from tests.support.hostenv import REPO_ROOT
 
 
 def test_malloc_trim_is_found_on_glibc_and_returns_pages() -> None:
@@ -23,3 +27,53 @@ def test_malloc_trim_is_found_on_glibc_and_returns_pages() -> None:
 def test_without_malloc_trim_it_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(memory, "_TRIM", None)
     assert memory.release_memory() is False
+
+
+ARENAS = """
+import sys, threading
+from actors.runtime import memory
+if sys.argv[1] == "tuned":
+    assert memory.tune_allocator({}) is True
+held = []
+ready = threading.Barrier(5)
+def work():
+    held.append([bytearray(1000) for _ in range(100)])  # malloc'd (over pymalloc's 512 bytes)
+    ready.wait()
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads:
+    t.start()
+ready.wait()
+memory._libc_function("malloc_stats")()  # one "Arena N:" block per arena, on stderr
+"""
+
+
+@pytest.mark.parametrize(("mode", "many"), [("tuned", False), ("default", True)])
+def test_the_tuned_allocator_keeps_one_arena_for_all_threads(mode: str, many: bool) -> None:
+    """Each thread's own arena kept its own leftovers after a peak (bench/run.py, peak row)."""
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("arenas and mallopt are glibc's")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    done = subprocess.run(
+        [sys.executable, "-c", ARENAS, mode],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "Arena 0:" in done.stderr
+    assert ("Arena 1:" in done.stderr) is many, done.stderr
+
+
+def test_a_variable_the_user_set_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, int]] = []
+
+    def mallopt(param: int, value: int) -> int:
+        calls.append((param, value))
+        return 1
+
+    monkeypatch.setattr(memory, "_MALLOPT", mallopt)
+    assert memory.tune_allocator({"MALLOC_ARENA_MAX": "4"}) is True
+    assert calls == [(memory.M_MMAP_THRESHOLD, 128 * 1024)]
+    assert memory.tune_allocator({"MALLOC_ARENA_MAX": "4", "MALLOC_MMAP_THRESHOLD_": "1"}) is False

@@ -1,31 +1,61 @@
-"""Give the heap freed after a peak back to the OS.
+"""Keep the heap small after a peak, and give what is freed back to the OS.
 
 glibc keeps freed heap memory for reuse: after a 1,000-container list or 200 stats streams the
-process would stay at its peak RSS. ``malloc_trim(0)`` returns the free pages; it costs about a
-millisecond, so the DockerGateway calls :func:`release_memory` at each reachability probe (every
-30 s). Elsewhere (musl, macOS) there is no ``malloc_trim`` and this does nothing.
+process would stay near its peak RSS. Two things bring it back (bench/run.py, the peak row):
+
+* :func:`tune_allocator`, once at start-up before any thread: one malloc arena instead of one
+  per thread (the GIL serialises allocation anyway; each thread's arena kept its own leftovers,
+  about 10 MB after the peak), and a fixed 128 KiB mmap threshold (glibc raises it after a big
+  free, after which multi-MB buffers fragment the heap instead of going back at ``free``).
+  A variable the user set (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``) wins.
+* ``malloc_trim(0)`` returns the free pages; it costs about a millisecond, so the DockerGateway
+  calls :func:`release_memory` at each reachability probe (every 30 s).
+
+Elsewhere (musl, macOS) neither exists and both do nothing.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+#: mallopt(3) parameters
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+#: what tune_allocator sets, and the environment variable that overrides each
+TUNING = (
+    (M_ARENA_MAX, 1, "MALLOC_ARENA_MAX"),
+    (M_MMAP_THRESHOLD, 128 * 1024, "MALLOC_MMAP_THRESHOLD_"),
+)
 
 
-def _find_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
+def _libc_function(name: str, *argtypes: type) -> Callable[..., int] | None:
+    path = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else ctypes.CDLL(None)
-        trim = libc.malloc_trim
+        libc = ctypes.CDLL(path) if path else ctypes.CDLL(None)
+        function = getattr(libc, name)
     except (OSError, AttributeError):
         return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
+    function.argtypes = list(argtypes)
+    function.restype = ctypes.c_int
+    return function  # type: ignore[no-any-return]
 
 
-_TRIM = _find_trim()
+_TRIM = _libc_function("malloc_trim", ctypes.c_size_t)
+_MALLOPT = _libc_function("mallopt", ctypes.c_int, ctypes.c_int)
+
+
+def tune_allocator(environ: Mapping[str, str]) -> bool:
+    """Set glibc's arena count and mmap threshold (see above); call before any thread starts.
+    True if anything was set (False without ``mallopt``, or when the user set both)."""
+    if _MALLOPT is None:
+        return False
+    applied = False
+    for param, value, variable in TUNING:
+        if variable not in environ:
+            applied = bool(_MALLOPT(param, value)) or applied
+    return applied
 
 
 def release_memory() -> bool:
