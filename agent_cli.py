@@ -171,7 +171,7 @@ def build_specs(
     from actors.commands.tools import HandlerSettings
     from actors.connection import ConnectionActor
     from actors.deploy import engine as compose_engine
-    from actors.deploy.runner import KILL_GRACE
+    from actors.deploy.runner import KILL_GRACE, RunSettings
     from actors.deployer import DeployerActor, DeployerSettings, DeployRuns, in_container
     from actors.docker_gateway import DockerGatewayActor
     from actors.event_streamer import EventCursor, EventStreamerActor
@@ -214,14 +214,16 @@ def build_specs(
     )
     deploy_runs = DeployRuns()
     deployer_settings = DeployerSettings(
-        docker_host=cfg.docker_host,
-        docker_api_version=cfg.docker_api_version,
-        data_path=cfg.data_path,
-        stacks_dir=cfg.agent_stacks_dir,
-        host_stacks_dir=cfg.host_stacks_dir,
-        own_container_id=own_container_id,
-        in_container=in_container(own_container_id),
-        policy=cfg.policy,
+        run=RunSettings(
+            docker_host=cfg.docker_host,
+            docker_api_version=cfg.docker_api_version,
+            data_path=cfg.data_path,
+            stacks_dir=cfg.agent_stacks_dir,
+            host_stacks_dir=cfg.host_stacks_dir,
+            own_container_id=own_container_id,
+            in_container=in_container(own_container_id),
+            policy=cfg.policy,
+        ),
         stop_timeout=cfg.deploy_stop_timeout,
     )
     stats_settings = StatsSettings(

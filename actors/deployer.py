@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeAlias, assert_never
 
 from actors.base import ActorContext, SupervisedActor
@@ -34,7 +34,6 @@ from actors.deploy import classify
 from actors.deploy.engine import ComposeEngine, ComposeProbe
 from actors.deploy.journal import Entry, Journal
 from actors.deploy.runner import KILL_GRACE, RunControl, Runner, RunSettings, scrub, secret_values
-from actors.rules.policy import Policy
 from messages.common import RawJson
 from messages.deploy import DeployCompose, DeployFinished, DeployProgressed
 from messages.docker import CommandFailed, CommandSucceeded
@@ -60,17 +59,9 @@ ROLE = Role.DEPLOYER
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeployerSettings:
-    docker_host: str
-    data_path: str
-    stacks_dir: str
-    docker_api_version: str | None = None
-    host_stacks_dir: str | None = None
-    own_container_id: str | None = None
-    in_container: bool = False
-    policy: Policy = field(default_factory=Policy)
+    run: RunSettings  # what each deployment runs with
     #: how long SIGTERM waits for running deployments before stopping compose
     stop_timeout: float = 20.0
-    settle_s: float = 3.0
 
 
 @dataclass(eq=False)
@@ -138,7 +129,7 @@ class DeployerActor(SupervisedActor):
         self._runs = runs
         self._engine = engine
         self._run_body = run_body
-        self._journal = Journal(settings.data_path)
+        self._journal = Journal(settings.run.data_path)
         self._pending: dict[str, RawJson] = {}  # deployment id -> deploy_complete payload
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -319,25 +310,13 @@ class DeployerActor(SupervisedActor):
         if self._run_body is not None:
             return self._run_body
         assert isinstance(self._engine, ComposeEngine)
-        s = self._settings
-        run_settings = RunSettings(
-            engine=self._engine,
-            docker_host=s.docker_host,
-            data_path=s.data_path,
-            stacks_dir=s.stacks_dir,
-            docker_api_version=s.docker_api_version,
-            host_stacks_dir=s.host_stacks_dir,
-            own_container_id=s.own_container_id,
-            in_container=s.in_container,
-            policy=s.policy,
-            settle_s=s.settle_s,
-        )
+        compose, run_settings = self._engine, self._settings.run
         clock = self.ctx.clock
 
         def body(
             msg: DeployCompose, control: RunControl, report: Callable[[str, str], None]
         ) -> dict[str, Any]:
-            return Runner(run_settings, msg, control, report, clock).run()
+            return Runner(run_settings, compose, msg, control, report, clock).run()
 
         return body
 

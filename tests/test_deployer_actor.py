@@ -17,7 +17,7 @@ import pytest
 from actors.base import Peers
 from actors.deploy.engine import ComposeEngine, ComposeMissing
 from actors.deploy.journal import Entry, Journal
-from actors.deploy.runner import RunControl
+from actors.deploy.runner import RunControl, RunSettings
 from actors.deployer import NOT_AVAILABLE, DeployerActor, DeployerSettings, DeployRuns
 from messages.common import Ping
 from messages.deploy import DeployCompose
@@ -78,9 +78,11 @@ class Rig:
     def start(self, engine: Any = ENGINE, stop_timeout: float = 5.0) -> pykka.ActorRef[Any]:
         clock = FakeClock()
         settings = DeployerSettings(
-            docker_host="unix:///nonexistent.sock",
-            data_path=str(self.tmp / "data"),
-            stacks_dir=str(self.tmp / "stacks"),
+            run=RunSettings(
+                docker_host="unix:///nonexistent.sock",
+                data_path=str(self.tmp / "data"),
+                stacks_dir=str(self.tmp / "stacks"),
+            ),
             stop_timeout=stop_timeout,
         )
         self.ref = DeployerActor.start(

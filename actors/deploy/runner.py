@@ -48,7 +48,6 @@ Report = Callable[[str, str], None]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunSettings:
-    engine: engine.ComposeEngine
     docker_host: str
     data_path: str
     stacks_dir: str
@@ -156,6 +155,7 @@ class Runner:
     def __init__(
         self,
         settings: RunSettings,
+        compose: engine.ComposeEngine,
         request: DeployCompose,
         control: RunControl,
         report: Report,
@@ -164,6 +164,7 @@ class Runner:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.s = settings
+        self.compose = compose
         self.req = request
         self.control = control
         self._report = report
@@ -285,7 +286,7 @@ class Runner:
         )
 
     def _config(self, project: engine.ProjectArgs) -> model.StackModel:
-        cmd = self._command(engine.config_command(self.s.engine.path, project), "parse", "parsing")
+        cmd = self._command(engine.config_command(self.compose.path, project), "parse", "parsing")
         if cmd.rc != 0:
             raise Failed(f"Invalid compose file: {cmd.error('docker compose config')}")
         try:
@@ -355,7 +356,7 @@ class Runner:
             shown = ", ".join(images) if len(images) <= 3 else f"{len(images)} images"
             self.progress("pulling_image", f"Pulling {shown}...")
             pulled = self._command(
-                engine.pull_command(self.s.engine.path, project), "pull", "pulling_image"
+                engine.pull_command(self.compose.path, project), "pull", "pulling_image"
             )
             if pulled.rc != 0:
                 raise Failed(f"Image pull failed: {pulled.error('docker compose pull')}")
@@ -363,7 +364,7 @@ class Runner:
             "executing", f"Creating and starting {len(names)} service(s): {', '.join(names)}"
         )
         up = self._command(
-            engine.up_command(self.s.engine.path, project, force_recreate=req.force_recreate),
+            engine.up_command(self.compose.path, project, force_recreate=req.force_recreate),
             "up",
             "executing",
         )
@@ -379,7 +380,7 @@ class Runner:
     def _roll_back(self, project: engine.ProjectArgs) -> str:
         self.progress("executing", "Rolling back: removing what this deployment created...")
         down = self._command(
-            engine.down_command(self.s.engine.path, project, remove_volumes=False),
+            engine.down_command(self.compose.path, project, remove_volumes=False),
             "down",
             "executing",
             cancellable=False,
@@ -392,7 +393,7 @@ class Runner:
         what = "Removing the stack and its volumes..." if remove_volumes else "Stopping services..."
         self.progress("executing", what)
         down = self._command(
-            engine.down_command(self.s.engine.path, project, remove_volumes=remove_volumes),
+            engine.down_command(self.compose.path, project, remove_volumes=remove_volumes),
             "down",
             "executing",
         )
