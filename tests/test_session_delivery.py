@@ -87,16 +87,6 @@ def test_each_event_is_sent_once_per_link() -> None:
     assert d.claim_event(1) and d.claim_tracked((Role.DEPLOYER, "k"))  # a new link: again
 
 
-def test_a_long_link_forgets_the_events_it_confirmed() -> None:
-    d = Delivery(outbox_limit=10)
-    for seq in range(1, 10_001):
-        assert d.claim_event(seq)
-        d.sent(f"e{seq}", event_seq=seq)
-        d.confirm(seq, at=float(seq))
-    assert len(d._sent_events) == 0  # not one per event the link ever carried
-    assert d.claim_event(10_001) and not d.claim_event(10_001)
-
-
 def test_a_lost_link_requeues_unconfirmed_plain_frames_first_and_in_order() -> None:
     d = Delivery(outbox_limit=10)
     for n in range(4):

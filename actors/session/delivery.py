@@ -143,9 +143,6 @@ class Delivery:
             sent = self._ponged.popleft()[1]
             if sent.event_seq:
                 events.append(sent.event_seq)
-                # its owner forgets it now and never offers it again: nor do we keep it (a link
-                # that lives for months would otherwise keep every event it ever carried)
-                self._sent_events.discard(sent.event_seq)
             if sent.receipt is not None:
                 receipts.append(sent.receipt)
         return Confirmed(tuple(events), tuple(receipts))
