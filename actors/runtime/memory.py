@@ -30,12 +30,21 @@ TUNING = (
 )
 
 
-def _libc_function(name: str, *argtypes: type) -> Callable[..., int] | None:
-    path = ctypes.util.find_library("c")
+def _load_libc() -> ctypes.CDLL | None:
+    path = ctypes.util.find_library("c")  # runs ldconfig: once, for every function below
     try:
-        libc = ctypes.CDLL(path) if path else ctypes.CDLL(None)
-        function = getattr(libc, name)
-    except (OSError, AttributeError):
+        return ctypes.CDLL(path) if path else ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
+
+
+def _libc_function(name: str, *argtypes: type) -> Callable[..., int] | None:
+    try:
+        function = getattr(_LIBC, name)
+    except AttributeError:  # not glibc, or no libc found (_LIBC None)
         return None
     function.argtypes = list(argtypes)
     function.restype = ctypes.c_int
