@@ -630,7 +630,7 @@ class ConnectionActor(SupervisedActor):
         While disconnected they are skipped; after registering, the streamer replays every
         unconfirmed one in order (ReplayEvents), so none is lost even if this actor restarts.
         """
-        if not self._connected() or not self._delivery.claim_event(event.seq):
+        if not self._connected() or not self._delivery.claim_event(event.seq, event.floor):
             return
         text = encode_container_event(event, self.ctx.clock.time_ns())
         self._transmit(text, event_seq=event.seq)

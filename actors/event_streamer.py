@@ -97,9 +97,7 @@ class EventCursor:
             self._seen_set.add(key)
             self.since_ns = max(self.since_ns, event.time_nano)
             self._seq += 1
-            numbered = dataclasses.replace(event, seq=self._seq)
-            self._pending[self._seq] = numbered
-            if len(self._pending) > self._limit:
+            if len(self._pending) >= self._limit:
                 del self._pending[next(iter(self._pending))]
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 1000 == 0:
@@ -109,6 +107,9 @@ class EventCursor:
                         self._limit,
                         self.dropped,
                     )
+            floor = next(iter(self._pending), self._seq)  # the oldest still unconfirmed
+            numbered = dataclasses.replace(event, seq=self._seq, floor=floor)
+            self._pending[self._seq] = numbered
             if deliver is not None:
                 deliver(numbered)
             return numbered

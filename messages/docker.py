@@ -168,6 +168,9 @@ class ContainerEventObserved:
     time_nano: int
     attributes: tuple[tuple[str, str], ...]
     seq: int = 0  # the EventCursor's delivery number (0: not yet tracked)
+    #: every event numbered below this was confirmed (or dropped) when this one was numbered:
+    #: the cursor never offers those again, so the Connection may forget it sent them
+    floor: int = 0
 
     @property
     def key(self) -> tuple[int, str, str]:

@@ -147,6 +147,26 @@ def test_accepted_events_wait_for_confirmation_and_replay_oldest_first() -> None
     assert cursor.unconfirmed() == ()
 
 
+def test_each_event_carries_the_oldest_unconfirmed_number_as_its_floor() -> None:
+    """The floor lets the Connection forget the events it sent below it: the cursor never offers
+    those again (confirmed, or dropped beyond its limit)."""
+    cursor = EventCursor(T0, limit=3)
+    first = cursor.accept(event(T0 + 1, "a"))
+    assert first is not None and (first.seq, first.floor) == (1, 1)  # itself: unconfirmed
+    cursor.accept(event(T0 + 2, "b"))
+    cursor.confirm((1,))
+    third = cursor.accept(event(T0 + 3, "c"))
+    assert third is not None and third.floor == 2
+    cursor.confirm((2, 3))
+    fourth = cursor.accept(event(T0 + 4, "d"))
+    assert fourth is not None and fourth.floor == 4  # all before it confirmed
+    for i in range(5, 8):  # beyond the limit: the oldest go, and the floor with them
+        last = cursor.accept(event(T0 + i, f"e{i}"))
+    assert last is not None and last.seq == 7 and last.floor == 5
+    assert [e.seq for e in cursor.unconfirmed()] == [5, 6, 7]
+    assert all(e.floor <= e.seq for e in cursor.unconfirmed())
+
+
 def test_numbers_and_unconfirmed_events_outlive_one_streamer() -> None:
     """A restarted EventStreamer gets the same cursor: numbering goes on, nothing is lost."""
     cursor = EventCursor(T0)

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from actors.session.delivery import Confirmed, Delivery
+from actors.session.delivery import PRUNE_EVENTS, Confirmed, Delivery
 from messages.roles import Role
 
 
@@ -85,6 +85,32 @@ def test_each_event_is_sent_once_per_link() -> None:
     assert d.claim_tracked((Role.UPDATER, "k"))  # keys are per owner
     d.link_lost()
     assert d.claim_event(1) and d.claim_tracked((Role.DEPLOYER, "k"))  # a new link: again
+
+
+def test_a_long_link_forgets_the_events_below_the_cursors_floor() -> None:
+    """The per-link memory of sent events is bounded by what the cursor still holds, however
+    many events one link carries; an event below the floor is confirmed for good: never again."""
+    d = Delivery(outbox_limit=10)
+    events = 100 * PRUNE_EVENTS
+    for seq in range(1, events + 1):
+        # the cursor confirmed all but the last 50: its oldest unconfirmed is seq - 50
+        assert d.claim_event(seq, floor=max(1, seq - 50))
+        assert d.claimed_events <= 2 * PRUNE_EVENTS
+    assert not d.claim_event(events, floor=events - 50)  # within the floor: still remembered
+    assert not d.claim_event(events - 500, floor=events - 50)  # below it: confirmed for good
+    assert d.claim_event(events + 1, floor=events - 50)
+
+
+def test_an_event_offered_again_above_the_floor_is_still_refused_after_a_prune() -> None:
+    """A restarted EventStreamer replays what its cursor holds unconfirmed: numbers at or above
+    the floor, which a prune keeps (the earlier bound forgot confirmed numbers the cursor had
+    not heard about yet, and sent one twice)."""
+    d = Delivery(outbox_limit=10)
+    for seq in range(1, PRUNE_EVENTS + 2):
+        d.claim_event(seq, floor=1)
+    d.claim_event(PRUNE_EVENTS + 2, floor=PRUNE_EVENTS)  # the prune: keeps PRUNE_EVENTS and up
+    assert d.claimed_events == 3
+    assert not any(d.claim_event(seq, floor=1) for seq in range(1, PRUNE_EVENTS + 3))
 
 
 def test_a_lost_link_requeues_unconfirmed_plain_frames_first_and_in_order() -> None:

@@ -27,6 +27,10 @@ from messages.roles import Role
 
 log = logging.getLogger(__name__)
 
+#: the per-link set of sent container events is pruned to the cursor's floor once it holds this
+#: many (then twice what remained): amortised O(1) per event
+PRUNE_EVENTS = 1024
+
 #: an event another actor owns and resends until confirmed: (owner role, its key)
 Receipt = tuple[Role, str]
 
@@ -58,7 +62,11 @@ class Delivery:
         self._seq = 0  # the number of the last frame sent (never reused, across links)
         self._unacked: deque[_Sent] = deque()  # sent on this link, no pong yet
         self._ponged: deque[tuple[float, _Sent]] = deque()  # (when the pong came, the frame)
-        self._sent_events: set[int] = set()  # container events sent on this link
+        #: container events sent on this link, from ``_event_floor`` up: every number below
+        #: it is confirmed for good (the cursor said so), so it is never sent again
+        self._sent_events: set[int] = set()
+        self._event_floor = 0
+        self._prune_at = PRUNE_EVENTS
         self._tracked_sent: set[Receipt] = set()  # tracked events sent on this link
         #: the EventStreamer was asked to replay: live events wait for it (it holds them too)
         self.awaiting_replay = False
@@ -104,12 +112,28 @@ class Delivery:
 
     # --- on a link ------------------------------------------------------------------------------
 
-    def claim_event(self, event_seq: int) -> bool:
-        """Whether a container event is still to be sent on this link (True once per link)."""
-        if event_seq in self._sent_events:
+    def claim_event(self, event_seq: int, floor: int = 0) -> bool:
+        """Whether a container event is still to be sent on this link (True once per link).
+
+        ``floor``: the cursor's oldest unconfirmed number when it numbered this event; every
+        event below it is confirmed for good and never offered again, so the numbers below
+        are forgotten (the set stays bounded by the cursor's unconfirmed events, however long
+        the link lives) and an event below it is not sent again.
+        """
+        if floor > self._event_floor:
+            self._event_floor = floor
+            if len(self._sent_events) >= self._prune_at:
+                self._sent_events = {s for s in self._sent_events if s >= floor}
+                self._prune_at = max(PRUNE_EVENTS, 2 * len(self._sent_events))
+        if event_seq < self._event_floor or event_seq in self._sent_events:
             return False
         self._sent_events.add(event_seq)
         return True
+
+    @property
+    def claimed_events(self) -> int:
+        """Container event numbers this link still remembers having sent."""
+        return len(self._sent_events)
 
     def claim_tracked(self, receipt: Receipt) -> bool:
         """Whether a tracked event is still to be sent on this link (True once per link)."""
@@ -166,6 +190,7 @@ class Delivery:
         self._ponged.clear()
         self._unacked.clear()
         self._sent_events.clear()
+        self._prune_at = PRUNE_EVENTS
         self._tracked_sent.clear()
         self.awaiting_replay = False
         return len(sent)
