@@ -48,9 +48,6 @@ class FakeStreams:
         self.stopped = False
         FakeStreams.instances.append(self)
 
-    def start(self) -> None:
-        pass
-
     def open(self, container_id: str, token: int) -> None:
         self.opened[container_id] = token
 
@@ -341,21 +338,20 @@ def test_ingest_gets_the_permanent_token_and_stops_with_the_actor(rig: Rig) -> N
 
 
 def test_the_streams_hand_over_their_samples_in_one_batch_per_interval() -> None:
-    """StatsStreams' batching on its own loop, run here step by step (no thread started)."""
+    """The streams' batching on their own loop, run here step by step (no thread started)."""
     import asyncio
 
-    from actors.telemetry.streams import StatsStreams
+    from actors.telemetry.stream_loop import StreamLoop
 
     batches: list[Any] = []
 
     def not_batched(*_: Any) -> None:
         raise AssertionError("a sample went out on its own")
 
-    streams = StatsStreams(
+    streams = StreamLoop(
         "unix:///nowhere",
         on_sample=not_batched,
         on_ended=lambda *_: None,
-        on_listed=lambda *_: None,
         on_samples=batches.append,
         batch_interval=0.0,
     )
