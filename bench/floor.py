@@ -6,6 +6,10 @@ thread reads Docker's event stream and sends each container event at once. No co
 outbox, no policy, no audit, no reconnects: it exists only so that ``bench/run.py`` can print
 every agent figure beside the floor's, measured in the same run against the same kind of hub.
 
+A request marked ``"cached": true`` in its payload is answered with the floor's last answer to
+that request, encoded once, without asking Docker: the hub and the WebSocket alone (the
+``transport`` figure of the read rows), the part of every round trip no agent can take away.
+
     python bench/floor.py URL TOKEN DOCKER_HOST ENGINE_ID
 """
 
@@ -15,7 +19,9 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import docker
@@ -79,20 +85,30 @@ def main(url: str, token: str, docker_host: str, engine_id: str) -> int:
                   "timestamp": _now()})  # fmt: skip
 
     threading.Thread(target=events, name="floor-events", daemon=True).start()
+    cache: dict[str, str] = {}  # request kind -> the last answer's JSON, for "cached" requests
+
+    def answer(kind: str, cached: bool, ask: Callable[[], Any]) -> str:
+        if not cached or kind not in cache:
+            cache[kind] = json.dumps(ask(), separators=(",", ":"))
+        return cache[kind]
+
     while True:
         opcode, data = ws.recv_data(control_frame=False)
         if opcode != websocket.ABNF.OPCODE_TEXT:
             continue
         frame = json.loads(data)
-        if frame.get("type") == "container_operation":
-            payload = frame["payload"]
-            if payload.get("action") == "inspect":
-                body = client.inspect_container(payload["container_id"])
-                send({"correlation_id": frame["correlation_id"], "success": True,
-                      "container": body})  # fmt: skip
+        payload = frame.get("payload") or {}
+        cached = payload.get("cached") is True
+        if frame.get("type") == "container_operation" and payload.get("action") == "inspect":
+            body = answer(
+                "inspect", cached, partial(client.inspect_container, payload["container_id"])
+            )
+            ws.send(f'{{"correlation_id":{json.dumps(frame["correlation_id"])},"success":true,'
+                    f'"container":{body}}}')  # fmt: skip
         elif frame.get("type") == "command" and frame.get("command") == "list_containers":
-            listed = client.containers(all=True)
-            send({"type": "response", "id": frame["id"], "payload": listed, "timestamp": _now()})
+            listed = answer("list", cached, partial(client.containers, all=True))
+            ws.send(f'{{"type":"response","id":{json.dumps(frame["id"])},"payload":{listed},'
+                    f'"timestamp":"{_now()}"}}')  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 import docker  # noqa: E402
 
 from actors.link.websocket import LinkSettings  # noqa: E402
+from actors.runtime.docker_http import LeanDocker, lean_address  # noqa: E402
 from tests.support.daemon import PrivateDockerd  # noqa: E402
 from tests.support.hub import FakeHub  # noqa: E402
 from tests.support.images import make_busybox_image  # noqa: E402
@@ -415,9 +416,27 @@ def _ok(response: Any) -> Any:
     return response
 
 
+def _lean(b: Bench) -> LeanDocker:
+    """The daemon alone: one raw GET on a kept-alive socket, the body left undecoded."""
+    address = lean_address(b.daemon.base_url)
+    assert address is not None
+    return LeanDocker(address, timeout=60)
+
+
+def _bound(t: dict[str, list[float]], direct: float) -> str:
+    """What no agent can take away from a round trip: the hub and the WebSocket (the floor
+    answering from its cache) plus the daemon's own answer (a raw GET)."""
+    transport, daemon = pct(t["transport"], 50), pct(t["daemon"], 50)
+    return (
+        f"; bound: transport {ms(transport)} + daemon {ms(daemon)} = "
+        f"{(transport + daemon) / direct:.2f}x direct before any agent work"
+    )
+
+
 def inspect_roundtrip(b: Bench, n: int) -> list[Row]:
     (c,) = b.containers(1, start=True)
     short = c.id[:12]
+    lean = _lean(b)
     t = _roundtrips(
         b,
         n,
@@ -425,8 +444,11 @@ def inspect_roundtrip(b: Bench, n: int) -> list[Row]:
             "agent": lambda: _ok(b.hub.container_op("inspect", short)),
             "floor": lambda: _ok(b.floor_hub.container_op("inspect", short)),
             "direct": lambda: b.docker.api.inspect_container(short),
+            "transport": lambda: _ok(b.floor_hub.container_op("inspect", short, cached=True)),
+            "daemon": lambda: lean.inspect_container_raw(short),
         },
     )
+    lean.close()
     agent, floor, direct = (pct(t[k], 50) for k in ("agent", "floor", "direct"))
     b.clear()
     return [
@@ -437,7 +459,7 @@ def inspect_roundtrip(b: Bench, n: int) -> list[Row]:
             "p50 <= 1.0x direct docker-py",
             agent <= direct,
             f"agent/direct {agent / direct:.2f}, floor/direct {floor / direct:.2f}, "
-            f"agent/floor {agent / floor:.2f}",
+            f"agent/floor {agent / floor:.2f}" + _bound(t, direct),
         )
     ]
 
@@ -450,6 +472,8 @@ def list_roundtrip(b: Bench, containers: int, calls: int) -> list[Row]:
         result = _ok(b.hub.command("list_containers", timeout=60))
         assert len(result.data) >= containers
 
+    lean = _lean(b)
+    query = "limit=-1&all=1&size=0&trunc_cmd=0"  # docker-py's containers(all=True)
     t = _roundtrips(
         b,
         calls,
@@ -457,8 +481,13 @@ def list_roundtrip(b: Bench, containers: int, calls: int) -> list[Row]:
             "agent": agent,
             "floor": lambda: _ok(b.floor_hub.command("list_containers", timeout=60)),
             "direct": lambda: b.docker.api.containers(all=True),
+            "transport": lambda: _ok(
+                b.floor_hub.command("list_containers", {"cached": True}, timeout=60)
+            ),
+            "daemon": lambda: lean.get("/containers/json", query),
         },
     )
+    lean.close()
     a, floor, direct = (pct(t[k], 50) for k in ("agent", "floor", "direct"))
     b.clear()
     return [
@@ -469,7 +498,8 @@ def list_roundtrip(b: Bench, containers: int, calls: int) -> list[Row]:
             "p50 <= 1.3x direct docker-py",
             a <= 1.3 * direct,
             f"agent/direct {a / direct:.2f}, floor/direct {floor / direct:.2f}, agent/floor "
-            f"{a / floor:.2f} (the agent adds RepoDigests, StartedAt, Env from its cache)",
+            f"{a / floor:.2f} (the agent adds RepoDigests, StartedAt, Env from its cache)"
+            + _bound(t, direct),
         )
     ]
 
