@@ -65,11 +65,25 @@ def test_each_lone_frame_is_pinged_and_a_keepalive_covers_what_it_carried() -> N
 
 
 class RecordingSocket:
+    """websocket-client's WebSocket as the writer uses it: frames it writes on ``sock`` (with
+    a zero mask, so the payload reads as sent), pings through ``ping``."""
+
     def __init__(self) -> None:
         self.wire: list[tuple[str, Any]] = []
+        self.lock = threading.Lock()
+        self.get_mask_key = lambda n: b"\0" * n
+        self.sock = self
 
-    def send(self, text: str) -> None:
-        self.wire.append(("frame", text))
+    def sendall(self, data: bytes) -> None:
+        assert data[0] == 0x80 | websocket.ABNF.OPCODE_TEXT  # one final text frame
+        size, start = data[1] & 0x7F, 2
+        if size == 126:
+            size, start = int.from_bytes(data[2:4], "big"), 4
+        elif size == 127:
+            size, start = int.from_bytes(data[2:10], "big"), 10
+        payload = data[start + 4 :]  # after the (zero) masking key
+        assert len(payload) == size
+        self.wire.append(("frame", payload.decode()))
 
     def ping(self, payload: bytes) -> None:
         self.wire.append(("ping", payload))

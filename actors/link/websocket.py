@@ -25,6 +25,7 @@ import pykka
 import websocket
 
 from actors.base import Clock
+from actors.link.frames import client_frame
 from actors.runtime.threads import Guarded, Handoff, HelperThread, tell_or_close, tell_quietly
 from messages.connection import (
     FrameReceived,
@@ -108,7 +109,8 @@ _FINISH = _Finish()
 #: the close frame a hand-over sends (PROTOCOL §7): the backend's echo of it is this same frame
 HAND_OVER_CLOSE = (websocket.STATUS_NORMAL, "agent hand-over")
 #: frames up to this many characters may be written directly (send_direct); bigger ones (a
-#: long container list) are masked and written by the writer, off the actor's thread
+#: long container list) are encoded, masked and written by the writer, off the actor's thread
+#: (measured: a 1,000-container list went 5-10 % slower written directly)
 DIRECT_LIMIT = 64 * 1024
 
 
@@ -445,15 +447,12 @@ class WebSocketLink:
                         ws.ping(item.payload)
                         pings.pinged(_ack_of(item.payload) or 0)
                     elif isinstance(item, tuple):
-                        ws.send(item[0])
+                        _send_all(ws, _frame(ws, item[0], websocket.ABNF.OPCODE_TEXT))
                         pings.wrote(item[1])
                     elif isinstance(item, _Rest):
-                        with ws.lock:
-                            if ws.sock is None:
-                                raise websocket.WebSocketConnectionClosedException("closed")
-                            ws.sock.sendall(item.data)
+                        _send_all(ws, item.data)
                     else:
-                        ws.send(item)
+                        _send_all(ws, _frame(ws, item, websocket.ABNF.OPCODE_TEXT))
                     if isinstance(item, str | tuple | _Rest):
                         with self._count:
                             self._queued -= 1
@@ -468,11 +467,16 @@ class WebSocketLink:
 
 
 def _frame(ws: websocket.WebSocket, data: str | bytes, opcode: int) -> bytes:
-    """One frame's bytes, masked as websocket-client masks what it sends."""
-    frame = websocket.ABNF.create_frame(data, opcode)
-    if ws.get_mask_key:
-        frame.get_mask_key = ws.get_mask_key
-    return frame.format()
+    """One frame's bytes, masked with websocket-client's key hook if one is set."""
+    return client_frame(data, opcode, ws.get_mask_key or None)
+
+
+def _send_all(ws: websocket.WebSocket, data: bytes) -> None:
+    """Write ``data`` whole, under websocket-client's send lock (the reader answers pings)."""
+    with ws.lock:
+        if ws.sock is None:
+            raise websocket.WebSocketConnectionClosedException("closed")
+        ws.sock.sendall(data)
 
 
 def _shut_down(ws: websocket.WebSocket) -> None:
