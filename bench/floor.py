@@ -6,6 +6,12 @@ thread reads Docker's event stream and sends each container event at once. No co
 outbox, no policy, no audit, no reconnects: it exists only so that ``bench/run.py`` can print
 every agent figure beside the floor's, measured in the same run against the same kind of hub.
 
+It writes its frames as the agent does (``actors.link.frames``: masked in C), so the floor is
+no slower than the agent for a reason no agent need share. The ``floor_handoff`` command
+(payload ``{"on": true}``) makes the events thread hand each event to a sender thread over a
+queue instead of sending it itself: the floor plus the one thread hand-off an actor design
+costs (the agent's EventStreamer reader tells the Connection, which sends).
+
 A request marked ``"cached": true`` in its payload is answered with the floor's last answer to
 that request, encoded once, without asking Docker: the hub and the WebSocket alone (the
 ``transport`` figure of the read rows), the part of every round trip no agent can take away.
@@ -16,16 +22,21 @@ that request, encoded once, without asking Docker: the hub and the WebSocket alo
 from __future__ import annotations
 
 import json
+import queue
 import sys
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import docker
 import websocket
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from actors.link.frames import client_frame
 
 
 def _now() -> str:
@@ -66,8 +77,20 @@ def main(url: str, token: str, docker_host: str, engine_id: str) -> int:
         print(f"floor: registration failed: {reply}", file=sys.stderr)
         return 1
 
+    def send_text(text: str) -> None:
+        frame = client_frame(text, websocket.ABNF.OPCODE_TEXT)
+        with ws.lock:
+            ws.sock.sendall(frame)
+
     def send(obj: Any) -> None:
-        ws.send(json.dumps(obj, separators=(",", ":")))
+        send_text(json.dumps(obj, separators=(",", ":")))
+
+    handoff = threading.Event()  # set: events go to the sender thread over ``handed``
+    handed: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+
+    def sender() -> None:
+        while True:
+            send(handed.get())
 
     def events() -> None:
         for raw in events_client.events(filters={"type": ["container"]}, decode=True):
@@ -81,10 +104,15 @@ def main(url: str, token: str, docker_host: str, engine_id: str) -> int:
                 "timestamp": _local(int(raw.get("time", 0))),
                 "attributes": attributes,
             }
-            send({"type": "event", "command": "container_event", "payload": payload,
-                  "timestamp": _now()})  # fmt: skip
+            frame = {"type": "event", "command": "container_event", "payload": payload,
+                     "timestamp": _now()}  # fmt: skip
+            if handoff.is_set():
+                handed.put(frame)
+            else:
+                send(frame)
 
     threading.Thread(target=events, name="floor-events", daemon=True).start()
+    threading.Thread(target=sender, name="floor-sender", daemon=True).start()
     cache: dict[str, str] = {}  # request kind -> the last answer's JSON, for "cached" requests
 
     def answer(kind: str, cached: bool, ask: Callable[[], Any]) -> str:
@@ -103,12 +131,15 @@ def main(url: str, token: str, docker_host: str, engine_id: str) -> int:
             body = answer(
                 "inspect", cached, partial(client.inspect_container, payload["container_id"])
             )
-            ws.send(f'{{"correlation_id":{json.dumps(frame["correlation_id"])},"success":true,'
-                    f'"container":{body}}}')  # fmt: skip
+            send_text(f'{{"correlation_id":{json.dumps(frame["correlation_id"])},"success":true,'
+                      f'"container":{body}}}')  # fmt: skip
         elif frame.get("type") == "command" and frame.get("command") == "list_containers":
             listed = answer("list", cached, partial(client.containers, all=True))
-            ws.send(f'{{"type":"response","id":{json.dumps(frame["id"])},"payload":{listed},'
-                    f'"timestamp":"{_now()}"}}')  # fmt: skip
+            send_text(f'{{"type":"response","id":{json.dumps(frame["id"])},"payload":{listed},'
+                      f'"timestamp":"{_now()}"}}')  # fmt: skip
+        elif frame.get("type") == "command" and frame.get("command") == "floor_handoff":
+            (handoff.set if payload.get("on") else handoff.clear)()
+            send({"type": "response", "id": frame["id"], "payload": {}, "timestamp": _now()})
 
 
 if __name__ == "__main__":

@@ -299,10 +299,11 @@ def _wait_quiet(hub: FakeHub, quiet: float = 0.5, timeout: float = 60) -> None:
 
 
 def event_latency(b: Bench, events: int, rounds: int = 4) -> list[Row]:
-    """Agent and floor take turns (the other frozen), ``rounds`` times, in one run; CPU per
-    event is each relay's user+sys time during its own turns over the events it relayed."""
+    """Agent, floor and the floor with one thread hand-off take turns (the other relay frozen),
+    ``rounds`` times, in one run; CPU per event is each relay's user+sys time during its own
+    turns over the events it relayed."""
     cycles = max(1, events // 4 // rounds)  # create, start, kill, die, destroy per cycle
-    agent, floor, raw = [], [], []
+    agent, floor, handoff, raw = [], [], [], []
     agent_cpu = floor_cpu = 0.0
     assert b.floor is not None
     for _ in range(rounds):
@@ -320,6 +321,9 @@ def event_latency(b: Bench, events: int, rounds: int = 4) -> list[Row]:
             added, _, last_id = _events_added(b, b.floor_hub, cycles)
             floor_cpu += proc_stats(b.floor.pid).cpu_s - before
             floor += added
+            _ok(b.floor_hub.command("floor_handoff", {"on": True}))
+            handoff += _events_added(b, b.floor_hub, cycles)[0]
+            _ok(b.floor_hub.command("floor_handoff", {"on": False}))
         _wait_for_event(b.hub, last_id, "destroy")
     r50, r99 = pct(agent, 50) / pct(floor, 50), pct(agent, 99) / pct(floor, 99)
     cpu_agent, cpu_floor = agent_cpu / max(1, len(agent)), floor_cpu / max(1, len(floor))
@@ -330,7 +334,9 @@ def event_latency(b: Bench, events: int, rounds: int = 4) -> list[Row]:
             f"floor p50 {ms(pct(floor, 50))}, p99 {ms(pct(floor, 99))}",
             "p50 <= 1.2x floor, p99 <= 1.5x floor",
             r50 <= 1.2 and r99 <= 1.5,
-            f"agent/floor p50 {r50:.2f}, p99 {r99:.2f}; raw docker-py p50 {ms(pct(raw, 50))}",
+            f"agent/floor p50 {r50:.2f}, p99 {r99:.2f}; raw docker-py p50 {ms(pct(raw, 50))}; "
+            f"bound: the floor with one thread hand-off p50 {ms(pct(handoff, 50))} = "
+            f"{pct(handoff, 50) / pct(floor, 50):.2f}x floor",
         ),
         Row(
             "CPU per event relayed (user+sys, own turns)",
