@@ -6,6 +6,7 @@ import functools
 import heapq
 import itertools
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -235,6 +236,15 @@ class SupervisedActor(pykka.ThreadingActor):
     def __init__(self, ctx: ActorContext) -> None:
         super().__init__()
         self.ctx = ctx
+
+    @staticmethod
+    def _create_actor_inbox() -> queue.SimpleQueue[Any]:
+        """The inbox: a ``queue.SimpleQueue`` (C) instead of pykka's ``queue.Queue``, whose
+        ``put``/``get`` run a Python-level lock and condition each time. An event takes 4-5
+        tells (the hand-off to the Connection, the bookkeeping, the pong), so this is about a
+        quarter of the agent's CPU per event as profiled (issue 13). pykka only puts, gets and
+        asks ``empty()``, all of which it has."""
+        return queue.SimpleQueue()
 
     def _release_after_failed_start(self) -> None:
         try:

@@ -321,8 +321,11 @@ def event_latency(b: Bench, events: int, rounds: int = 4) -> list[Row]:
             added, _, last_id = _events_added(b, b.floor_hub, cycles)
             floor_cpu += proc_stats(b.floor.pid).cpu_s - before
             floor += added
+        _wait_for_event(b.hub, last_id, "destroy")  # the agent caught up: a short freeze each
+        with b.only("floor"):
             _ok(b.floor_hub.command("floor_handoff", {"on": True}))
-            handoff += _events_added(b, b.floor_hub, cycles)[0]
+            added, _, last_id = _events_added(b, b.floor_hub, cycles)
+            handoff += added
             _ok(b.floor_hub.command("floor_handoff", {"on": False}))
         _wait_for_event(b.hub, last_id, "destroy")
     r50, r99 = pct(agent, 50) / pct(floor, 50), pct(agent, 99) / pct(floor, 99)
