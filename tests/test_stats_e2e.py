@@ -261,12 +261,8 @@ def test_asyncio_loads_with_the_first_stats_stream_not_before(
     )
     assert proc.stdin is not None and proc.stdout is not None
     out = proc.stdout
-
-    def read() -> None:
-        for line in out:
-            lines.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in out], daemon=True)
+    reader.start()
 
     def next_line(containing: str, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout

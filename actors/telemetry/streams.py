@@ -13,7 +13,6 @@ touches actor state.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -65,16 +64,13 @@ class StatsStreams:
             "poll_pause": poll_pause,
         }
         self._loop: StreamLoop | None = None  # with the first stream
-        # the listing's thread exits a second after its last listing (leaves no idle thread)
-        self._listing = WorkerPool(1, f"{name}-listing", keep=0, idle_s=1.0)
-        self._lock = threading.Lock()
-        self._stopped = False  # under the lock
-        self._in_flight: LeanDocker | None = None  # the listing's connection, under the lock
+        self._listing = WorkerPool(1, f"{name}-listing", keep=0, idle_s=10.0)
+        self._stopped = False
 
     # --- called from the actor thread -------------------------------------------------------
 
     def open(self, container_id: str, token: int) -> None:
-        if self.stopped:
+        if self._stopped:
             return
         if self._loop is None:
             from actors.telemetry.stream_loop import StreamLoop  # asyncio: only once needed
@@ -91,22 +87,11 @@ class StatsStreams:
         """List the running containers on the worker thread; ``on_listed`` gets the answer."""
         self._listing.submit(lambda: self._list(request))
 
-    @property
-    def stopped(self) -> bool:
-        with self._lock:
-            return self._stopped
-
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop the streams and the listing; a listing in flight is aborted (its thread ends,
-        even while Docker does not answer)."""
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-            in_flight = self._in_flight
+        if self._stopped:
+            return
+        self._stopped = True
         self._listing.close()
-        if in_flight is not None:
-            in_flight.abort()
         if self._loop is not None:
             self._loop.stop(timeout)
 
@@ -119,15 +104,9 @@ class StatsStreams:
                 scheme = self._docker_host.partition("://")[0]
                 raise ValueError(f"unsupported DOCKER_HOST scheme for stats: {scheme}")
             docker = LeanDocker(address, timeout=LISTING_TIMEOUT_S, api_version=self._api_version)
-            with self._lock:
-                if self._stopped:
-                    return
-                self._in_flight = docker
             try:
                 body = docker.get("/containers/json", _RUNNING)
             finally:
-                with self._lock:
-                    self._in_flight = None
                 docker.close()
             listed = tuple(
                 (str(c["Id"]), str((c.get("Names") or [""])[0]).lstrip("/"))
