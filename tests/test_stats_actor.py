@@ -48,6 +48,9 @@ class FakeStreams:
         self.stopped = False
         FakeStreams.instances.append(self)
 
+    def start(self) -> None:
+        pass
+
     def open(self, container_id: str, token: int) -> None:
         self.opened[container_id] = token
 
@@ -338,20 +341,21 @@ def test_ingest_gets_the_permanent_token_and_stops_with_the_actor(rig: Rig) -> N
 
 
 def test_the_streams_hand_over_their_samples_in_one_batch_per_interval() -> None:
-    """The streams' batching on their own loop, run here step by step (no thread started)."""
+    """StatsStreams' batching on its own loop, run here step by step (no thread started)."""
     import asyncio
 
-    from actors.telemetry.stream_loop import StreamLoop
+    from actors.telemetry.streams import StatsStreams
 
     batches: list[Any] = []
 
     def not_batched(*_: Any) -> None:
         raise AssertionError("a sample went out on its own")
 
-    streams = StreamLoop(
+    streams = StatsStreams(
         "unix:///nowhere",
         on_sample=not_batched,
         on_ended=lambda *_: None,
+        on_listed=lambda *_: None,
         on_samples=batches.append,
         batch_interval=0.0,
     )

@@ -1,20 +1,18 @@
-"""The stats streams' loop: one thread, one asyncio loop, one HTTP stats stream per container.
+"""Docker stats streams for many containers on ONE thread (asyncio), for the StatsActor.
 
 Each running container gets its own ``GET /containers/{id}/stats?stream=1`` HTTP connection, as
 in the Go agent, but all connections are multiplexed by one asyncio event loop in one thread
 (``StatsActor-streams``) instead of one blocked thread per container. bench/stats_design.py
 measured the alternatives (thread per stream, one-shot polling) on dockerd 20.10.
-:class:`~actors.telemetry.streams.StatsStreams` starts it with the first stream, so an agent
-with no running container never loads asyncio.
 
 The tiny HTTP/1.1 client below speaks just enough for Docker's API over ``unix://`` or plain
 ``tcp://`` (GET, chunked or sized bodies). The loop thread never touches actor state: it calls
-the ``on_sample`` / ``on_ended`` callbacks, which ``tell`` the actor. With ``on_samples``, the
-samples of every stream are collected and handed over together every ``batch_interval`` seconds
-instead: one wake-up of the actor per interval, not one per sample (issue 13; Docker sends one
-sample a second per stream, so a fraction of that delays nothing). With ``poll_pause``, the
-loop's selector waits that long after each wake-up before it gathers what is ready, so one
-wake-up serves the samples of many streams instead of one each.
+the ``on_sample`` / ``on_ended`` / ``on_listed`` callbacks, which ``tell`` the actor. With
+``on_samples``, the samples of every stream are collected and handed over together every
+``batch_interval`` seconds instead: one wake-up of the actor per interval, not one per sample
+(issue 13; Docker sends one sample a second per stream, so a fraction of that delays nothing).
+With ``poll_pause``, the loop's selector waits that long after each wake-up before it gathers
+what is ready, so one wake-up serves the samples of many streams instead of one each.
 """
 
 from __future__ import annotations
@@ -151,9 +149,10 @@ SampleCallback = Callable[[str, int, dict[str, Any]], None]  # (container_id, to
 #: every sample since the last call, in arrival order: ((container_id, token, sample), ...)
 SamplesCallback = Callable[[tuple[tuple[str, int, dict[str, Any]], ...]], None]
 EndedCallback = Callable[[str, int, str, bool], None]  # (container_id, token, reason, gone)
+ListedCallback = Callable[[int, tuple[tuple[str, str], ...] | None, str], None]
 
 
-class StreamLoop:
+class StatsStreams:
     """One thread, one asyncio loop, one HTTP stats stream per opened container."""
 
     def __init__(
@@ -162,6 +161,7 @@ class StreamLoop:
         *,
         on_sample: SampleCallback,
         on_ended: EndedCallback,
+        on_listed: ListedCallback,
         name: str = "StatsActor-streams",
         api_version: str | None = None,
         on_samples: SamplesCallback | None = None,
@@ -176,12 +176,14 @@ class StreamLoop:
         self._batch: list[tuple[str, int, dict[str, Any]]] = []  # loop thread only
         self._flush_timer: asyncio.TimerHandle | None = None
         self._on_ended = on_ended
+        self._on_listed = on_listed
         self._loop = (
             asyncio.SelectorEventLoop(PacedSelector(poll_pause))
             if poll_pause > 0
             else asyncio.new_event_loop()
         )
         self._tasks: dict[str, asyncio.Task[None]] = {}  # loop thread only
+        self._listings: set[asyncio.Task[None]] = set()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._stopped = False
 
@@ -195,6 +197,9 @@ class StreamLoop:
 
     def close(self, container_id: str) -> None:
         self._call(self._close_stream, container_id)
+
+    def list_running(self, request: int) -> None:
+        self._call(self._start_listing, request)
 
     def stop(self, timeout: float = 2.0) -> None:
         if self._stopped:
@@ -243,8 +248,9 @@ class StreamLoop:
     def _shutdown(self) -> None:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._listings]
         self._tasks.clear()
+        self._listings.clear()
         for task in tasks:
             task.cancel()
 
@@ -264,6 +270,35 @@ class StreamLoop:
         task = self._tasks.pop(container_id, None)
         if task is not None:
             task.cancel()
+
+    def _start_listing(self, request: int) -> None:
+        task = self._loop.create_task(self._list(request))
+        self._listings.add(task)
+        task.add_done_callback(self._listings.discard)
+
+    async def _list(self, request: int) -> None:
+        query = quote(json.dumps({"status": ["running"]}))
+        try:
+            status, reader, writer, length = await _request(
+                self._docker_host,
+                api_path(f"/containers/json?filters={query}", self._api_version),
+            )
+            try:
+                if status != 200:
+                    raise DockerHttpError(status, await _read_error(reader, length))
+                body = b""
+                async for data in _body_chunks(reader, length):
+                    body += data
+            finally:
+                writer.close()
+            listed = tuple(
+                (str(c["Id"]), str((c.get("Names") or [""])[0]).lstrip("/"))
+                for c in json.loads(body)
+            )
+        except Exception as exc:
+            self._on_listed(request, None, f"{type(exc).__name__}: {exc}")
+            return
+        self._on_listed(request, listed, "")
 
     async def _stream(self, container_id: str, token: int) -> None:
         reason, gone = "stream ended", False

@@ -176,6 +176,9 @@ class FakeStreams:
         self.listings: list[int] = []
         self.lock = threading.Lock()
 
+    def start(self) -> None:
+        pass
+
     def open(self, container_id: str, token: int) -> None:
         with self.lock:
             self.opened[container_id] = token
