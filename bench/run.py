@@ -482,7 +482,6 @@ def list_roundtrip(b: Bench, containers: int, calls: int) -> list[Row]:
         assert len(result.data) >= containers
 
     lean = _lean(b)
-    query = "limit=-1&all=1&size=0&trunc_cmd=0"  # docker-py's containers(all=True)
     t = _roundtrips(
         b,
         calls,
@@ -493,7 +492,7 @@ def list_roundtrip(b: Bench, containers: int, calls: int) -> list[Row]:
             "transport": lambda: _ok(
                 b.floor_hub.command("list_containers", {"cached": True}, timeout=60)
             ),
-            "daemon": lambda: lean.get("/containers/json", query),
+            "daemon": lambda: lean.containers_raw(all=True),
         },
     )
     lean.close()

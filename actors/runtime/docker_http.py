@@ -100,9 +100,12 @@ class LeanDocker:
     def inspect_image(self, image: str) -> dict[str, Any]:
         return dict(loads(self.get(f"/images/{quote(image, safe='/:')}/json")))
 
+    def containers_raw(self, all: bool = False) -> bytes:
+        """Docker's container list JSON (docker-py's ``containers()`` query), undecoded."""
+        return self.get("/containers/json", f"limit=-1&all={1 if all else 0}&size=0&trunc_cmd=0")
+
     def containers(self, all: bool = False) -> list[dict[str, Any]]:
-        query = f"limit=-1&all={1 if all else 0}&size=0&trunc_cmd=0"
-        return list(loads(self.get("/containers/json", query)))
+        return list(loads(self.containers_raw(all)))
 
     # --- HTTP ----------------------------------------------------------------------------------
 
