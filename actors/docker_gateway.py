@@ -38,7 +38,8 @@ from actors.runtime.docker_client import client_factory as docker_clients
 from actors.runtime.docker_http import LeanDocker, lean_address
 from actors.runtime.memory import release_memory
 from actors.runtime.pool import WorkerPool
-from messages.common import RawJson
+from actors.runtime.summaries import join_containers, split_containers
+from messages.common import RawJson, dumps
 from messages.docker import (
     ACTION_NAMES,
     CommandFailed,
@@ -146,13 +147,33 @@ def env_map(env: list[str] | None) -> dict[str, str]:
     return result
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Seen:
+    """What list_containers adds for one container, read once by an inspect: ``StartedAt``
+    (None before its first start) and ``Env`` (None if the inspect found it gone), with
+    ``tail``, the two as the JSON the spliced list appends (``,"StartedAt":...,"Env":...``)."""
+
+    state: str
+    started: str | None
+    env: dict[str, str] | None
+    tail: bytes
+
+    @staticmethod
+    def of(state: str, started: str | None, env: dict[str, str] | None) -> _Seen:
+        tail = f',"StartedAt":{dumps(started)}' if started else ""
+        if env is not None:
+            tail += f',"Env":{dumps(env)}'
+        return _Seen(state, started, env, tail.encode())
+
+
 class _ListCache:
-    """Per-container ``StartedAt``/``Env`` and per-image ``RepoDigests`` for list_containers."""
+    """Per-container ``StartedAt``/``Env`` and per-image ``RepoDigests`` (each with its JSON,
+    ``,"RepoDigests":[...]``) for list_containers."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.containers: dict[str, tuple[str, str | None, dict[str, str] | None]] = {}
-        self.images: dict[str, list[str]] = {}
+        self.containers: dict[str, _Seen] = {}
+        self.images: dict[str, tuple[list[str], bytes]] = {}
 
     def on_event(self, event: ContainerEventObserved) -> None:
         with self.lock:
@@ -161,11 +182,16 @@ class _ListCache:
             elif event.action in ("start", "restart"):
                 entry = self.containers.get(event.container_id)
                 if entry is not None:
-                    self.containers[event.container_id] = (
-                        "running",
-                        rfc3339_nano(event.time_nano),
-                        entry[2],
-                    )
+                    started = rfc3339_nano(event.time_nano)
+                    self.containers[event.container_id] = _Seen.of("running", started, entry.env)
+
+    def forget_all_but(self, containers: set[str], images: set[str]) -> None:
+        """Drop what belongs to containers and images no longer listed."""
+        with self.lock:
+            for stale in set(self.containers) - containers:
+                del self.containers[stale]
+            for stale in set(self.images) - images:
+                del self.images[stale]
 
 
 class DockerGatewayActor(SupervisedActor):
@@ -465,16 +491,22 @@ class DockerGatewayActor(SupervisedActor):
     def _list_containers(self, msg: ListContainers) -> Reply:
         try:
             api = self._reads()
-            summaries: list[dict[str, Any]] = api.containers(all=True)
-            live = {s["Id"] for s in summaries}
-            for summary in summaries:
-                self._enrich(api, summary)
-            with self._cache.lock:
-                for stale in set(self._cache.containers) - live:
-                    del self._cache.containers[stale]
-                used_images = {s.get("ImageID") for s in summaries}
-                for stale in set(self._cache.images) - used_images:
-                    del self._cache.images[stale]
+            text = self._spliced_list(api) if isinstance(api, LeanDocker) else None
+            if text is None:  # docker-py, or a list the splice does not take: decoded
+                summaries: list[dict[str, Any]] = api.containers(all=True)
+                for summary in summaries:
+                    seen, (digests, _) = self._added(
+                        api, summary["Id"], summary.get("State", ""), summary.get("ImageID", "")
+                    )
+                    summary["RepoDigests"] = digests
+                    if seen is not None and seen.started:
+                        summary["StartedAt"] = seen.started
+                    if seen is not None and seen.env is not None:
+                        summary["Env"] = seen.env
+                self._cache.forget_all_but(
+                    {s["Id"] for s in summaries}, {s.get("ImageID", "") for s in summaries}
+                )
+                text = dumps(summaries)
         except Exception as exc:
             error, error_type = describe_docker_error("list containers", exc, self._docker_host)
             if diagnose(self._docker_host, exc) is None:
@@ -482,40 +514,54 @@ class DockerGatewayActor(SupervisedActor):
             else:
                 self._checked(exc)  # logged by the actor, once and then at a backoff
             return CommandFailed(request_id=msg.request_id, error=error, error_type=error_type)
-        return CommandSucceeded(request_id=msg.request_id, payload=RawJson.of(summaries))
+        return CommandSucceeded(request_id=msg.request_id, payload=RawJson(text))
 
-    def _enrich(self, api: docker.APIClient | LeanDocker, summary: dict[str, Any]) -> None:
-        cid, state, image_id = summary["Id"], summary.get("State", ""), summary.get("ImageID", "")
+    def _spliced_list(self, api: LeanDocker) -> str | None:
+        """Docker's bytes for each container with the added keys spliced in (summaries.py);
+        None if the list is not one the splice takes."""
+        listed = split_containers(api.containers_raw(all=True))
+        if listed is None:
+            return None
+        parts = []
+        for item in listed:
+            seen, (_, digests_json) = self._added(api, item.id, item.state, item.image_id)
+            parts.append(item.head + digests_json + (seen.tail if seen else b"") + b"}")
+        self._cache.forget_all_but({i.id for i in listed}, {i.image_id for i in listed})
+        return join_containers(parts)
+
+    def _added(
+        self, api: docker.APIClient | LeanDocker, cid: str, state: str, image_id: str
+    ) -> tuple[_Seen | None, tuple[list[str], bytes]]:
+        """What list_containers adds to one container, from the cache or, for a container new
+        or changed state since, one inspect (and one per image not seen yet)."""
         with self._cache.lock:
-            entry = self._cache.containers.get(cid)
+            seen = self._cache.containers.get(cid)
             digests = self._cache.images.get(image_id)
-        if entry is None or entry[0] != state:
+        if seen is None or seen.state != state:
             try:
                 info = api.inspect_container(cid)
             except docker.errors.NotFound:
                 info = None  # removed between list and inspect
             if info is not None:
                 started = info.get("State", {}).get("StartedAt") or ""
-                entry = (
+                seen = _Seen.of(
                     state,
                     started if started and not started.startswith("0001-01-01") else None,
                     env_map(info.get("Config", {}).get("Env")),
                 )
                 with self._cache.lock:
-                    self._cache.containers[cid] = entry
-        if digests is None and image_id:
-            try:
-                digests = list(api.inspect_image(image_id).get("RepoDigests") or [])
-            except docker.errors.NotFound:
-                digests = []
-            with self._cache.lock:
-                self._cache.images[image_id] = digests
-        summary["RepoDigests"] = digests or []
-        if entry is not None:
-            if entry[1]:
-                summary["StartedAt"] = entry[1]
-            if entry[2] is not None:
-                summary["Env"] = entry[2]
+                    self._cache.containers[cid] = seen
+        if digests is None:
+            found: list[str] = []
+            if image_id:
+                with contextlib.suppress(docker.errors.NotFound):  # gone: no digests
+                    found = list(api.inspect_image(image_id).get("RepoDigests") or [])
+                digests = (found, f',"RepoDigests":{dumps(found)}'.encode())
+                with self._cache.lock:
+                    self._cache.images[image_id] = digests
+            else:
+                digests = (found, b',"RepoDigests":[]')
+        return seen, digests
 
     def _host_ips(self, api: docker.APIClient) -> list[str]:
         """PROTOCOL §2.2: container mode from the host's fib_trie, else the interfaces."""
