@@ -200,7 +200,6 @@ def run_asyncio(host: str, ids: list[str], counter: Counter) -> None:
         counter.errors += 1
 
     streams = StatsStreams(host, on_sample=on_sample, on_ended=on_ended, on_listed=lambda *a: None)
-    streams.start()
     for i, cid in enumerate(ids):
         streams.open(cid, i)
 

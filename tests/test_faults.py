@@ -19,7 +19,7 @@ import pytest
 import websocket
 
 from actors.event_streamer import EventStreamerActor
-from actors.telemetry import streams as stats_streams
+from actors.telemetry import stream_loop
 from messages.roles import Role
 from tests.support.agent_harness import RunningAgent, running_agent
 from tests.support.daemon import PrivateDockerd
@@ -463,14 +463,14 @@ def test_a_stats_stream_that_hangs_holds_up_nothing(
     hung = docker_client.containers.create(
         busybox_image, ["sleep", "3600"], network_mode="none", labels={"dockmon-test": "1"}
     )
-    original = stats_streams._request
+    original = stream_loop._request
 
     async def request(docker_host: str, path: str) -> Any:
         if str(hung.id) in path and "/stats" in path:
             return 200, asyncio.StreamReader(), None, None  # headers, then silence forever
         return await original(docker_host, path)
 
-    monkeypatch.setattr(stats_streams, "_request", request)
+    monkeypatch.setattr(stream_loop, "_request", request)
     try:
         hung.start()
         other = docker_client.containers.run(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import queue
+import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +50,6 @@ class FakeStreams:
         self.listings: list[int] = []
         self.stopped = False
         FakeStreams.instances.append(self)
-
-    def start(self) -> None:
-        pass
 
     def open(self, container_id: str, token: int) -> None:
         self.opened[container_id] = token
@@ -341,21 +341,20 @@ def test_ingest_gets_the_permanent_token_and_stops_with_the_actor(rig: Rig) -> N
 
 
 def test_the_streams_hand_over_their_samples_in_one_batch_per_interval() -> None:
-    """StatsStreams' batching on its own loop, run here step by step (no thread started)."""
+    """The streams' batching on their own loop, run here step by step (no thread started)."""
     import asyncio
 
-    from actors.telemetry.streams import StatsStreams
+    from actors.telemetry.stream_loop import StreamLoop
 
     batches: list[Any] = []
 
     def not_batched(*_: Any) -> None:
         raise AssertionError("a sample went out on its own")
 
-    streams = StatsStreams(
+    streams = StreamLoop(
         "unix:///nowhere",
         on_sample=not_batched,
         on_ended=lambda *_: None,
-        on_listed=lambda *_: None,
         on_samples=batches.append,
         batch_interval=0.0,
     )
@@ -370,3 +369,70 @@ def test_the_streams_hand_over_their_samples_in_one_batch_per_interval() -> None
         assert len(batches) == 1
     finally:
         loop.close()
+
+
+def test_a_listing_docker_never_answers_ends_with_the_streams(tmp_path: Path) -> None:
+    """The listing runs on a worker thread of its own; stopping the streams aborts one blocked
+    on a daemon that accepted and never answered, so no thread outlives them."""
+    from actors.telemetry.streams import StatsStreams
+
+    path = str(tmp_path / "docker.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen()
+    listed: queue.Queue[tuple[int, Any, str]] = queue.Queue()
+    streams = StatsStreams(
+        f"unix://{path}",
+        on_sample=lambda *_: None,
+        on_ended=lambda *_: None,
+        on_listed=lambda *answer: listed.put(answer),
+        name="test-streams",
+    )
+    try:
+        streams.list_running(7)
+        accepted, _ = server.accept()  # the request arrives; no answer ever will
+        with accepted:
+            assert accepted.recv(4096).startswith(b"GET /containers/json?filters=")
+            listing = [t for t in threading.enumerate() if t.name.startswith("test-streams")]
+            assert len(listing) == 1
+            streams.stop()
+            request, containers, error = listed.get(timeout=5)
+            assert (request, containers) == (7, None) and error.startswith("ConnectionError")
+            listing[0].join(5)
+            assert not listing[0].is_alive()
+    finally:
+        streams.stop()
+        server.close()
+
+
+def test_the_listing_reads_the_running_containers_by_id_and_name(tmp_path: Path) -> None:
+    from actors.telemetry.streams import StatsStreams
+
+    path = str(tmp_path / "docker.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen()
+    body = json.dumps([{"Id": C1, "Names": ["/web"]}, {"Id": C2, "Names": []}]).encode()
+    listed: queue.Queue[tuple[int, Any, str]] = queue.Queue()
+    streams = StatsStreams(
+        f"unix://{path}",
+        on_sample=lambda *_: None,
+        on_ended=lambda *_: None,
+        on_listed=lambda *answer: listed.put(answer),
+        api_version="1.41",
+    )
+    try:
+        streams.list_running(3)
+        accepted, _ = server.accept()
+        with accepted:
+            request = accepted.recv(4096)
+            assert request.startswith(b"GET /v1.41/containers/json?filters=%7B%22status%22")
+            accepted.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            assert listed.get(timeout=5) == (3, ((C1, "web"), (C2, "")), "")
+    finally:
+        streams.stop()
+        server.close()

@@ -4,6 +4,13 @@ with the real agent, the strict FakeHub (which validates every payload) and the 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +22,7 @@ import websocket
 
 from tests.support.agent_harness import RunningAgent, running_agent
 from tests.support.daemon import PrivateDockerd
+from tests.support.hostenv import REPO_ROOT
 from tests.support.hub import INGEST_WS_PATH, FakeHub
 
 GRACEFUL = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
@@ -211,3 +219,78 @@ def test_no_ingest_socket_on_a_first_run_with_only_a_registration_token(
         assert hub.ingest_connected == 0 and hub.ingest_samples == []
         assert hub.registrations[0]["capabilities"]["stats_collection"] is True
         hub.assert_clean()
+
+
+#: run as the agent's process: on a line on stdin, print which of argv's modules are loaded
+_LOADED_ON_ASK = (
+    "import sys, threading, agent_cli\n"
+    "def answer():\n"
+    "    for _ in sys.stdin:\n"
+    "        print('loaded:', sorted(m for m in sys.argv[1:] if m in sys.modules), flush=True)\n"
+    "threading.Thread(target=answer, daemon=True).start()\n"
+    "sys.exit(agent_cli.main([]))\n"
+)
+
+
+def test_asyncio_loads_with_the_first_stats_stream_not_before(
+    tmp_path: Path, dockerd: PrivateDockerd, make_container: Any, docker_client: docker.DockerClient
+) -> None:
+    """An agent whose host runs no container lists them (lean path) without loading asyncio or
+    starting the streams' loop (1.6 MB of the idle footprint, issue 13); the first running
+    container starts both, and its stats flow."""
+    assert docker_client.containers.list() == [], "an earlier test left a container running"
+    hub = FakeHub().start()
+    hub.add_registration_token("reg-asyncio-lazy")
+    lines: queue.Queue[str] = queue.Queue()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LOADED_ON_ASK, "asyncio", "actors.telemetry.stream_loop"],
+        cwd=REPO_ROOT,
+        env={
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "DOCKMON_URL": hub.url,
+            "REGISTRATION_TOKEN": "reg-asyncio-lazy",
+            "DATA_PATH": str(tmp_path / "data"),
+            "DOCKER_HOST": dockerd.base_url,
+            "LOG_LEVEL": "info",
+            "LOG_JSON": "false",
+        },
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    out = proc.stdout
+
+    def read() -> None:
+        for line in out:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+
+    def next_line(containing: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(queue.Empty):
+                line = lines.get(timeout=left)
+                if containing in line:
+                    return line
+        raise AssertionError(f"the agent printed no line with {containing!r} in {timeout} s")
+
+    def loaded() -> str:
+        assert proc.stdin is not None
+        proc.stdin.write("?\n")
+        proc.stdin.flush()
+        return next_line("loaded:")
+
+    try:
+        hub.wait_registered()
+        next_line("collecting stats for 0 running containers")
+        assert "loaded: []" in loaded()
+        c = make_container(GRACEFUL)
+        hub.wait_until(lambda: len(stats_of(hub, c.id)) >= 2, 30, "stats of the first container")
+        assert "loaded: ['actors.telemetry.stream_loop', 'asyncio']" in loaded()
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        hub.stop()

@@ -225,6 +225,14 @@ class LeanDocker:
             raise ConnectionResetError("the daemon closed the connection inside a body")
         return bytes(data)
 
+    def abort(self) -> None:
+        """From another thread: make a request blocked on the daemon fail at once (the thread
+        that made it closes the connection)."""
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         sock, reader, self._sock, self._reader = self._sock, self._reader, None, None
         if reader is not None:

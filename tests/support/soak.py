@@ -176,9 +176,6 @@ class FakeStreams:
         self.listings: list[int] = []
         self.lock = threading.Lock()
 
-    def start(self) -> None:
-        pass
-
     def open(self, container_id: str, token: int) -> None:
         with self.lock:
             self.opened[container_id] = token
