@@ -292,10 +292,10 @@ class StatsActor(SupervisedActor):
                 wanted.pop(event.container_id, None)
         self._journal.clear()
         self._listing_pending = False
+        for cid, name in wanted.items():  # before the untracking: the loop stays up between
+            self._track(cid, name)
         for cid in [c for c in self._tracked if c not in wanted]:
             self._untrack(cid)
-        for cid, name in wanted.items():
-            self._track(cid, name)
         log.info("collecting stats for %d running containers", len(self._tracked))
 
     def _container_event(self, event: ContainerEventObserved) -> None:
@@ -348,6 +348,7 @@ class StatsActor(SupervisedActor):
     def _untrack(self, container_id: str) -> None:
         if self._tracked.pop(container_id, None) is not None and self._streams is not None:
             self._streams.close(container_id)
+            self._park_if_idle()
 
     def _stream_ended(self, msg: StatsStreamEnded) -> None:
         current = self._tracked.get(msg.container_id)
@@ -355,6 +356,11 @@ class StatsActor(SupervisedActor):
             return
         del self._tracked[msg.container_id]
         log.debug("stats stream of %s ended: %s", msg.container_id[:12], msg.reason)
+        self._park_if_idle()
+
+    def _park_if_idle(self) -> None:
+        if not self._tracked and self._streams is not None:
+            self._streams.park()  # the last stream: its loop thread ends with it
 
     def _sampled(self, msg: StatsSampled) -> None:
         current = self._tracked.get(msg.container_id)

@@ -226,7 +226,8 @@ _LOADED_ON_ASK = (
     "import sys, threading, agent_cli\n"
     "def answer():\n"
     "    for _ in sys.stdin:\n"
-    "        print('loaded:', sorted(m for m in sys.argv[1:] if m in sys.modules), flush=True)\n"
+    "        print('loaded:', sorted(m for m in sys.argv[1:] if m in sys.modules),\n"
+    "              'threads:', sorted(t.name for t in threading.enumerate()), flush=True)\n"
     "threading.Thread(target=answer, daemon=True).start()\n"
     "sys.exit(agent_cli.main([]))\n"
 )
@@ -237,7 +238,8 @@ def test_asyncio_loads_with_the_first_stats_stream_not_before(
 ) -> None:
     """An agent whose host runs no container lists them (lean path) without loading asyncio or
     starting the streams' loop (1.6 MB of the idle footprint, issue 13); the first running
-    container starts both, and its stats flow."""
+    container starts both, and its stats flow; when it stops, the loop thread ends (no idle
+    thread outlives the streams); when it starts again, so does the loop."""
     assert docker_client.containers.list() == [], "an earlier test left a container running"
     hub = FakeHub().start()
     hub.add_registration_token("reg-asyncio-lazy")
@@ -290,6 +292,16 @@ def test_asyncio_loads_with_the_first_stats_stream_not_before(
         c = make_container(GRACEFUL)
         hub.wait_until(lambda: len(stats_of(hub, c.id)) >= 2, 30, "stats of the first container")
         assert "loaded: ['actors.telemetry.stream_loop', 'asyncio']" in loaded()
+        assert "'StatsActor-streams'" in loaded()
+        c.stop(timeout=5)
+        deadline = time.monotonic() + 15  # the last stream ends: its loop thread with it
+        while "'StatsActor-streams'" in (line := loaded()):
+            assert time.monotonic() < deadline, f"the loop thread outlived the streams: {line}"
+            time.sleep(0.2)
+        c.start()  # the next stream starts the loop again, and its stats flow
+        before = len(stats_of(hub, c.id))
+        hub.wait_until(lambda: len(stats_of(hub, c.id)) >= before + 2, 30, "stats after restart")
+        assert "'StatsActor-streams'" in loaded()
     finally:
         proc.terminate()
         proc.wait(15)
