@@ -48,6 +48,7 @@ from messages.roles import Role
 from messages.stats import (
     ApplyStreamChanges,
     HostStatsTick,
+    ParkStreams,
     RetryListing,
     RunningContainersListed,
     StatsBatch,
@@ -68,6 +69,7 @@ Inbox: TypeAlias = (
     | RunningContainersListed
     | RetryListing
     | HostStatsTick
+    | ParkStreams
     | LinkStateChanged
 )
 
@@ -80,6 +82,9 @@ STREAMS_POLL_PAUSE = 0.1
 #: stream opens and closes asked for by events wait this long and go together: off the event
 #: forwarding path, and a container that starts and dies within it never costs a stream
 STREAM_SETTLE = 0.5
+#: the streams' loop thread ends this long after the last stream closed (a container that
+#: restarts keeps it)
+PARK_AFTER_S = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,6 +134,8 @@ class StatsActor(SupervisedActor):
         self._host_generation = 0
         self._host_timer: TimerHandle | None = None
         self._retry_timer: TimerHandle | None = None
+        self._park_generation = 0
+        self._park_timer: TimerHandle | None = None
         self._listing_retry = Backoff(*settings.listing_retry, jitter=False)
         self._listing_log = RepeatLimiter(first=60.0, maximum=3600.0)
         self.samples_sent = 0
@@ -183,7 +190,7 @@ class StatsActor(SupervisedActor):
 
     def _release(self) -> None:
         self._active = False
-        for timer in (self._host_timer, self._retry_timer):
+        for timer in (self._host_timer, self._retry_timer, self._park_timer):
             if timer is not None:
                 timer.cancel()
         if self._streams is not None:
@@ -215,12 +222,20 @@ class StatsActor(SupervisedActor):
                 self._host_tick()
             case ApplyStreamChanges(generation=gen) if gen == self._changes_generation:
                 self._apply_changes()
+            case ParkStreams(generation=gen) if gen == self._park_generation:
+                self._park_timer = None
+                if not self._tracked and self._streams is not None:
+                    self._streams.park()
             case LinkStateChanged(connected=True):
                 self._activate()
             case LinkStateChanged():  # disconnected
                 self._deactivate()
             case (
-                RunningContainersListed() | RetryListing() | HostStatsTick() | ApplyStreamChanges()
+                RunningContainersListed()
+                | RetryListing()
+                | HostStatsTick()
+                | ApplyStreamChanges()
+                | ParkStreams()
             ):
                 pass  # stale
             case _:
@@ -343,6 +358,10 @@ class StatsActor(SupervisedActor):
         assert self._streams is not None
         self._tokens += 1
         self._tracked[container_id] = (self._tokens, name)
+        if self._park_timer is not None:  # the loop is wanted again
+            self._park_timer.cancel()
+            self._park_timer = None
+            self._park_generation += 1
         self._streams.open(container_id, self._tokens)
 
     def _untrack(self, container_id: str) -> None:
@@ -359,8 +378,13 @@ class StatsActor(SupervisedActor):
         self._park_if_idle()
 
     def _park_if_idle(self) -> None:
-        if not self._tracked and self._streams is not None:
-            self._streams.park()  # the last stream: its loop thread ends with it
+        """The last stream closed: its loop thread ends PARK_AFTER_S later, unless a stream
+        opens meanwhile (a container restarting, a burst of short-lived ones)."""
+        if not self._tracked and self._streams is not None and self._park_timer is None:
+            self._park_generation += 1
+            self._park_timer = self.tell_self_later(
+                PARK_AFTER_S, ParkStreams(generation=self._park_generation)
+            )
 
     def _sampled(self, msg: StatsSampled) -> None:
         current = self._tracked.get(msg.container_id)

@@ -89,6 +89,14 @@ class ApplyStreamChanges:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ParkStreams:
+    """StatsActor-internal timer: a moment after the last stream closed, stop the streams'
+    loop (``generation``: the idle spell it was set for; a stream opened since ends it)."""
+
+    generation: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HostStatsTick:
     """Every 2 s while connected: send one host stats frame."""
 

@@ -16,7 +16,7 @@ import pytest
 
 from actors.base import Peers
 from actors.link.websocket import LinkSettings
-from actors.stats import STREAM_SETTLE, StatsActor, StatsSettings
+from actors.stats import PARK_AFTER_S, STREAM_SETTLE, StatsActor, StatsSettings
 from messages.common import Ping, Secret
 from messages.docker import ContainerEventObserved
 from messages.outbound import EventOut, LinkStateChanged, RawFrameOut
@@ -48,6 +48,7 @@ class FakeStreams:
         self.opened: dict[str, int] = {}
         self.closed: list[str] = []
         self.listings: list[int] = []
+        self.parks = 0
         self.stopped = False
         FakeStreams.instances.append(self)
 
@@ -57,6 +58,9 @@ class FakeStreams:
     def close(self, container_id: str) -> None:
         self.closed.append(container_id)
         self.opened.pop(container_id, None)
+
+    def park(self) -> None:
+        self.parks += 1
 
     def list_running(self, request: int) -> None:
         self.listings.append(request)
@@ -282,6 +286,30 @@ def test_disconnect_closes_everything_and_reconnect_relists(rig: Rig) -> None:
     assert rig.streams.listings[-1] > 1
     rig.listed((C2, "two"), (C3, "three"))
     assert set(rig.streams.opened) == {C2, C3}
+
+
+def test_the_streams_park_a_moment_after_the_last_one_closes_unless_one_opens(rig: Rig) -> None:
+    rig.listed((C1, "one"))
+    rig.tell(event(C1, "die"))
+    rig.settle()
+    assert rig.streams.opened == {}
+    rig.tell(event(C1, "start"))  # restarted within the moment: the loop is wanted again
+    rig.settle()
+    rig.scheduler.advance(PARK_AFTER_S)
+    rig.sync()
+    assert rig.streams.parks == 0 and set(rig.streams.opened) == {C1}
+    rig.tell(event(C1, "die"))
+    rig.settle()
+    rig.scheduler.advance(PARK_AFTER_S - 0.01)
+    rig.sync()
+    assert rig.streams.parks == 0
+    rig.scheduler.advance(0.01)
+    rig.sync()
+    assert rig.streams.parks == 1, "no stream left: the loop thread ends"
+    rig.tell(LinkStateChanged(connected=False))
+    rig.scheduler.advance(PARK_AFTER_S * 2)
+    rig.sync()
+    assert rig.streams.parks == 1, "nothing opened since: parked once"
 
 
 def test_a_failed_listing_is_retried(rig: Rig) -> None:

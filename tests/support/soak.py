@@ -184,6 +184,9 @@ class FakeStreams:
         with self.lock:
             self.opened.pop(container_id, None)
 
+    def park(self) -> None:
+        pass
+
     def list_running(self, request: int) -> None:
         with self.lock:
             self.listings.append(request)
