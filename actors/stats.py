@@ -1,10 +1,10 @@
 """StatsActor: container stats (PROTOCOL §5.2), host stats (§5.3) and the stats ingest (§1.5).
 
 * Container stats: one Docker stats stream per running container, all multiplexed on one
-  asyncio thread, started with the first stream (:mod:`actors.telemetry.streams`;
-  bench/stats_design.py has the measurements that chose this over a thread per stream or
-  one-shot polling). Each sample becomes a ``container_stats`` event (never buffered) and is
-  also offered to the ingest socket.
+  asyncio thread, started with the first stream and stopped a second after the last
+  (:mod:`actors.telemetry.streams`; bench/stats_design.py has the measurements that chose
+  this over a thread per stream or one-shot polling). Each sample becomes a
+  ``container_stats`` event (never buffered) and is also offered to the ingest socket.
   Streams follow container events (start/restart add, die/stop/kill remove); on every
   (re)connect the running set is taken from Docker again, and events that arrive while that
   listing is in flight are replayed on top of it.

@@ -23,12 +23,12 @@ def _codec() -> ModuleType:
 def dumps(value: Any) -> str:
     """Compact JSON text (``json.dumps(separators=(",", ":"), ensure_ascii=False)``'s bytes).
 
-    orjson encodes Docker's answers 10-20x faster than ``json``. Where it refuses what ``json``
-    accepts (keys that are not strings, where it is retried with ``OPT_NON_STR_KEYS`` alone
-    since that option doubles its time; integers beyond 64 bits, lone surrogates, nesting
-    deeper than 254) ``json`` encodes
-    it as before; NaN and infinities become ``null`` (``json`` would emit ``NaN``, which is not
-    JSON and would make the backend close the connection).
+    orjson encodes Docker's answers 10-20x faster than ``json``. A key that is not a string
+    is retried with ``OPT_NON_STR_KEYS`` alone, since that option doubles orjson's time. Where
+    orjson refuses what ``json`` accepts (integers beyond 64 bits, lone surrogates, nesting
+    deeper than 254) ``json`` encodes it as before; NaN and infinities become ``null``
+    (``json`` would emit ``NaN``, which is not JSON and would make the backend close the
+    connection).
     """
     codec = _codec()
     try:  # str keys only first: OPT_NON_STR_KEYS doubles orjson's time on every dict

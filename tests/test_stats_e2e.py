@@ -239,13 +239,19 @@ def test_asyncio_loads_with_the_first_stats_stream_not_before(
     """An agent whose host runs no container lists them (lean path) without loading asyncio or
     starting the streams' loop (1.6 MB of the idle footprint, issue 13); the first running
     container starts both, and its stats flow; when it stops, the loop thread ends (no idle
-    thread outlives the streams); when it starts again, so does the loop."""
+    thread outlives the streams); when it starts again, so does the loop. msgspec, which only
+    the container list uses, loads with the first list."""
     assert docker_client.containers.list() == [], "an earlier test left a container running"
     hub = FakeHub().start()
     hub.add_registration_token("reg-asyncio-lazy")
     lines: queue.Queue[str] = queue.Queue()
     proc = subprocess.Popen(
-        [sys.executable, "-c", _LOADED_ON_ASK, "asyncio", "actors.telemetry.stream_loop"],
+        [
+            sys.executable,
+            "-c",
+            _LOADED_ON_ASK,
+            *("asyncio", "actors.telemetry.stream_loop", "msgspec"),
+        ],
         cwd=REPO_ROOT,
         env={
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -293,6 +299,8 @@ def test_asyncio_loads_with_the_first_stats_stream_not_before(
         hub.wait_until(lambda: len(stats_of(hub, c.id)) >= 2, 30, "stats of the first container")
         assert "loaded: ['actors.telemetry.stream_loop', 'asyncio']" in loaded()
         assert "'StatsActor-streams'" in loaded()
+        assert hub.command("list_containers").ok  # msgspec (3.7 MB) with the first list
+        assert "loaded: ['actors.telemetry.stream_loop', 'asyncio', 'msgspec']" in loaded()
         c.stop(timeout=5)
         deadline = time.monotonic() + 15  # the last stream ends: its loop thread with it
         while "'StatsActor-streams'" in (line := loaded()):
