@@ -26,7 +26,6 @@ import requests
 
 from actors.base import Peers, RepeatLimiter
 from actors.connection import ConnectionActor
-from actors.docker_gateway import DockerGatewayActor
 from actors.event_streamer import EventCursor, EventStreamerActor
 from actors.host.docker_access import diagnose
 from actors.link.websocket import LinkSettings
@@ -38,7 +37,14 @@ from messages.roles import Role
 from messages.status import DockerStatus
 from messages.tokens import GetToken, TokenInfo
 from tests.support.agent_harness import running_agent
-from tests.support.fakes import FakeClock, FakeLink, FakeScheduler, ProbeHandle, make_ctx
+from tests.support.fakes import (
+    FakeClock,
+    FakeLink,
+    FakeScheduler,
+    ProbeHandle,
+    make_ctx,
+    start_gateway,
+)
 from tests.support.waiting import wait_for
 from tests.test_startup_race import IDENT
 from tests.test_stats_actor import start_rig
@@ -158,19 +164,16 @@ def test_gateway_reports_docker_state_to_status_and_logs_the_problem_once(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     path = str(tmp_path / "docker.sock")
-    clock = FakeClock()
-    scheduler = FakeScheduler(clock)
-    peers = Peers()
-    status, connection = ProbeHandle(), ProbeHandle()
+    peers, status = Peers(), ProbeHandle()
     peers.set(Role.STATUS, status.ref)
-    peers.set(Role.CONNECTION, connection.ref)
-    ref = DockerGatewayActor.start(
-        make_ctx(peers, scheduler, clock, child_id="docker_gateway"),
-        docker_host=f"unix://{path}",
+    gateway = start_gateway(
+        f"unix://{path}",
+        peers=peers,
         workers=2,
         client_factory=lambda: docker.APIClient(base_url=f"unix://{path}", version="1.41"),
         probe_interval=(30.0, 5.0),
     )
+    ref, connection, scheduler = gateway.ref, gateway.connection, gateway.scheduler
     first = status.expect(DockerStatus)
     assert first.reachable is False and f"the socket {path} does not exist" in first.error
     for attempt in range(1, 20):  # the Connection asks before every registration attempt
@@ -193,7 +196,7 @@ def test_gateway_reports_docker_state_to_status_and_logs_the_problem_once(
     scheduler.advance(5.0)
     down = status.expect(DockerStatus)
     assert not down.reachable and "connection refused" in down.error
-    ref.stop()
+    gateway.stop()
 
 
 def test_event_streamer_logs_a_broken_stream_once_then_at_a_backoff(

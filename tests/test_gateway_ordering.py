@@ -17,8 +17,6 @@ import docker.errors
 import pykka
 import pytest
 
-from actors.base import Peers
-from actors.docker_gateway import DockerGatewayActor
 from messages.common import Ping
 from messages.docker import (
     CommandSucceeded,
@@ -31,8 +29,7 @@ from messages.docker import (
     StartContainer,
     StopContainer,
 )
-from messages.roles import Role
-from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
+from tests.support.fakes import ProbeHandle, start_gateway
 
 WAIT = 5.0
 
@@ -121,19 +118,10 @@ class Rig:
         ]
 
 
-def start_gateway(docker_fake: GatedDocker, workers: int) -> Rig:
-    clock = FakeClock()
-    peers = Peers()
-    connection = ProbeHandle()
-    peers.set(Role.CONNECTION, connection.ref)
-    gateway = DockerGatewayActor.start(
-        make_ctx(peers, FakeScheduler(clock), clock, child_id="docker_gateway"),
-        docker_host="unix:///nowhere",
-        workers=workers,
-        client_factory=lambda: docker_fake,  # type: ignore[arg-type,return-value]
-    )
-    gateway.ask(Ping(), timeout=WAIT)
-    return Rig(docker_fake, gateway, connection)
+def start_rig(docker_fake: GatedDocker, workers: int) -> Rig:
+    gateway = start_gateway("unix:///nowhere", workers=workers, client_factory=lambda: docker_fake)
+    gateway.ref.ask(Ping(), timeout=WAIT)
+    return Rig(docker_fake, gateway.ref, gateway.connection)
 
 
 @pytest.fixture
@@ -141,7 +129,7 @@ def rig_factory() -> Iterator[Any]:
     rigs: list[Rig] = []
 
     def make(docker_fake: GatedDocker, workers: int) -> Rig:
-        rigs.append(start_gateway(docker_fake, workers))
+        rigs.append(start_rig(docker_fake, workers))
         return rigs[-1]
 
     yield make

@@ -21,7 +21,6 @@ import docker.errors
 import pytest
 
 from actors.base import Peers
-from actors.docker_gateway import DockerGatewayActor
 from actors.flows.context import FlowRegistry, UpdaterSettings
 from actors.rules.policy import Policy
 from actors.shell import DockerShellBackend, ShellActor
@@ -47,7 +46,7 @@ from messages.updates import SelfUpdate, UpdateContainer
 from tests.support.agent_harness import RunningAgent, running_agent
 from tests.support.containers import ContainerFactory
 from tests.support.daemon import PrivateDockerd
-from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
+from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx, start_gateway
 from tests.support.images import DEFAULT_BUSYBOX_TAG
 
 GRACEFUL = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
@@ -298,14 +297,8 @@ def test_a_container_op_acts_on_the_container_that_was_checked(
 ) -> None:
     name, free, kept, swap = swapped_pair
     client = RenameAfterInspect(dockerd.base_url, name, swap)
-    clock, peers, connection = FakeClock(), Peers(), ProbeHandle()
-    peers.set(Role.CONNECTION, connection.ref)
-    ref = DockerGatewayActor.start(
-        make_ctx(peers, FakeScheduler(clock), clock, child_id="docker_gateway"),
-        docker_host=dockerd.base_url,
-        client_factory=lambda: client,
-        policy=PROTECTED,
-    )
+    gateway = start_gateway(dockerd.base_url, client_factory=lambda: client, policy=PROTECTED)
+    ref, connection = gateway.ref, gateway.connection
     try:
         ref.tell(KillContainer(request_id="k1", container_id=name))
         reply = connection.expect(
@@ -319,8 +312,7 @@ def test_a_container_op_acts_on_the_container_that_was_checked(
         assert docker_client.api.inspect_container(str(kept.id))["State"]["Running"]
         assert not docker_client.api.inspect_container(str(free.id))["State"]["Running"]
     finally:
-        ref.stop()
-        connection.ref.stop()
+        gateway.stop()
 
 
 def test_a_shell_opens_in_the_container_that_was_checked(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import socket
@@ -399,9 +400,12 @@ def test_the_streams_hand_over_their_samples_in_one_batch_per_interval() -> None
         loop.close()
 
 
-def test_a_listing_docker_never_answers_ends_with_the_streams(tmp_path: Path) -> None:
-    """The listing runs on a worker thread of its own; stopping the streams aborts one blocked
-    on a daemon that accepted and never answered, so no thread outlives them."""
+@contextlib.contextmanager
+def _listing_streams(
+    tmp_path: Path, **options: Any
+) -> Iterator[tuple[socket.socket, Any, queue.Queue[tuple[int, Any, str]]]]:
+    """StatsStreams on a unix socket the test answers itself: (the listening socket, the
+    streams, their ``on_listed`` answers); both are closed at the end."""
     from actors.telemetry.streams import StatsStreams
 
     path = str(tmp_path / "docker.sock")
@@ -414,9 +418,19 @@ def test_a_listing_docker_never_answers_ends_with_the_streams(tmp_path: Path) ->
         on_sample=lambda *_: None,
         on_ended=lambda *_: None,
         on_listed=lambda *answer: listed.put(answer),
-        name="test-streams",
+        **options,
     )
     try:
+        yield server, streams, listed
+    finally:
+        streams.stop()
+        server.close()
+
+
+def test_a_listing_docker_never_answers_ends_with_the_streams(tmp_path: Path) -> None:
+    """The listing runs on a worker thread of its own; stopping the streams aborts one blocked
+    on a daemon that accepted and never answered, so no thread outlives them."""
+    with _listing_streams(tmp_path, name="test-streams") as (server, streams, listed):
         streams.list_running(7)
         accepted, _ = server.accept()  # the request arrives; no answer ever will
         with accepted:
@@ -428,28 +442,11 @@ def test_a_listing_docker_never_answers_ends_with_the_streams(tmp_path: Path) ->
             assert (request, containers) == (7, None) and error.startswith("ConnectionError")
             listing[0].join(5)
             assert not listing[0].is_alive()
-    finally:
-        streams.stop()
-        server.close()
 
 
 def test_the_listing_reads_the_running_containers_by_id_and_name(tmp_path: Path) -> None:
-    from actors.telemetry.streams import StatsStreams
-
-    path = str(tmp_path / "docker.sock")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
-    server.listen()
     body = json.dumps([{"Id": C1, "Names": ["/web"]}, {"Id": C2, "Names": []}]).encode()
-    listed: queue.Queue[tuple[int, Any, str]] = queue.Queue()
-    streams = StatsStreams(
-        f"unix://{path}",
-        on_sample=lambda *_: None,
-        on_ended=lambda *_: None,
-        on_listed=lambda *answer: listed.put(answer),
-        api_version="1.41",
-    )
-    try:
+    with _listing_streams(tmp_path, api_version="1.41") as (server, streams, listed):
         streams.list_running(3)
         accepted, _ = server.accept()
         with accepted:
@@ -461,6 +458,3 @@ def test_the_listing_reads_the_running_containers_by_id_and_name(tmp_path: Path)
                 + body
             )
             assert listed.get(timeout=5) == (3, ((C1, "web"), (C2, "")), "")
-    finally:
-        streams.stop()
-        server.close()

@@ -14,16 +14,13 @@ from typing import Any
 import docker
 import pytest
 
-from actors.base import Peers
-from actors.docker_gateway import DockerGatewayActor
 from actors.runtime.docker_client import client_factory as docker_clients
 from actors.runtime.docker_http import LeanDocker, lean_address
 from actors.runtime.summaries import Listed, join_containers, split_containers
 from messages.common import loads
 from messages.docker import CommandSucceeded, ListContainers
-from messages.roles import Role
 from tests.support.daemon import PrivateDockerd
-from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
+from tests.support.fakes import start_gateway
 from tests.support.registry import LocalRegistry, iter_stream_errors
 
 ADDED = b',"RepoDigests":["r@sha256:1"],"StartedAt":"2026-01-01T00:00:00Z","Env":{"A":"\xc3\xbc"}'
@@ -107,21 +104,12 @@ def test_the_real_daemons_list_splices_to_what_decoding_gives(
 
 
 def _listed_by(gateway_kwargs: dict[str, Any], docker_host: str) -> list[dict[str, Any]]:
-    clock = FakeClock()
-    peers = Peers()
-    connection = ProbeHandle()
-    peers.set(Role.CONNECTION, connection.ref)
-    gateway = DockerGatewayActor.start(
-        make_ctx(peers, FakeScheduler(clock), clock, child_id="docker_gateway"),
-        docker_host=docker_host,
-        workers=1,
-        **gateway_kwargs,
-    )
+    gateway = start_gateway(docker_host, workers=1, **gateway_kwargs)
     try:
         replies = []
         for n in range(2):  # the first fills the cache, the second is answered from it
-            gateway.tell(ListContainers(request_id=f"r{n}"))
-            reply = connection.expect(CommandSucceeded, timeout=30)
+            gateway.ref.tell(ListContainers(request_id=f"r{n}"))
+            reply = gateway.connection.expect(CommandSucceeded, timeout=30)
             replies.append(loads(reply.payload.text))
         assert replies[0] == replies[1]
         for summary in replies[1]:
@@ -129,7 +117,6 @@ def _listed_by(gateway_kwargs: dict[str, Any], docker_host: str) -> list[dict[st
         return list(replies[1])
     finally:
         gateway.stop()
-        connection.ref.stop()
 
 
 def test_the_gateways_spliced_list_equals_its_decoded_one_on_the_real_daemon(

@@ -17,12 +17,9 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.base import Peers
-from actors.docker_gateway import DockerGatewayActor
 from actors.runtime.pool import WorkerPool
 from messages.docker import ContainerOpSucceeded, StartContainer, StopContainer
-from messages.roles import Role
-from tests.support.fakes import FakeClock, FakeScheduler, ProbeHandle, make_ctx
+from tests.support.fakes import start_gateway
 from tests.support.waiting import wait_for
 
 
@@ -214,9 +211,6 @@ class StopBlocksClient:
 
 
 def test_the_gateway_runs_one_command_per_container_in_order_and_others_beside_it() -> None:
-    clock = FakeClock()
-    peers, connection = Peers(), ProbeHandle()
-    peers.set(Role.CONNECTION, connection.ref)
     calls: list[tuple[str, str]] = []
     release = threading.Event()
     clients: list[StopBlocksClient] = []
@@ -225,12 +219,8 @@ def test_the_gateway_runs_one_command_per_container_in_order_and_others_beside_i
         clients.append(StopBlocksClient(calls, release))
         return clients[-1]
 
-    ref = DockerGatewayActor.start(
-        make_ctx(peers, FakeScheduler(clock), clock, child_id="docker_gateway"),
-        docker_host="unix:///nowhere.sock",
-        workers=4,
-        client_factory=factory,  # type: ignore[arg-type]
-    )
+    gateway = start_gateway("unix:///nowhere.sock", workers=4, client_factory=factory)
+    ref, connection = gateway.ref, gateway.connection
 
     def replied(request_id: str) -> ContainerOpSucceeded:
         return connection.expect(
@@ -247,3 +237,4 @@ def test_the_gateway_runs_one_command_per_container_in_order_and_others_beside_i
     replied("stop-a")
     replied("start-a")
     assert [c for c in calls if c[1] == A] == [("stop", A), ("start", A)]
+    gateway.stop()

@@ -13,6 +13,7 @@ import pykka
 
 from actors.base import ActorContext, Clock, Peers
 from actors.link.websocket import LinkSettings
+from messages.roles import Role
 
 T = TypeVar("T")
 
@@ -148,6 +149,38 @@ def make_ctx(
         clock=clock,
         supervisor=supervisor,
     )
+
+
+@dataclass
+class GatewayRig:
+    """A DockerGatewayActor on a fake clock, whose Connection is a probe."""
+
+    ref: pykka.ActorRef[Any]
+    connection: ProbeHandle
+    peers: Peers
+    clock: FakeClock
+    scheduler: FakeScheduler
+
+    def stop(self) -> None:
+        self.ref.stop()
+        self.connection.ref.stop()
+
+
+def start_gateway(docker_host: str, *, peers: Peers | None = None, **options: Any) -> GatewayRig:
+    """Start the gateway on ``docker_host`` with ``options`` (workers, client_factory, ...);
+    ``peers`` may hold more probes, the Connection's is added. The caller stops it."""
+    from actors.docker_gateway import DockerGatewayActor  # docker-py: only for these tests
+
+    clock, peers = FakeClock(), peers or Peers()
+    scheduler = FakeScheduler(clock)
+    connection = ProbeHandle()
+    peers.set(Role.CONNECTION, connection.ref)
+    ref = DockerGatewayActor.start(
+        make_ctx(peers, scheduler, clock, child_id="docker_gateway"),
+        docker_host=docker_host,
+        **options,
+    )
+    return GatewayRig(ref, connection, peers, clock, scheduler)
 
 
 class FakeLink:
