@@ -96,6 +96,7 @@ class EventCursor:
             self._seen.append(key)
             self._seen_set.add(key)
             self.since_ns = max(self.since_ns, event.time_nano)
+            self._forget_before(self.since_ns - 1_000_000_000)
             self._seq += 1
             if len(self._pending) >= self._limit:
                 del self._pending[next(iter(self._pending))]
@@ -113,6 +114,20 @@ class EventCursor:
             if deliver is not None:
                 deliver(numbered)
             return numbered
+
+    def _forget_before(self, oldest_ns: int) -> None:
+        """Drop the keys older than the resume window: the time check above refuses those
+        events anyway, so only the last second's keys are worth their memory (a few hundred
+        bytes each; ``memory`` of them stayed after any burst before)."""
+        seen = self._seen
+        while seen and seen[0][0] < oldest_ns:
+            self._seen_set.discard(seen.popleft())
+
+    @property
+    def remembered(self) -> int:
+        """How many keys the duplicate check holds."""
+        with self._lock:
+            return len(self._seen)
 
     def confirm(self, seqs: tuple[int, ...]) -> None:
         with self._lock:

@@ -124,6 +124,25 @@ def test_the_duplicate_memory_is_bounded_and_keeps_the_newest_keys() -> None:
     assert cursor.accept(event(T0, "c0")) is not None  # forgotten: the memory is bounded
 
 
+def test_the_duplicate_memory_holds_only_the_resume_window() -> None:
+    """Keys older than a second before the newest event are forgotten: such an event is refused
+    by its time anyway, so a burst of events leaves no memory behind once time moves on."""
+    cursor = EventCursor(T0)
+    for i in range(1000):
+        assert cursor.accept(event(T0 + i * 1_000_000, f"c{i}")) is not None  # 1 s of events
+    assert cursor.remembered == 1000
+    late = event(T0 + 998 * 1_000_000, "late")  # out of order, inside the window: new
+    assert cursor.accept(late) is not None
+    assert cursor.accept(late) is None
+    assert cursor.accept(event(T0 + 500 * 1_000_000, "c500")) is None  # still known
+    newest = T0 + 2 * S + 999 * 1_000_000
+    assert cursor.accept(event(newest, "next")) is not None
+    assert cursor.remembered == 1  # only the new one: the others fell out of the window
+    for i in (0, 500, 998):  # forgotten, yet still refused: too old for the window
+        assert cursor.accept(event(T0 + i * 1_000_000, f"c{i}")) is None
+    assert cursor.accept(event(newest - S, "edge")) is not None  # inside it: new
+
+
 # --- confirmation and replay --------------------------------------------------------------------
 
 
