@@ -393,7 +393,8 @@ def test_the_streams_hand_over_their_samples_in_one_batch_per_interval() -> None
             streams._sampled(cid, n, {"n": n})
         assert batches == []  # held until the interval's timer runs
         loop.run_until_complete(asyncio.sleep(0.01))
-        assert batches == [((C1, 0, {"n": 0}), (C2, 1, {"n": 1}), (C1, 2, {"n": 2}))]
+        # the newest of each stream (a backlog's older samples are stale), in first-sent order
+        assert batches == [((C1, 2, {"n": 2}), (C2, 1, {"n": 1}))]
         streams._flush()  # nothing new: no empty batch
         assert len(batches) == 1
     finally:

@@ -10,18 +10,20 @@ with no running container never loads asyncio.
 The tiny HTTP/1.1 client below speaks just enough for Docker's API over ``unix://`` or plain
 ``tcp://`` (GET, chunked or sized bodies). The loop thread never touches actor state: it calls
 the ``on_sample`` / ``on_ended`` callbacks, which ``tell`` the actor. With ``on_samples``, the
-samples of every stream are collected and handed over together every ``batch_interval`` seconds
-instead: one wake-up of the actor per interval, not one per sample (issue 13; Docker sends one
-sample a second per stream, so a fraction of that delays nothing). With ``poll_pause``, the
-loop's selector waits that long after each wake-up before it gathers what is ready, so one
-wake-up serves the samples of many streams instead of one each.
+newest sample of every stream is collected and handed over together every ``batch_interval``
+seconds instead: one wake-up of the actor per interval, not one per sample (issue 13; Docker
+sends one sample a second per stream, so a fraction of that delays nothing). A stream that
+delivers several samples within one interval hands over its newest only: that is a backlog (the
+agent was stopped or starved while Docker kept sending), its older samples are stale, and
+holding them all (200 streams' worth of 20 seconds) left a fragmented heap behind. With
+``poll_pause``, the loop's selector waits that long after each wake-up before it gathers what is
+ready, so one wake-up serves the samples of many streams instead of one each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import selectors
 import threading
@@ -31,6 +33,7 @@ from typing import Any
 from urllib.parse import quote
 
 from actors.runtime.docker_client import api_path, open_connection
+from messages.common import loads
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +115,9 @@ async def _json_lines(reader: asyncio.StreamReader, length: int | None) -> Any:
         *lines, buffer = buffer.split(b"\n")
         for line in lines:
             if line.strip():
-                yield json.loads(line)
+                yield loads(line)
     if buffer.strip():
-        yield json.loads(buffer)
+        yield loads(buffer)
 
 
 async def _read_error(reader: asyncio.StreamReader, length: int | None) -> str:
@@ -125,7 +128,7 @@ async def _read_error(reader: asyncio.StreamReader, length: int | None) -> str:
             if len(body) > 4096:
                 break
     try:
-        return str(json.loads(body).get("message", body[:200]))
+        return str(loads(body).get("message", body[:200]))
     except (ValueError, AttributeError):
         return body[:200].decode("utf-8", "replace")
 
@@ -148,7 +151,8 @@ class PacedSelector(selectors.DefaultSelector):
 
 
 SampleCallback = Callable[[str, int, dict[str, Any]], None]  # (container_id, token, sample)
-#: every sample since the last call, in arrival order: ((container_id, token, sample), ...)
+#: the newest sample of each stream since the last call, in the order the streams first sent
+#: one: ((container_id, token, sample), ...)
 SamplesCallback = Callable[[tuple[tuple[str, int, dict[str, Any]], ...]], None]
 EndedCallback = Callable[[str, int, str, bool], None]  # (container_id, token, reason, gone)
 
@@ -173,7 +177,8 @@ class StreamLoop:
         self._on_sample = on_sample
         self._on_samples = on_samples
         self._batch_interval = batch_interval
-        self._batch: list[tuple[str, int, dict[str, Any]]] = []  # loop thread only
+        # the newest sample of each stream, by container id: loop thread only
+        self._batch: dict[str, tuple[str, int, dict[str, Any]]] = {}
         self._flush_timer: asyncio.TimerHandle | None = None
         self._on_ended = on_ended
         self._loop = (
@@ -228,7 +233,7 @@ class StreamLoop:
         if self._on_samples is None:
             self._on_sample(container_id, token, sample)
             return
-        self._batch.append((container_id, token, sample))
+        self._batch[container_id] = (container_id, token, sample)  # replaces a staler one
         if self._flush_timer is None:
             self._flush_timer = self._loop.call_later(self._batch_interval, self._flush)
 
@@ -236,9 +241,9 @@ class StreamLoop:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
-        batch, self._batch = self._batch, []
+        batch, self._batch = self._batch, {}
         if batch and self._on_samples is not None:
-            self._on_samples(tuple(batch))
+            self._on_samples(tuple(batch.values()))
 
     def _shutdown(self) -> None:
         if self._flush_timer is not None:
