@@ -1,25 +1,30 @@
 """Every Docker client the agent builds comes from actors/runtime/docker_client.py.
 
 Unit tests of the one module (no daemon: a pinned API version makes docker-py build a client
-without asking one, and the raw connection is opened to local servers), and a check of the
-source that nothing else in the agent builds a client or dials the daemon itself.
+without asking one, and the raw connection is opened to local servers), the clients' connection
+pooling against the real daemon, and a check of the source that nothing else in the agent builds
+a client or dials the daemon itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import stat
 from pathlib import Path
 
 import pytest
 
 from actors.runtime.docker_client import (
+    api_client,
     api_path,
     api_version_problem,
     client_factory,
     open_connection,
     socket_path,
 )
+from tests.support.daemon import PrivateDockerd
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,6 +54,37 @@ def test_client_factory_builds_a_fresh_client_per_call_with_the_pinned_version()
     finally:
         first.close()
         second.close()
+
+
+def _open_sockets() -> int:
+    fds = os.listdir("/proc/self/fd")
+    return sum(1 for fd in fds if _is_socket(f"/proc/self/fd/{fd}"))
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:  # closed meanwhile (the listing's own descriptor)
+        return False
+
+
+def test_a_client_keeps_one_pool_and_connection_for_the_socket_whatever_the_urls(
+    dockerd: PrivateDockerd,
+) -> None:
+    """docker-py keys its unix pools by the whole URL: 40 distinct calls (a query each) made it
+    keep 25 pools with a socket each. The agent's clients keep one pool, whose connection every
+    call reuses."""
+    client = api_client(dockerd.base_url, timeout=10)
+    try:
+        client.ping()
+        before = _open_sockets()
+        for limit in range(1, 41):  # 40 distinct URLs: /containers/json?limit=N&all=1
+            client.containers(all=True, limit=limit)
+        adapter = client.adapters["http+docker://"]
+        assert len(adapter.pools) == 1  # type: ignore[attr-defined]
+        assert _open_sockets() <= before  # the ping's connection, reused by all 40
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize("kind", ["unix", "tcp"])

@@ -2,7 +2,8 @@
 
 * :func:`client_factory` / :func:`api_client`: a docker-py low-level client. Every actor that
   calls Docker (gateway, event streamer, shell, updater, deployer) and the doctor gets its
-  client here, each on its own thread (docker-py promises no thread safety).
+  client here, each on its own thread (docker-py promises no thread safety). On a unix socket
+  it keeps one connection pool for the socket, not one per URL (:mod:`.docker_pools`).
 * :func:`open_connection` and :func:`api_path`: the stats streams' raw HTTP (one asyncio loop,
   many streams) over the same ``DOCKER_HOST``.
 * :func:`socket_path`: the socket file of a ``unix://`` host, for the access diagnosis.
@@ -46,9 +47,9 @@ def api_client(
     docker_host: str, *, timeout: float, api_version: str | None = None
 ) -> docker.APIClient:
     """A docker-py low-level client for ``docker_host`` speaking ``api_version`` (or auto)."""
-    import docker
+    from actors.runtime.docker_pools import SocketPooledClient  # docker-py: only when needed
 
-    return docker.APIClient(
+    return SocketPooledClient(
         base_url=docker_host, version=api_version or "auto", timeout=max(1, int(timeout))
     )
 
