@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from actors.link.websocket import LinkSettings
 from tests.support.agent_harness import REGISTRATION_TOKEN, running_agent
 from tests.support.daemon import PrivateDockerd
 from tests.support.hub import FakeHub
@@ -30,7 +32,24 @@ def test_wss_with_ca_cert_registers(
     assert hub.url.startswith("https://")
     with running_agent(tmp_path / "d", dockerd.base_url, hub=hub, CA_CERT=str(pki.ca_pem)):
         hub.wait_registered()
+        hub.drop()  # the next dial reuses the process's TLS context
+        hub.wait_registered(count=2, timeout=30)
     hub.assert_clean()
+
+
+def test_a_wss_link_reuses_one_tls_context_per_ca_setting_and_ws_builds_none(
+    tmp_path: Path,
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    assert LinkSettings(url="ws://127.0.0.1:9/ws").sslopt() == {}
+    first = LinkSettings(url="wss://a.example/ws", ca_cert=str(pki.ca_pem)).sslopt()["context"]
+    again = LinkSettings(url="wss://b.example/ws", ca_cert=str(pki.ca_pem)).sslopt()["context"]
+    assert again is first  # the CA bundle is loaded once, not at every dial
+    insecure = LinkSettings(url="wss://a.example/ws", insecure_skip_verify=True).sslopt()
+    assert insecure["context"] is not first and insecure["context"].verify_mode == ssl.CERT_NONE
+    assert first.verify_mode == ssl.CERT_REQUIRED and first.check_hostname
+    fresh = LinkSettings(url="wss://a.example/ws", ca_cert=str(pki.ca_pem)).ssl_context()
+    assert fresh is not first  # the doctor's check reads the CA file as it is now
 
 
 def test_wss_without_the_ca_fails_with_a_certificate_error(

@@ -102,9 +102,7 @@ class IngestLink:
     def _session(self) -> str:
         """One connection: dial, pump the queue until it fails. Returns why it ended."""
         settings = self._settings
-        ws = websocket.WebSocket(
-            sslopt={"context": settings.ssl_context()}, enable_multithread=True
-        )
+        ws = websocket.WebSocket(sslopt=settings.sslopt(), enable_multithread=True)
         try:
             ws.connect(
                 settings.url,
