@@ -84,8 +84,9 @@ class LinkSettings:
     def sslopt(self) -> dict[str, Any]:
         """websocket-client's TLS options. A ``wss://`` link gets the process's one context for
         its CA settings, built at the first dial and reused: building one loads the system's CA
-        bundle (53 ms on the bench machine) and, rebuilt at every dial of a reconnect storm, left
-        12 MB of OpenSSL heap behind. A ``ws://`` link never uses one."""
+        bundle (53 ms on the bench machine), and one built at every dial of a reconnect storm
+        left 12 MB more heap behind (bench/run.py, the storm row). A ``ws://`` link never uses
+        one."""
         if urlsplit(self.url).scheme != "wss":
             return {}
         return {"context": _shared_tls_context(self.ca_cert, self.insecure_skip_verify)}
