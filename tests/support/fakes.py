@@ -157,8 +157,6 @@ class GatewayRig:
 
     ref: pykka.ActorRef[Any]
     connection: ProbeHandle
-    peers: Peers
-    clock: FakeClock
     scheduler: FakeScheduler
 
     def stop(self) -> None:
@@ -171,8 +169,9 @@ def start_gateway(docker_host: str, *, peers: Peers | None = None, **options: An
     ``peers`` may hold more probes, the Connection's is added. The caller stops it."""
     from actors.docker_gateway import DockerGatewayActor  # docker-py: only for these tests
 
-    clock, peers = FakeClock(), peers or Peers()
+    clock = FakeClock()
     scheduler = FakeScheduler(clock)
+    peers = peers if peers is not None else Peers()
     connection = ProbeHandle()
     peers.set(Role.CONNECTION, connection.ref)
     ref = DockerGatewayActor.start(
@@ -180,7 +179,7 @@ def start_gateway(docker_host: str, *, peers: Peers | None = None, **options: An
         docker_host=docker_host,
         **options,
     )
-    return GatewayRig(ref, connection, peers, clock, scheduler)
+    return GatewayRig(ref, connection, scheduler)
 
 
 class FakeLink:

@@ -2,7 +2,9 @@
 
 :class:`LocalRegistry` runs Debian's ``docker-registry`` on 127.0.0.1 only (optionally behind
 htpasswd), with its own storage under a temporary directory, and signals only the process it
-started.
+started. It starts no Docker daemon: pushes and pulls go through the session's
+:class:`~tests.support.daemon.PrivateDockerd`, which always runs with ``--bridge=none
+--iptables=false --ip-masq=false --ip6tables=false``.
 """
 
 from __future__ import annotations
