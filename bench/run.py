@@ -14,6 +14,7 @@ target is reported, never hidden. Run as root (private dockerd).
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import json
 import os
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -87,6 +89,21 @@ def proc_stats(pid: int) -> ProcStats:
     )
 
 
+def compile_bytecode() -> None:
+    """Write the agent's .pyc files, as the image's ``pip install`` does.
+
+    The image (and this environment) sets PYTHONDONTWRITEBYTECODE=1: without the bytecode every
+    agent or healthcheck process measured here would compile the agent's modules from source,
+    which an installed agent never does (``test_the_image_ships_bytecode_for_every_agent_module``).
+    """
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {name.split(".")[0] for name in setuptools["packages"]["find"]["include"]}
+    ok = all(compileall.compile_dir(REPO / name, quiet=1) for name in sorted(packages))
+    ok &= all(compileall.compile_file(REPO / f"{m}.py", quiet=1) for m in setuptools["py-modules"])
+    if not ok:
+        raise SystemExit("cannot compile the agent's modules")
+
+
 class Bench:
     """A private dockerd, the hub, and the agent as a subprocess."""
 
@@ -102,6 +119,7 @@ class Bench:
         self.idle_rss: float | None = None  # idle connected RSS before any load (footprint)
 
     def __enter__(self) -> Bench:
+        compile_bytecode()
         self.daemon.start()
         self.client = self.daemon.client()
         self.image = make_busybox_image(self.client)

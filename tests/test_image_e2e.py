@@ -526,3 +526,29 @@ def test_agent_container_deploys_a_stack_with_relative_binds(
         down, down_id = hub.deploy("inside", compose, action="down")
         assert down.ok and hub.wait_deploy_complete(down_id)["success"] is True
         hub.assert_clean()
+
+
+#: every .py file the dockmon-agent distribution installed whose bytecode is not beside it
+_MISSING_BYTECODE = """
+import importlib.metadata, importlib.util, os
+files = importlib.metadata.files("dockmon-agent") or []
+sources = [str(f.locate()) for f in files if str(f).endswith(".py")]
+missing = [s for s in sources if not os.path.exists(importlib.util.cache_from_source(s))]
+print(len(sources), *missing)
+"""
+
+
+def test_the_image_ships_bytecode_for_every_agent_module(
+    docker_client: docker.DockerClient, agent_image: str
+) -> None:
+    """PYTHONDONTWRITEBYTECODE=1 in the image: a module without its .pyc would be compiled again
+    by every run, the 30-second healthcheck included (bench/run.py measures with bytecode)."""
+    out = docker_client.containers.run(
+        agent_image,
+        entrypoint=["python", "-c", _MISSING_BYTECODE],
+        network_mode="none",
+        user="1000",
+        remove=True,
+    )
+    count, *missing = out.decode().split()
+    assert int(count) > 50 and missing == []
