@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -19,6 +18,8 @@ from actors.rules.health import health_verdict, read_status
 # The actors, docker-py and pykka load where the agent runs (main, build_specs), not here:
 # ``dockmon-agent healthcheck``, which Docker runs every 30 s, only reads one JSON file.
 if TYPE_CHECKING:
+    import argparse
+
     from actors.base import Clock
     from actors.deploy import engine as compose_engine
     from actors.link.websocket import LinkSettings
@@ -316,6 +317,8 @@ def build_specs(
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(prog=prog, description=description)
     agent_config.add_cli_flags(parser)
     return parser
@@ -371,7 +374,12 @@ def _agent_status(
 
     Only DATA_PATH and UNHEALTHY_AFTER matter here: no DOCKMON_URL or token is needed.
     """
-    report = _report(_parser(prog, description).parse_args(argv))
+    # Docker's HEALTHCHECK passes no arguments: what parse_args([]) gives, without a parser
+    report = (
+        _report(_parser(prog, description).parse_args(argv))
+        if argv
+        else agent_config.inspect_config(os.environ)
+    )
     own = report.problems_of("DATA_PATH") + report.problems_of("UNHEALTHY_AFTER")
     if report.file_failed:
         own = [p for p in report.problems if agent_config.problem_setting(p) is None] + own

@@ -7,14 +7,13 @@ by its default: every problem is collected and raised in one ``ConfigError``.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import re
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from actors.errors import ConfigError
@@ -26,6 +25,9 @@ from actors.runtime.docker_client import api_version_problem
 from actors.runtime.logs import parse_level, register_secret
 from messages.common import Secret
 from messages.tokens import TOKEN_PATTERN
+
+if TYPE_CHECKING:
+    import argparse  # only the CLI builds parsers: `healthcheck` without arguments needs none
 
 _T = TypeVar("_T")
 
