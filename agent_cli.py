@@ -469,23 +469,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args and args[0] in SUBCOMMANDS:
         return SUBCOMMANDS[args[0]](args[1:])
-    parser = _parser(
-        "dockmon-agent",
-        "Connects this Docker host to a DockMon server (outbound WebSocket only). "
-        f"Subcommands: {', '.join(SUBCOMMANDS)}.",
-    )
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
-    parser.add_argument(
-        "--print-config",
-        action="store_true",
-        help="print the effective configuration (tokens masked) and exit",
-    )
-    ns = parser.parse_args(args)
-    if ns.version:
-        print(f"dockmon-agent {agent_version()}")
-        return 0
-    report = _report(ns)
-    if ns.print_config:
+    if args:
+        parser = _parser(
+            "dockmon-agent",
+            "Connects this Docker host to a DockMon server (outbound WebSocket only). "
+            f"Subcommands: {', '.join(SUBCOMMANDS)}.",
+        )
+        parser.add_argument("--version", action="store_true", help="print the version and exit")
+        parser.add_argument(
+            "--print-config",
+            action="store_true",
+            help="print the effective configuration (tokens masked) and exit",
+        )
+        ns = parser.parse_args(args)
+        if ns.version:
+            print(f"dockmon-agent {agent_version()}")
+            return 0
+        report, print_config = _report(ns), ns.print_config
+    else:  # DockMon's docker run line gives no arguments: parse_args([]) without a parser
+        report, print_config = agent_config.inspect_config(os.environ), False
+    if print_config:
         print(agent_config.format_report(report))
         if report.problems:
             _print_problems(report.problems)

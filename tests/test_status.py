@@ -213,3 +213,17 @@ def test_healthcheck_loads_no_actor_docker_py_or_pykka(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "healthy: registered with DockMon" in result.stdout
     assert "heavy: [] rc: 0" in result.stdout
+
+
+def test_the_agent_started_without_arguments_builds_no_argument_parser(tmp_path: Path) -> None:
+    """DockMon's docker run line passes no arguments: the configuration comes from the
+    environment alone, as ``parse_args([])`` would give, and argparse stays out of the agent."""
+    code = "import sys, agent_cli\nrc = agent_cli.main([])\nprint('argparse' in sys.modules, rc)\n"
+    env = {k: v for k, v in os.environ.items() if k not in ("DOCKMON_CONFIG", "DOCKMON_URL")}
+    env["DATA_PATH"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.stdout.split() == ["False", "2"], result.stderr
+    assert "DOCKMON_URL" in result.stderr  # the same problems as with a parser
