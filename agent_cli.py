@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
@@ -324,7 +324,19 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _report(ns: argparse.Namespace) -> agent_config.ConfigReport:
+def _flags(
+    argv: Sequence[str], parser: Callable[[], argparse.ArgumentParser]
+) -> argparse.Namespace | None:
+    """The parsed flags, or None for no arguments (how Docker runs the agent and its
+    healthcheck): then no parser is built, and argparse is never loaded."""
+    return parser().parse_args(argv) if argv else None
+
+
+def _report(ns: argparse.Namespace | None) -> agent_config.ConfigReport:
+    """The configuration from the environment and the flags; ``None``: what parse_args([])
+    gives (no config file flag, no overrides)."""
+    if ns is None:
+        return agent_config.inspect_config(os.environ)
     return agent_config.inspect_config(
         os.environ, config_path=ns.config, overrides=agent_config.overrides_from_args(ns)
     )
@@ -374,12 +386,7 @@ def _agent_status(
 
     Only DATA_PATH and UNHEALTHY_AFTER matter here: no DOCKMON_URL or token is needed.
     """
-    # Docker's HEALTHCHECK passes no arguments: what parse_args([]) gives, without a parser
-    report = (
-        _report(_parser(prog, description).parse_args(argv))
-        if argv
-        else agent_config.inspect_config(os.environ)
-    )
+    report = _report(_flags(argv, lambda: _parser(prog, description)))
     own = report.problems_of("DATA_PATH") + report.problems_of("UNHEALTHY_AFTER")
     if report.file_failed:
         own = [p for p in report.problems if agent_config.problem_setting(p) is None] + own
@@ -456,6 +463,21 @@ def doctor_main(argv: Sequence[str]) -> int:
 SUBCOMMANDS = {"healthcheck": healthcheck_main, "status": status_main, "doctor": doctor_main}
 
 
+def _agent_parser() -> argparse.ArgumentParser:
+    parser = _parser(
+        "dockmon-agent",
+        "Connects this Docker host to a DockMon server (outbound WebSocket only). "
+        f"Subcommands: {', '.join(SUBCOMMANDS)}.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration (tokens masked) and exit",
+    )
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     # First of all: started as root (the image's default), become RUN_AS before anything reads
@@ -469,26 +491,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args and args[0] in SUBCOMMANDS:
         return SUBCOMMANDS[args[0]](args[1:])
-    if args:
-        parser = _parser(
-            "dockmon-agent",
-            "Connects this Docker host to a DockMon server (outbound WebSocket only). "
-            f"Subcommands: {', '.join(SUBCOMMANDS)}.",
-        )
-        parser.add_argument("--version", action="store_true", help="print the version and exit")
-        parser.add_argument(
-            "--print-config",
-            action="store_true",
-            help="print the effective configuration (tokens masked) and exit",
-        )
-        ns = parser.parse_args(args)
-        if ns.version:
-            print(f"dockmon-agent {agent_version()}")
-            return 0
-        report, print_config = _report(ns), ns.print_config
-    else:  # DockMon's docker run line gives no arguments: parse_args([]) without a parser
-        report, print_config = agent_config.inspect_config(os.environ), False
-    if print_config:
+    ns = _flags(args, _agent_parser)
+    if ns is not None and ns.version:
+        print(f"dockmon-agent {agent_version()}")
+        return 0
+    report = _report(ns)
+    if ns is not None and ns.print_config:
         print(agent_config.format_report(report))
         if report.problems:
             _print_problems(report.problems)
