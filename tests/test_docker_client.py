@@ -14,6 +14,7 @@ import re
 import stat
 from pathlib import Path
 
+import docker.errors
 import pytest
 
 from actors.runtime.docker_client import (
@@ -83,6 +84,41 @@ def test_a_client_keeps_one_pool_and_connection_for_the_socket_whatever_the_urls
         adapter = client.adapters["http+docker://"]
         assert len(adapter.pools) == 1  # type: ignore[attr-defined]
         assert _open_sockets() <= before  # the ping's connection, reused by all 40
+    finally:
+        client.close()
+
+
+def test_a_unix_socket_client_reads_no_proxy_settings_or_netrc_per_call(
+    dockerd: PrivateDockerd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests looks up the proxy variables and ~/.netrc on every call of a session that trusts
+    the environment (0.2-0.3 ms a call); no proxy or netrc entry applies to a unix socket."""
+    import requests.sessions
+
+    def looked_up(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the environment was consulted for a unix socket call")
+
+    monkeypatch.setattr(requests.sessions, "get_netrc_auth", looked_up)
+    monkeypatch.setattr(requests.sessions, "get_environ_proxies", looked_up)
+    client = api_client(dockerd.base_url, timeout=10)
+    try:
+        assert client.ping() is True
+        assert isinstance(client.containers(all=True), list)
+    finally:
+        client.close()
+
+
+def test_a_client_asking_a_missing_daemon_for_its_version_says_so_as_docker_py_does(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(docker.errors.DockerException, match=r"^Error while fetching server API"):
+        api_client(f"unix://{tmp_path}/missing.sock", timeout=1)
+
+
+def test_a_tcp_client_keeps_the_proxy_settings_of_its_environment() -> None:
+    client = api_client("tcp://127.0.0.1:2375", timeout=1, api_version="1.41")
+    try:
+        assert client.trust_env is True  # HTTP(S)_PROXY and NO_PROXY apply to a remote daemon
     finally:
         client.close()
 
