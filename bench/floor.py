@@ -77,10 +77,13 @@ def main(url: str, token: str, docker_host: str, engine_id: str) -> int:
         print(f"floor: registration failed: {reply}", file=sys.stderr)
         return 1
 
+    sock = ws.sock
+    assert sock is not None  # connected above
+
     def send_text(text: str) -> None:
         frame = client_frame(text, websocket.ABNF.OPCODE_TEXT)
         with ws.lock:
-            ws.sock.sendall(frame)
+            sock.sendall(frame)
 
     def send(obj: Any) -> None:
         send_text(json.dumps(obj, separators=(",", ":")))

@@ -42,12 +42,9 @@ sys.path.insert(0, str(REPO))
 
 import docker  # noqa: E402
 
-from actors.telemetry.stats_math import (  # noqa: E402
-    CpuReading,
-    container_reading,
-    container_stats_payload,
-)
+from actors.telemetry.stats_math import container_reading, container_stats_payload  # noqa: E402
 from actors.telemetry.streams import StatsStreams  # noqa: E402
+from messages.stats import CpuReading  # noqa: E402
 
 BENCH_LABEL = "dockmon-bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
