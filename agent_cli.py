@@ -111,7 +111,7 @@ def identity(
 
 def shutdown_deadline(cfg: agent_config.Config) -> float:
     """How long an orderly stop may take: 10 s, plus the wait for running deployments."""
-    from actors.deploy.runner import KILL_GRACE
+    from actors.deploy.control import KILL_GRACE
 
     return 10.0 + cfg.deploy_stop_timeout + 3 * KILL_GRACE
 
@@ -172,7 +172,7 @@ def build_specs(
     from actors.commands.tools import HandlerSettings
     from actors.connection import ConnectionActor
     from actors.deploy import engine as compose_engine
-    from actors.deploy.runner import KILL_GRACE, RunSettings
+    from actors.deploy.control import KILL_GRACE, RunSettings
     from actors.deployer import DeployerActor, DeployerSettings, DeployRuns, in_container
     from actors.docker_gateway import DockerGatewayActor
     from actors.event_streamer import EventCursor, EventStreamerActor

@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias, assert_never
 
 from actors.base import ActorContext, SupervisedActor
-from actors.deploy import classify
+from actors.deploy.control import KILL_GRACE, RunControl, RunSettings, scrub, secret_values
 from actors.deploy.engine import ComposeEngine, ComposeProbe
 from actors.deploy.journal import Entry, Journal
-from actors.deploy.runner import KILL_GRACE, RunControl, Runner, RunSettings, scrub, secret_values
 from messages.common import RawJson
 from messages.deploy import DeployCompose, DeployFinished, DeployProgressed
 from messages.docker import CommandFailed, CommandSucceeded
@@ -105,8 +104,14 @@ class DeployRuns:
 RunBody = Callable[[DeployCompose, RunControl, Callable[[str, str], None]], dict[str, Any]]
 
 
+def failure_payload(deployment_id: str, action: str, error: str) -> dict[str, Any]:
+    from actors.deploy import classify  # with the first failure, not at start
+
+    return classify.failure_payload(deployment_id, action, error)
+
+
 def interrupted_result(entry: Entry) -> dict[str, Any]:
-    return classify.failure_payload(
+    return failure_payload(
         entry.deployment_id,
         entry.action,
         f"deployment interrupted: the agent stopped while it ran ({entry.action} of stack "
@@ -273,7 +278,7 @@ class DeployerActor(SupervisedActor):
                 result = body(msg, run.control, report)
             except Exception as exc:  # body() never raises; this is belt and braces
                 log.exception("deployment %s failed unexpectedly", msg.deployment_id)
-                result = classify.failure_payload(msg.deployment_id, msg.action, str(exc))
+                result = failure_payload(msg.deployment_id, msg.action, str(exc))
             outcome = "success" if result.get("success") else "failed"
             log.info(
                 "deployment %s (%s of stack %s) finished: %s%s",
@@ -316,6 +321,8 @@ class DeployerActor(SupervisedActor):
         def body(
             msg: DeployCompose, control: RunControl, report: Callable[[str, str], None]
         ) -> dict[str, Any]:
+            from actors.deploy.runner import Runner  # the first deployment loads the run's code
+
             return Runner(run_settings, compose, msg, control, report, clock).run()
 
         return body

@@ -5,6 +5,10 @@ through ``EventOut`` messages to the Connection (delivered on whatever connectio
 in the outbox while disconnected), and journals its state in ``$DATA_PATH`` so a crash midway can
 be finished or rolled back by the next start. Flows outlive a restart of this actor: the
 :class:`FlowRegistry` (held by the supervisor's factory) knows which ones are still running.
+
+The flows' code (actors/flows/container_update.py, self_update.py: 0.5 MB) is imported by the
+first flow thread that needs it: at start only if an update directory is there to recover,
+after a registration only if a hand-over file is there to finish.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeAlias, assert_never
 
 import docker
@@ -23,8 +28,7 @@ import pykka
 
 from actors.base import ActorContext, SupervisedActor
 from actors.commands.tools import describe_docker_error
-from actors.flows import container_update, self_update
-from actors.flows.context import FlowContext, FlowRegistry, UpdaterSettings
+from actors.flows.context import CLEANUP_FILE, FlowContext, FlowRegistry, UpdaterSettings
 from actors.rules.policy import Guard, Policy, Refused
 from actors.runtime.docker_client import client_factory as docker_clients
 from messages.common import RawJson
@@ -62,7 +66,7 @@ class UpdaterActor(SupervisedActor):
         self._threads: dict[str, threading.Thread] = {}
 
     def on_start(self) -> None:
-        self._spawn("recover", "recovery", container_update.recover)
+        self._spawn("recover", "recovery", _recover)
 
     def _release(self) -> None:
         pass  # flow threads are daemon threads with their own journals; they outlive us
@@ -77,7 +81,7 @@ class UpdaterActor(SupervisedActor):
             case SelfUpdate():
                 self._self_update(message)
             case LinkStateChanged(connected=True):
-                self._spawn("self-update-handover", "handover", self_update.on_connected)
+                self._spawn("self-update-handover", "handover", _finish_handover)
             case LinkStateChanged():
                 pass
             case FlowFinished(flow_id=flow_id):
@@ -108,6 +112,8 @@ class UpdaterActor(SupervisedActor):
         self._spawn(None, "update", lambda fc: _start_update(fc, guard, flows, msg))
 
     def _self_update(self, msg: SelfUpdate) -> None:
+        from actors.flows import self_update
+
         error = self_update.precheck(self._settings, msg)
         if error:
             log.warning(
@@ -154,6 +160,27 @@ class UpdaterActor(SupervisedActor):
 # --- flow starts: resolve once, check, claim, acknowledge, run (on the flow thread) -----------
 
 
+def _recover(fc: FlowContext) -> None:
+    """Finish or roll back interrupted updates, and report stray backups: an agent that never
+    updated a container has no update directory, and nothing to load the flow for."""
+    if fc.journal_dir.is_dir():
+        from actors.flows import container_update
+
+        container_update.recover(fc)
+
+
+def _finish_handover(fc: FlowContext) -> None:
+    """After each registration: finish a self-update hand-over, if one is pending."""
+    try:
+        pending = (Path(fc.settings.data_path) / CLEANUP_FILE).exists()
+    except OSError:
+        pending = True  # unreadable: the flow says so
+    if pending:
+        from actors.flows import self_update
+
+        self_update.on_connected(fc)
+
+
 def _refused(fc: FlowContext, request_id: str, exc: Exception) -> None:
     """Answer a request whose guard check refused it or could not resolve its container."""
     if isinstance(exc, Refused):
@@ -189,6 +216,8 @@ def _start_update(fc: FlowContext, guard: Guard, flows: FlowRegistry, msg: Updat
     # §6/§14.10: the backend matches update_complete on the 12-char id it sent; for a name (or a
     # longer id) every event carries the container's 12-hex id instead
     report_id = msg.container_id if _ID12.fullmatch(msg.container_id) else target.id[:12]
+    from actors.flows import container_update
+
     container_update.run(
         fc,
         dataclasses.replace(msg, container_id=target.id),
@@ -213,4 +242,6 @@ def _start_self_update(fc: FlowContext, guard: Guard, flows: FlowRegistry, msg: 
             request_id=msg.request_id, payload=RawJson.of({"status": "self_update_started"})
         )
     )
+    from actors.flows import self_update
+
     self_update.run(fc, msg)

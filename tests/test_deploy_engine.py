@@ -17,7 +17,7 @@ import pytest
 
 import agent_cli
 from actors.deploy import engine
-from actors.deploy.runner import scrub, secret_values
+from actors.deploy.control import scrub, secret_values
 from messages.common import Secret
 from messages.deploy import DeployCompose, RegistryCredential
 from tests.support.hostenv import CACHE_DIR, REPO_ROOT

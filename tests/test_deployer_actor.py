@@ -15,9 +15,9 @@ import pykka
 import pytest
 
 from actors.base import Peers
+from actors.deploy.control import RunControl, RunSettings
 from actors.deploy.engine import ComposeEngine, ComposeMissing
 from actors.deploy.journal import Entry, Journal
-from actors.deploy.runner import RunControl, RunSettings
 from actors.deployer import NOT_AVAILABLE, DeployerActor, DeployerSettings, DeployRuns
 from messages.common import Ping
 from messages.deploy import DeployCompose

@@ -23,6 +23,7 @@ import pytest
 
 from actors.flows import self_update
 from actors.flows.container_update import Journal, JournalWriteFailed
+from actors.flows.context import CLEANUP_FILE
 from actors.rules.policy import AuditLog
 from actors.runtime import fsio
 from actors.status import StatusReporterActor
@@ -105,7 +106,7 @@ WRITERS: dict[str, tuple[Callable[[Path], None], str, int]] = {
     "token": (_write_token, TOKEN_FILE, 0o600),
     "status": (_write_status, "status.json", 0o644),
     "journal": (_write_journal, "3f9a1b2c4d5e.json", 0o600),
-    "self-update hand-over": (_write_handover, self_update.CLEANUP_FILE, 0o600),
+    "self-update hand-over": (_write_handover, CLEANUP_FILE, 0o600),
 }
 
 

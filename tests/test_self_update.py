@@ -20,9 +20,8 @@ import agent_config
 from actors.base import Peers
 from actors.connection import ConnectionActor
 from actors.flows import self_update
-from actors.flows.context import UpdaterSettings
+from actors.flows.context import CLEANUP_FILE, UpdaterSettings
 from actors.flows.self_update import (
-    CLEANUP_FILE,
     NATIVE_MODE_ERROR,
     OUTCOME_FILE,
     build_create_config,

@@ -22,7 +22,8 @@ import docker.errors
 import pytest
 import requests
 
-from actors.flows.self_update import CLEANUP_FILE, OUTCOME_FILE
+from actors.flows.context import CLEANUP_FILE
+from actors.flows.self_update import OUTCOME_FILE
 from tests.support.agent_harness import REGISTRATION_TOKEN
 from tests.support.containers import ContainerFactory
 from tests.support.daemon import PrivateDockerd

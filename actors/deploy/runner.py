@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,10 @@ import requests
 
 from actors.base import Clock
 from actors.deploy import classify, engine, files, model, mounts
+from actors.deploy.control import KILL_GRACE, RunControl, RunSettings, stop_process
 from actors.deploy.journal import Journal, key_of
 from actors.deploy.progress import ProgressTracker
-from actors.rules.policy import Guard, Policy, Refused
+from actors.rules.policy import Guard, Refused
 from actors.runtime.docker_client import client_factory as docker_clients
 from messages.deploy import DeployCompose
 
@@ -42,22 +43,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_TIMEOUT = 120.0
 COMMAND_TIMEOUT = 1800.0  # one compose command; the backend itself never gives up on a deploy
-KILL_GRACE = 5.0
 Report = Callable[[str, str], None]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunSettings:
-    docker_host: str
-    data_path: str
-    stacks_dir: str
-    docker_api_version: str | None = None
-    host_stacks_dir: str | None = None
-    own_container_id: str | None = None
-    in_container: bool = False
-    policy: Policy = field(default_factory=Policy)
-    settle_s: float = 3.0
-    poll_s: float = 0.5
 
 
 class Cancelled(Exception):
@@ -66,78 +52,6 @@ class Cancelled(Exception):
 
 class Failed(Exception):
     """The run ends with this error in ``deploy_complete``."""
-
-
-class RunControl:
-    """The one object a run thread and the Deployer share: cancel flag and live subprocess."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._proc: subprocess.Popen[str] | None = None
-        self._cancelled = threading.Event()
-        self.reason = ""
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def attach(self, proc: subprocess.Popen[str]) -> None:
-        with self._lock:
-            self._proc = proc
-            cancelled = self._cancelled.is_set()
-        if cancelled:
-            _signal(proc, kill=False)
-
-    def detach(self) -> None:
-        with self._lock:
-            self._proc = None
-
-    def cancel(self, reason: str) -> None:
-        """Stop the run: SIGTERM to the compose subprocess (if one runs) and no new steps."""
-        with self._lock:
-            if not self._cancelled.is_set():
-                self.reason = reason
-            self._cancelled.set()
-            proc = self._proc
-        if proc is not None:
-            _signal(proc, kill=False)
-
-    def kill(self) -> None:
-        with self._lock:
-            proc = self._proc
-        if proc is not None:
-            _signal(proc, kill=True)
-
-    def wait(self, seconds: float) -> bool:
-        """Pause the run thread; True if cancelled meanwhile."""
-        return self._cancelled.wait(seconds)
-
-
-def _signal(proc: subprocess.Popen[str], *, kill: bool) -> None:
-    try:
-        if proc.poll() is None:
-            proc.kill() if kill else proc.terminate()
-    except OSError:
-        pass
-
-
-def secret_values(request: DeployCompose) -> tuple[str, ...]:
-    """Values that must not reach a log line: registry passwords and env file values."""
-    values = [c.password.reveal() for c in request.registry_credentials if c.password]
-    contents = [request.env_file_content, *(content for _, content in request.env_files)]
-    for content in contents:
-        for line in content.splitlines():
-            _, sep, value = line.partition("=")
-            value = value.strip().strip("'\"")
-            if sep and len(value) >= 3:
-                values.append(value)
-    return tuple(sorted(set(values), key=len, reverse=True))
-
-
-def scrub(text: str, secrets: Sequence[str]) -> str:
-    for value in secrets:
-        text = text.replace(value, "****")
-    return text
 
 
 @dataclass
@@ -504,7 +418,7 @@ class Runner:
 
         def expire() -> None:
             timed_out.set()
-            _signal(proc, kill=True)
+            stop_process(proc, kill=True)
 
         timer = threading.Timer(timeout, expire)
         timer.daemon = True
@@ -525,7 +439,7 @@ class Runner:
             if cancellable:
                 self.control.detach()
             if proc.poll() is None:
-                _signal(proc, kill=True)
+                stop_process(proc, kill=True)
                 proc.wait(KILL_GRACE)
         if cancellable and self.control.cancelled:
             raise Cancelled

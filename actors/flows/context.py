@@ -21,6 +21,9 @@ from messages.docker import Reply
 from messages.outbound import EventOut
 from messages.roles import Role
 
+#: a pending self-update hand-over in $DATA_PATH (the Go agent's name and fields, §7.3 step 4)
+CLEANUP_FILE = "cleanup.json"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpdaterSettings:

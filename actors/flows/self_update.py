@@ -40,7 +40,7 @@ from typing import Any
 import docker.errors
 import requests
 
-from actors.flows.context import FlowContext, UpdaterSettings
+from actors.flows.context import CLEANUP_FILE, FlowContext, UpdaterSettings
 from actors.rules.image_refs import parse_image_ref
 from actors.runtime.fsio import create_exclusive, fsync_dir, write_json_atomic, write_temp
 from messages.connection import HandOver, ResumeAfterHandOver
@@ -49,7 +49,6 @@ from messages.updates import SelfUpdate
 
 log = logging.getLogger(__name__)
 
-CLEANUP_FILE = "cleanup.json"  # the Go agent's name and fields (§7.3 step 4)
 OUTCOME_FILE = "self_update.outcome"
 EVENT = "selfupdate_progress"
 POLL_INTERVAL = 0.5
