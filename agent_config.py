@@ -12,7 +12,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -24,6 +24,7 @@ from actors.rules.permissions import Policy, parse_policy
 from actors.runtime.docker_client import api_version_problem
 from actors.runtime.logs import parse_level, register_secret
 from messages.common import Secret
+from messages.records import record
 from messages.tokens import TOKEN_PATTERN
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Setting:
     """One setting. ``kind`` is url|text|path|bool|duration|level; ``default`` is its env text."""
 
@@ -155,7 +156,7 @@ _DOCKER_TLS = (
 _USERINFO = re.compile(r"//([^/@:]*):([^/@]*)@")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Config:
     dockmon_url: str
     ws_url: str
@@ -417,7 +418,7 @@ def _compose_roots(value: str | None, problems: list[str]) -> tuple[str, ...] | 
     return tuple(roots)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ConfigReport:
     """What ``inspect_config`` found: the config (None when invalid) and every problem.
 

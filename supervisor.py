@@ -29,6 +29,7 @@ import pykka.debug
 from actors.base import ActorContext, Clock, Peers, Scheduler, SystemClock, ThreadScheduler
 from actors.runtime.backoff import exponential
 from messages.common import Ping
+from messages.records import record
 from messages.roles import Role
 from messages.status import ActorRestarted, AgentStopping
 from messages.supervision import ChildFailed, RestartChildren, Shutdown
@@ -51,7 +52,7 @@ class Strategy(enum.Enum):
 ActorFactory = Callable[[ActorContext], pykka.ActorRef[Any]]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ChildSpec:
     child_id: Role
     factory: ActorFactory

@@ -18,6 +18,7 @@ import pykka
 from actors.errors import FatalError, TransientError
 from actors.runtime.backoff import Backoff
 from messages.common import Ping, Pong
+from messages.records import record
 from messages.roles import Role
 from messages.supervision import ChildFailed
 
@@ -191,7 +192,7 @@ class Peers:
             raise TransientError(f"{role} did not answer within {timeout:g}s") from exc
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ActorContext:
     """Everything the supervisor injects into a child."""
 

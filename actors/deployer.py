@@ -43,6 +43,7 @@ from messages.outbound import (
     LinkStateChanged,
     TrackedEventOut,
 )
+from messages.records import record
 from messages.roles import Role
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ NOT_AVAILABLE = "compose deployments not available on this agent"  # §8.1 step 
 ROLE = Role.DEPLOYER
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class DeployerSettings:
     run: RunSettings  # what each deployment runs with
     #: how long SIGTERM waits for running deployments before stopping compose

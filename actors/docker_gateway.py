@@ -63,6 +63,7 @@ from messages.docker import (
     StartContainer,
     StopContainer,
 )
+from messages.records import record
 from messages.roles import Role
 from messages.status import DockerStatus
 from messages.timefmt import rfc3339_nano
@@ -146,7 +147,7 @@ def env_map(env: list[str] | None) -> dict[str, str]:
     return result
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record
 class _Seen:
     """What list_containers adds for one container, read once by an inspect: ``StartedAt``
     (None before its first start) and ``Env`` (None if the inspect found it gone), with

@@ -42,7 +42,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, assert_never
 
 import docker
@@ -55,6 +54,7 @@ from actors.runtime.docker_client import api_client
 from actors.runtime.threads import Guarded, Handoff, HelperThread
 from messages.common import RawJson
 from messages.outbound import EventOut, LinkStateChanged
+from messages.records import record
 from messages.roles import Role
 from messages.shell import (
     OUTPUT_CHUNK,
@@ -94,7 +94,7 @@ HANGUP_GATHER_S = 0.05
 ERROR_LIMIT = 120
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ExecStream:
     """An attached exec: its id and the hijacked socket (``keepalive`` pins docker-py's response,
     whose garbage collection would close the socket)."""
@@ -215,7 +215,7 @@ class DockerShellBackend:
                 api.close()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Resize:
     rows: int
     cols: int

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeAlias, assert_never
 
 import pykka
@@ -44,6 +43,7 @@ from actors.telemetry.streams import StatsStreams
 from messages.common import RawJson
 from messages.docker import STATS_ACTIONS, ContainerEventObserved
 from messages.outbound import EventOut, LinkStateChanged, RawFrameOut
+from messages.records import record
 from messages.roles import Role
 from messages.stats import (
     ApplyStreamChanges,
@@ -87,7 +87,7 @@ STREAM_SETTLE = 0.5
 PARK_AFTER_S = 1.0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class StatsSettings:
     docker_host: str
     docker_api_version: str | None = None

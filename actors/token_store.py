@@ -14,7 +14,6 @@ import errno
 import logging
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias, assert_never
 
@@ -23,6 +22,7 @@ from actors.errors import ConfigError, FatalError
 from actors.runtime.fsio import write_atomic
 from actors.runtime.logs import register_secret
 from messages.common import Secret
+from messages.records import record
 from messages.tokens import TOKEN_PATTERN, GetToken, SaveToken, TokenInfo
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class TokenFileError(FatalError):
     """The token file exists but cannot be used; the message names the path and the fix."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TokenFile:
     exists: bool
     token: Secret | None = None  # None: missing or empty

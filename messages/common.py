@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import field
 from types import ModuleType
 from typing import Any
+
+from messages.records import record
 
 _orjson: ModuleType | None = None
 
@@ -46,7 +48,7 @@ def loads(data: str | bytes) -> Any:
     return _codec().loads(data)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Secret:
     """A credential that must never reach a log line.
 
@@ -73,7 +75,7 @@ class Secret:
         return bool(self._value)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RawJson:
     """An immutable, already-encoded JSON value (object, array, string, ...).
 
@@ -102,12 +104,12 @@ class RawJson:
 NULL = RawJson("null")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Ping:
     """Liveness probe; every supervised actor answers ``Pong`` to an ``ask``."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Pong:
     actor: str
     generation: int

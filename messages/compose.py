@@ -6,10 +6,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from messages.decoding import BadPayload, CommandDecoder, boolean, obj, string
+from messages.records import record
 from messages.roles import Role
 
 #: max_depth when the payload gives none, 0 or a negative number (§8.2)
@@ -18,7 +18,7 @@ DEFAULT_MAX_DEPTH = 5
 MAX_SCAN_PATHS = 256
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ScanComposeDirs:
     request_id: str
     #: extra paths requested by the backend, in order, duplicates removed
@@ -27,7 +27,7 @@ class ScanComposeDirs:
     max_depth: int = DEFAULT_MAX_DEPTH
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ReadComposeFile:
     request_id: str
     path: str

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from messages.records import record
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Dial:
     """Start the next connection attempt."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class LinkOpened:
     generation: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class FrameReceived:
     generation: int
     data: str | bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class PongReceived:
     """A pong (``ack``: the sequence number our ping carried) or a server ping (``ack`` None),
     read at ``at`` (the link's monotonic clock; None: when the actor handles it)."""
@@ -31,7 +31,7 @@ class PongReceived:
     at: float | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ReaderStopped:
     """The link ended at ``at`` (the link's monotonic clock; None: when the actor handles it).
     ``echoed``: the backend answered the close frame we sent with the same one (a hand-over)."""
@@ -42,14 +42,14 @@ class ReaderStopped:
     echoed: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Tick:
     """Keepalive clock: ping every 30 s, declare the link dead after 40 s of silence."""
 
     generation: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ReplayDue:
     """The link has lived the confirmation margin: ask for the events' replay now. It waits
     that long when the last link ended with events it could not take as read: replayed at once
@@ -58,7 +58,7 @@ class ReplayDue:
     generation: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class AttemptTimedOut:
     """The current attempt's phase (host facts, dial, auth reply) took too long."""
 
@@ -66,13 +66,13 @@ class AttemptTimedOut:
     phase: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class HandOver:
     """Self-update (PROTOCOL §7): send what is queued, close the link (1000) and stay idle,
     without reconnecting, until ``ResumeAfterHandOver``: the new agent registers with the same
     token meanwhile, and two live agents would supersede each other forever (§2.5, §14.12)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ResumeAfterHandOver:
     """The hand-over failed: connect again at once."""

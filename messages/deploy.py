@@ -8,11 +8,12 @@ registry passwords never appear in a ``repr`` (they are hidden fields or ``Secre
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from messages.common import RawJson, Secret
 from messages.decoding import BadPayload, CommandDecoder, boolean, number, obj, string
+from messages.records import record
 from messages.roles import Role
 
 ACTIONS = ("up", "down", "restart")
@@ -42,14 +43,14 @@ STAGES = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class RegistryCredential:
     registry_url: str
     username: str
     password: Secret
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class DeployCompose:
     """``deploy_compose``: every key of §8.1; contents are hidden from ``repr``."""
 
@@ -70,7 +71,7 @@ class DeployCompose:
     registry_credentials: tuple[RegistryCredential, ...] = ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class DeployProgressed:
     """Deployer-internal, from a run thread: one ``deploy_progress`` to send."""
 
@@ -79,7 +80,7 @@ class DeployProgressed:
     message: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class DeployFinished:
     """Deployer-internal, from a run thread: the run ended; ``result`` is the journaled
     ``deploy_complete`` payload (already written to ``$DATA_PATH/deployments``)."""

@@ -2,56 +2,55 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from messages.common import RawJson
+from messages.records import record
 from messages.references import ContainerName, ContainerRef
 
 # --- container operations (PROTOCOL §4.2), one type per action --------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class _ContainerCommand:
     request_id: str
     container_id: ContainerRef
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class StartContainer(_ContainerCommand):
     pass
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class StopContainer(_ContainerCommand):
     timeout: int = 10
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class RestartContainer(_ContainerCommand):
     timeout: int = 10
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class RemoveContainer(_ContainerCommand):
     force: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class KillContainer(_ContainerCommand):
     pass
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class RenameContainer(_ContainerCommand):
     new_name: ContainerName
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class GetContainerLogs(_ContainerCommand):
     tail: int = 100
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class InspectContainer(_ContainerCommand):
     pass
 
@@ -80,7 +79,7 @@ ACTION_NAMES: dict[type, str] = {
 }
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ListContainers:
     request_id: str
 
@@ -88,7 +87,7 @@ class ListContainers:
 # --- replies (told back to the Connection) -------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ContainerOpSucceeded:
     """Raw container-op reply; ``body`` is a JSON object whose keys go top-level (§3.3)."""
 
@@ -96,14 +95,14 @@ class ContainerOpSucceeded:
     body: RawJson
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ContainerOpFailed:
     request_id: str
     error: str
     error_type: str | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class CommandSucceeded:
     """Generic command reply: ``{"type":"response","id":…,"payload":…}``."""
 
@@ -111,7 +110,7 @@ class CommandSucceeded:
     payload: RawJson
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class CommandFailed:
     request_id: str
     error: str
@@ -123,14 +122,14 @@ Reply = ContainerOpSucceeded | ContainerOpFailed | CommandSucceeded | CommandFai
 # --- host facts for `register` -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class DescribeHost:
     """Asked by the Connection before each registration; answered with :class:`HostDescribed`."""
 
     attempt: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class HostInfo:
     engine_id: str
     daemon_name: str | None = None
@@ -146,7 +145,7 @@ class HostInfo:
     host_ips: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class HostDescribed:
     attempt: int
     info: HostInfo | None
@@ -156,7 +155,7 @@ class HostDescribed:
 # --- events ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ContainerEventObserved:
     """One Docker container event (PROTOCOL §5.1)."""
 
@@ -184,33 +183,33 @@ CACHE_ACTIONS = frozenset({"start", "restart", "destroy"})
 STATS_ACTIONS = frozenset({"start", "restart", "die", "stop", "kill"})
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class EventsConfirmed:
     """Connection -> EventStreamer: a pong proved the backend read these events."""
 
     seqs: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ReplayEvents:
     """Connection -> EventStreamer: send every unconfirmed event again (after registering)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class EventsReplay:
     """EventStreamer -> Connection: every unconfirmed event, oldest first."""
 
     events: tuple[ContainerEventObserved, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ProbeDocker:
     """DockerGateway-internal timer: check that the daemon answers (``generation``: current)."""
 
     generation: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class DockerChecked:
     """DockerGateway-internal: a worker reached Docker (``problem`` empty) or could not.
 
@@ -223,7 +222,7 @@ class DockerChecked:
     from_probe: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class DockerEventReceived:
     """EventStreamer-internal: its reader thread read one container event.
 
@@ -234,7 +233,7 @@ class DockerEventReceived:
     event: ContainerEventObserved
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class EventStreamEnded:
     """EventStreamer-internal: the reader thread's event stream ended or failed."""
 
@@ -242,6 +241,6 @@ class EventStreamEnded:
     reason: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Resubscribe:
     generation: int

@@ -22,11 +22,11 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from messages.common import RawJson, Secret
 from messages.decoding import CommandDecoder
+from messages.records import record
 from messages.references import CONTAINER, BadReference, ContainerRef
 from messages.roles import Role
 
@@ -41,7 +41,7 @@ MAX_STATUS_PARTS = 64
 MAX_URL_LENGTH = 8192
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class HealthCheckAuth:
     """``{"type":"basic","username","password"}`` or ``{"type":"bearer","token"}``."""
 
@@ -50,7 +50,7 @@ class HealthCheckAuth:
     secret: Secret  # the basic password or the bearer token
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class HealthCheckConfig:
     container_id: ContainerRef
     host_id: str
@@ -74,7 +74,7 @@ class HealthCheckConfig:
         return any(lo <= status <= hi for lo, hi in self.status_ranges)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class SyncHealthChecks:
     """Replace the whole set with ``configs``: a JSON list of at most MAX_HEALTH_CHECKS config
     objects as received, validated by the HealthChecks actor (:func:`parse_sync`)."""
@@ -83,19 +83,19 @@ class SyncHealthChecks:
     count: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class SetHealthCheck:
     """Add or replace one check: ``config`` is the config object as received (JSON)."""
 
     config: RawJson
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class RemoveHealthCheck:
     container_id: ContainerRef
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class CheckOutcome:
     """What one HTTP check found; ``status_code`` 0 means no HTTP response."""
 
@@ -105,14 +105,14 @@ class CheckOutcome:
     error_message: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class HealthTick:
     """HealthCheckActor-internal: the 1 s scheduler tick of check loop ``loop``."""
 
     loop: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class CheckFinished:
     """HealthCheckActor-internal: a worker finished run ``run_id`` (started in loop ``loop``)."""
 
@@ -123,7 +123,7 @@ class CheckFinished:
     outcome: CheckOutcome
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class CheckOverdue:
     """HealthCheckActor-internal: run ``run_id`` should have ended by now (hard deadline)."""
 
@@ -338,7 +338,7 @@ def decode_config(frame: Mapping[str, Any]) -> SetHealthCheck | None:
     return SetHealthCheck(config=RawJson.of(payload))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ParsedSync:
     configs: tuple[HealthCheckConfig, ...]
     #: "<container>: <reason>" for each config left out (never a credential)

@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from messages.decoding import BadPayload, CommandDecoder, boolean, obj, string
+from messages.records import record
 from messages.references import ImageRef
 from messages.roles import Role
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ListImages:
     request_id: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class RemoveImage:
     request_id: str
     image_id: ImageRef  # an ID (any unique prefix) or a reference such as ``nginx:1.27``
     force: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class PruneImages:
     request_id: str
 

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from messages.decoding import BadPayload, CommandDecoder, boolean, obj, string
 from messages.docker import CommandFailed
+from messages.records import record
 from messages.references import NetworkName, NetworkRef
 from messages.roles import Role
 
 NAME_REQUIRED = "network name is required"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ListNetworks:
     request_id: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class CreateNetwork:
     request_id: str
     name: NetworkName
@@ -28,14 +28,14 @@ class CreateNetwork:
     internal: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class DeleteNetwork:
     request_id: str
     network_id: NetworkRef  # ID (prefix) or name
     force: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class PruneNetworks:
     request_id: str
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from messages.common import RawJson
+from messages.records import record
 from messages.roles import Role
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class EventOut:
     """``{"type":"event","command":<command>,"payload":<payload>,"timestamp":…}`` (§5).
 
@@ -20,7 +19,7 @@ class EventOut:
     buffer: bool = True
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class RawFrameOut:
     """A frame sent as is, e.g. host stats ``{"type":"stats","stats":{…}}`` (§5.3)."""
 
@@ -28,14 +27,14 @@ class RawFrameOut:
     buffer: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class LinkStateChanged:
     """Told by the Connection to every running subscriber role when it (dis)connects."""
 
     connected: bool
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class TrackedEventOut:
     """An event its sender keeps until the backend provably read it (a ``deploy_complete``).
 
@@ -51,14 +50,14 @@ class TrackedEventOut:
     key: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class EventDelivered:
     """Connection -> owner of a :class:`TrackedEventOut`: a pong confirmed it."""
 
     key: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class AuditRecord:
     """An audit line for work that ends after its reply (a deployment's outcome).
 

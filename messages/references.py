@@ -18,15 +18,16 @@ import dataclasses
 import functools
 import re
 import typing
-from dataclasses import dataclass
 from typing import Annotated, Any
+
+from messages.records import record
 
 
 class BadReference(ValueError):
     """A reference breaks Docker's grammar; the message is the whole reply text."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Grammar:
     """One kind of reference: its name in errors, its pattern and its length limit."""
 

@@ -7,8 +7,9 @@ the role that runs each command, and messages never import actors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+
+from messages.records import record
 
 
 class Role(StrEnum):
@@ -24,7 +25,7 @@ class Role(StrEnum):
     HEALTH_CHECKS = "health_checks"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Subscriber:
     """A role an actor tells every item of a fan-out (the composition root lists them).
 

@@ -11,10 +11,11 @@ import base64
 import binascii
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from messages.decoding import CommandDecoder
+from messages.records import record
 from messages.references import ContainerRef, SessionRef
 from messages.roles import Role
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 OUTPUT_CHUNK = 4096
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class StartShell:
     """``start``: open an interactive TTY exec in ``container_id`` (ignored if the id is in use)."""
 
@@ -32,7 +33,7 @@ class StartShell:
     container_id: ContainerRef
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ShellInput:
     """``data``: bytes for the session's stdin, already base64-decoded. Never logged."""
 
@@ -40,7 +41,7 @@ class ShellInput:
     data: bytes = field(repr=False)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ResizeShell:
     """``resize``: both dimensions in 1..65535 (other resizes are dropped by the decoder)."""
 
@@ -49,14 +50,14 @@ class ResizeShell:
     rows: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class CloseShell:
     """``close``: close the exec stream and forget the session."""
 
     session_id: SessionRef
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ShellEnded:
     """ShellActor-internal: the output of session ``serial`` ended (exit, close or failure)."""
 

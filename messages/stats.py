@@ -6,10 +6,10 @@ messages below travel between the StatsActor and the threads it owns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from messages.decoding import CommandDecoder
+from messages.records import record
 from messages.roles import Role
 
 #: generic ``command`` names this family decodes
@@ -20,14 +20,14 @@ FRAME_DECODERS: dict[str, Any] = {}
 ROUTES: dict[type, Role] = {}
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class CpuReading:
     total: int  # cpu_stats.cpu_usage.total_usage, ns
     system: int  # cpu_stats.system_cpu_usage, ns
     online_cpus: int  # online_cpus, else len(percpu_usage), else 1
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ContainerReading:
     """One Docker stats sample, reduced to what ``container_stats`` needs."""
 
@@ -42,7 +42,7 @@ class ContainerReading:
     disk_write: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class StatsSampled:
     """StatsActor-internal: a container's stats stream delivered one sample."""
 
@@ -51,14 +51,14 @@ class StatsSampled:
     reading: ContainerReading | None  # None: Docker says the container is not running
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class StatsBatch:
     """The samples of every stream since the last batch (a fraction of a second), in order."""
 
     samples: tuple[StatsSampled, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class StatsStreamEnded:
     container_id: str
     token: int
@@ -66,7 +66,7 @@ class StatsStreamEnded:
     gone: bool  # Docker answered 404: no such container
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class RunningContainersListed:
     """Answer to the listing taken at each (re)connect; ``containers`` is None on failure."""
 
@@ -75,12 +75,12 @@ class RunningContainersListed:
     error: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class RetryListing:
     request: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ApplyStreamChanges:
     """StatsActor-internal timer: open and close the streams the events of the last moment
     asked for (``generation``: the current batch of changes)."""
@@ -88,7 +88,7 @@ class ApplyStreamChanges:
     generation: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ParkStreams:
     """StatsActor-internal timer: a moment after the last stream closed, stop the streams'
     loop (``generation``: the idle spell it was set for; a stream opened since ends it)."""
@@ -96,7 +96,7 @@ class ParkStreams:
     generation: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class HostStatsTick:
     """Every 2 s while connected: send one host stats frame."""
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from messages.records import record
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ConnectionStatus:
     connected: bool
     since_ns: int  # when the current state began (wall clock)
@@ -15,19 +15,19 @@ class ConnectionStatus:
     last_error: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class EventForwarded:
     at_ns: int
     total: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ActorRestarted:
     child_id: str
     total: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class WriteFailed:
     """A write in DATA_PATH that fails soft (``what``: audit, journal, status) did not happen.
 
@@ -38,7 +38,7 @@ class WriteFailed:
     error: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class DockerStatus:
     """From the DockerGateway: whether the Docker daemon can be reached, since when, and why not."""
 
@@ -47,7 +47,7 @@ class DockerStatus:
     error: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class AgentStopping:
     """From the supervisor: the agent is shutting down on purpose (``status.json``: stopped)."""
 
@@ -55,7 +55,7 @@ class AgentStopping:
     exit_code: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class FlushStatus:
     """StatusReporter-internal timer: write the file if something changed (or it is due).
 
@@ -66,6 +66,6 @@ class FlushStatus:
     seq: int = 0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class PublishStatus:
     """EventStreamer-internal timer: send the trailing EventForwarded of a burst."""

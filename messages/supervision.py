@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from messages.records import record
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ChildFailed:
     """Told by a child's ``on_failure``: generation ``generation`` of ``child_id`` crashed."""
 
@@ -15,14 +15,14 @@ class ChildFailed:
     fatal: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class RestartChildren:
     """Scheduled by the supervisor after its restart backoff."""
 
     child_ids: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Shutdown:
     """Stop every child in reverse start order, then exit with ``exit_code``."""
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Literal
 
 from messages.common import Secret
+from messages.records import record
 
 TokenKind = Literal["permanent", "registration"]
 
@@ -14,19 +14,19 @@ TokenKind = Literal["permanent", "registration"]
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_:-]{1,255}")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class GetToken:
     """``ask`` only: answered with :class:`TokenInfo`."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class TokenInfo:
     token: Secret
     kind: TokenKind
     source: str  # "PERMANENT_TOKEN", the token file path, or "REGISTRATION_TOKEN"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class SaveToken:
     """Persist the permanent token the backend issued (atomic, mode 0600)."""
 

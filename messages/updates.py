@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from messages.common import Secret
 from messages.decoding import BadPayload, CommandDecoder, number, obj, string
+from messages.records import record
 from messages.references import ContainerRef, ImageRef, OptionalImageRef
 from messages.roles import Role
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class RegistryAuth:
     username: str
     password: Secret
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class UpdateContainer:
     request_id: str
     container_id: ContainerRef
@@ -27,7 +27,7 @@ class UpdateContainer:
     registry_auth: RegistryAuth | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class SelfUpdate:
     request_id: str
     #: what the backend asked for (always the Go agent's image: ignored, see §7.2)
@@ -35,7 +35,7 @@ class SelfUpdate:
     version: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class FlowFinished:
     """Updater-internal: the detached flow ``flow_id`` ended (successfully or not)."""
 

@@ -2,30 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from messages.decoding import CommandDecoder, boolean, obj, string
 from messages.docker import CommandFailed
+from messages.records import record
 from messages.references import VolumeRef
 from messages.roles import Role
 
 NAME_EMPTY = "volume name cannot be empty"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ListVolumes:
     request_id: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class DeleteVolume:
     request_id: str
     volume_name: VolumeRef
     force: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class PruneVolumes:
     request_id: str
 

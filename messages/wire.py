@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, cast
 
 from messages import references
@@ -39,19 +38,20 @@ from messages.docker import (
     StopContainer,
 )
 from messages.families import FRAME_DECODERS, GENERIC_DECODERS
+from messages.records import record
 from messages.timefmt import local_rfc3339, rfc3339_nano
 
 # --- inbound -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class AuthSucceeded:
     agent_id: str
     host_id: str
     permanent_token: Secret | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class AuthRejected:
     error: str
 
@@ -60,14 +60,14 @@ class AuthRejected:
 Refusal = ContainerOpFailed | CommandFailed
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class RejectedRequest:
     """A request we can answer but not run (unknown command, bad payload): reply and move on."""
 
     reply: Refusal
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class IgnoredFrame:
     """Logged and dropped, no reply (PROTOCOL §11): malformed JSON, unknown type, ..."""
 
@@ -81,7 +81,7 @@ Decoded = Command | RejectedRequest | IgnoredFrame
 Inbound = AuthSucceeded | AuthRejected | Decoded
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Request:
     """A request frame from the backend, decoded once: the envelope the policy judges, the
     audit log records and the Connection routes, answers or drops.
@@ -365,7 +365,7 @@ def encode_container_event(event: ContainerEventObserved, now_ns: int | None = N
     )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class AgentIdentity:
     """What this agent says about itself in ``register`` (everything but the host facts)."""
 

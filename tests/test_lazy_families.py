@@ -102,19 +102,19 @@ def agent(tmp_path: Path, dockerd: PrivateDockerd) -> Iterator[tuple[Agent, Fake
         hub.assert_clean()
 
 
-def _v2(client: docker.DockerClient, base: str, registry: LocalRegistry) -> tuple[str, str]:
-    """v1 (the base) and v2 (the base with a label) pushed to the loopback registry."""
+def _images(client: docker.DockerClient, base: str, registry: LocalRegistry) -> tuple[str, str]:
+    """v1 and v2 (the base with a label each, so the shared base image gets no repo digest)
+    pushed to the loopback registry."""
     repository = registry.repository("dockmon-lazy")
-    client.images.get(base).tag(repository, "v1")
-    dockerfile = f"FROM {base}\nLABEL org.dockmon.test.flavour=lazy-v2\n"
-    client.images.build(
-        fileobj=io.BytesIO(dockerfile.encode()),
-        tag=f"{repository}:v2",
-        network_mode="none",
-        rm=True,
-        pull=False,
-    )
     for tag in ("v1", "v2"):
+        dockerfile = f"FROM {base}\nLABEL org.dockmon.test.flavour=lazy-{tag}\n"
+        client.images.build(
+            fileobj=io.BytesIO(dockerfile.encode()),
+            tag=f"{repository}:{tag}",
+            network_mode="none",
+            rm=True,
+            pull=False,
+        )
         for line in client.api.push(repository, tag=tag, stream=True, decode=True):
             assert "error" not in line, line
     return f"{repository}:v1", f"{repository}:v2"
@@ -141,7 +141,7 @@ def test_an_idle_agent_holds_no_family_code_until_its_first_command(
     assert after_deploy.isdisjoint(LAZY["update"])
     assert deploy(hub, "lazy-stack", stack(web=service()), action="down")["success"] is True
 
-    v1, v2 = _v2(docker_client, busybox_image, registry)
+    v1, v2 = _images(docker_client, busybox_image, registry)
     web = make_container(None, "dockmon-lazy-web", image=v1)
     assert web.id is not None
     reply = hub.command(

@@ -20,7 +20,6 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -30,6 +29,7 @@ from actors.rules.paths import is_inside, is_system_path
 from messages.common import RawJson
 from messages.compose import DEFAULT_MAX_DEPTH, ReadComposeFile, ScanComposeDirs
 from messages.docker import CommandFailed, CommandSucceeded, Reply
+from messages.records import record
 from messages.timefmt import rfc3339_nano
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def confine(path: str, roots: Sequence[str], *, resolve_last: bool = True) -> st
 # --- guarded reads ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Read:
     """Outcome of a guarded read: ``data`` on success, else one of the §8.3 error texts."""
 

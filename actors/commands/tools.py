@@ -8,7 +8,6 @@ that worker's own client and tells the returned reply to the Connection.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import docker
@@ -18,9 +17,10 @@ import requests
 from actors.rules.policy import Resolved
 from messages.common import RawJson
 from messages.docker import CommandFailed, CommandSucceeded, Reply
+from messages.records import record
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class HandlerSettings:
     """Agent settings some handlers need (e.g. compose files: where they may look)."""
 
@@ -30,7 +30,7 @@ class HandlerSettings:
     compose_roots: tuple[str, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DockerTools:
     api: docker.APIClient
     docker_host: str

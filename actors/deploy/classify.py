@@ -28,9 +28,10 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from messages.records import record
 
 #: restart policies for which an exit with code 0 means "done" (§8.1 step 6)
 ONE_SHOT_POLICIES = frozenset({"", "no", "on-failure"})
@@ -52,7 +53,7 @@ def parse_docker_time(text: str) -> float | None:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ContainerState:
     """What classification needs of one container (from Docker's list + inspect)."""
 
@@ -113,7 +114,7 @@ class Verdict(enum.Enum):
     PENDING = "pending"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Judgement:
     verdict: Verdict
     reason: str = ""
@@ -163,7 +164,7 @@ def judge(
     return Judgement(Verdict.OK)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServiceOutcome:
     service: str
     container: ContainerState

@@ -9,16 +9,17 @@ from __future__ import annotations
 import subprocess
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from actors.rules.policy import Policy
 from messages.deploy import DeployCompose
+from messages.records import record
 
 #: seconds between SIGTERM and SIGKILL of a compose subprocess, and after SIGKILL
 KILL_GRACE = 5.0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class RunSettings:
     docker_host: str
     data_path: str

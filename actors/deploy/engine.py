@@ -20,10 +20,10 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from messages.deploy import RegistryCredential
+from messages.records import record
 
 BINARY = "docker-compose"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -33,7 +33,7 @@ _VERSION = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
 PROBE_TIMEOUT = 15.0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ComposeEngine:
     """A working compose binary."""
 
@@ -48,7 +48,7 @@ class ComposeEngine:
         return f"Docker Compose v{self.version} ({self.path})"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ComposeMissing:
     """No usable compose binary, and why."""
 
@@ -182,7 +182,7 @@ def write_docker_config(directory: str, credentials: Sequence[RegistryCredential
 # --- commands ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ProjectArgs:
     """The global flags naming one stack."""
 

@@ -22,7 +22,8 @@ import re
 import shutil
 import stat
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+
+from messages.records import record
 
 COMPOSE_FILE = "docker-compose.yml"
 ENV_FILE = ".env"
@@ -66,7 +67,7 @@ def env_file_name(raw: str) -> str:
     return name
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StackFiles:
     """What :func:`write_stack` wrote."""
 

@@ -14,11 +14,11 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from actors.runtime.fsio import write_json_atomic
+from messages.records import record
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ DIRECTORY = "deployments"
 TEMP_DIRECTORY = "tmp"  # per-deployment DOCKER_CONFIG/HOME directories live under here
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Entry:
     deployment_id: str
     project: str

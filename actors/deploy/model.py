@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from actors.rules.policy import Policy
+from messages.records import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServiceModel:
     name: str
     image: str
@@ -24,7 +24,7 @@ class ServiceModel:
     labels: tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StackModel:
     raw: Mapping[str, Any]
     services: tuple[ServiceModel, ...]

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from messages.records import record
+
 _OCTAL = re.compile(r"\\([0-7]{3})")
 
 
@@ -29,7 +31,7 @@ def _unescape(field_text: str) -> str:
     return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field_text)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MountInfo:
     root: str  # the path inside the mounted filesystem that appears at mount_point
     mount_point: str

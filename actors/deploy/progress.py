@@ -23,6 +23,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from messages.records import record
+
 V5_STATES = frozenset({"Working", "Done", "Error", "Warning"})
 RESOURCES = ("Container", "Network", "Volume", "Image")
 #: words of a container that is being started rather than created
@@ -35,7 +37,7 @@ MESSAGE_LIMIT = 1000
 _TEXT_KEEP = 20
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ProgressLine:
     """One parsed output line.
 
@@ -183,7 +185,7 @@ def _layer_fraction(layer: _Layer) -> float:
     return 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Progress:
     stage: str
     message: str

@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
@@ -48,6 +48,7 @@ from actors.errors import ConfigError
 from actors.link.websocket import LinkSettings
 from actors.runtime.docker_client import api_client, socket_path
 from actors.token_store import TOKEN_FILE, TokenFileError, inspect_token_file
+from messages.records import record
 
 EXPIRY_WARN_DAYS = 14
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
@@ -60,7 +61,7 @@ class Verdict(enum.StrEnum):
     SKIP = "SKIP"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Finding:
     """One check's result: a one-line ``detail``, a ``fix`` for non-OK, optional extra lines."""
 
@@ -382,7 +383,7 @@ def _token_file_finding(cfg: agent_config.Config, token_file: Path) -> Finding:
 # --- network route: which host the agent really dials (the proxy, or DockMon itself)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Route:
     host: str  # DockMon host from DOCKMON_URL
     port: int
@@ -629,7 +630,7 @@ def _proxy_fix(code: str, route: Route) -> str:
 # --- TLS
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Probe:
     ok: bool
     error: str = ""
@@ -776,7 +777,7 @@ def _tls_fix(
     )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Cert:
     summary: str
     issuer: str = "unknown issuer"

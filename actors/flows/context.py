@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,14 @@ from actors.base import Clock, Peers
 from messages.common import RawJson
 from messages.docker import Reply
 from messages.outbound import EventOut
+from messages.records import record
 from messages.roles import Role
 
 #: a pending self-update hand-over in $DATA_PATH (the Go agent's name and fields, §7.3 step 4)
 CLEANUP_FILE = "cleanup.json"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class UpdaterSettings:
     docker_host: str
     data_path: str

@@ -8,9 +8,10 @@ from __future__ import annotations
 import copy
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from messages.records import record
 from messages.references import short_id
 
 #: networks that are not "custom": never connected explicitly (§6 step 4)
@@ -115,7 +116,7 @@ def apply_podman_fixes(host_config: dict[str, Any]) -> None:
 # networks
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NetworkPlan:
     """Where the new container goes: ``primary`` (+ its endpoint settings if it has any worth
     passing) and further custom networks connected after creation."""
@@ -170,7 +171,7 @@ def plan_networks(inspect: Mapping[str, Any]) -> NetworkPlan:
 # the new container
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ContainerPlan:
     """Body of ``POST /containers/create`` (Config fields + ``HostConfig``), name, networks."""
 
@@ -265,7 +266,7 @@ class Verdict(enum.Enum):
     STABILITY = "stability"  # no HEALTHCHECK: wait the stability period, then check running
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HealthDecision:
     verdict: Verdict
     reason: str = ""

@@ -13,15 +13,15 @@ import errno
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import docker.errors
 import requests
 
 from actors.runtime.docker_client import socket_path
+from messages.records import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AccessProblem:
     """``kind``: permission_denied, missing_socket, not_a_socket, daemon_down, timeout, other."""
 

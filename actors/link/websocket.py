@@ -18,7 +18,6 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,6 +33,7 @@ from messages.connection import (
     PongReceived,
     ReaderStopped,
 )
+from messages.records import record
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def _tls_context(ca_cert: str | None, insecure_skip_verify: bool) -> ssl.SSLCont
 _shared_tls_context = functools.lru_cache(maxsize=4)(_tls_context)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class LinkSettings:
     url: str
     insecure_skip_verify: bool = False
@@ -117,7 +117,7 @@ class LinkSettings:
         return options
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Ping:
     payload: bytes
 
@@ -135,7 +135,7 @@ HAND_OVER_CLOSE = (websocket.STATUS_NORMAL, "agent hand-over")
 DIRECT_LIMIT = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Rest:
     """The bytes a direct send left unsent: the writer sends them before anything else."""
 

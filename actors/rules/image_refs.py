@@ -9,14 +9,14 @@ images too.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
+from messages.records import record
 from messages.references import IMAGE_REFERENCE
 
 _REFERENCE = IMAGE_REFERENCE  # the one grammar the decoders use for server-sent images too
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ImageRef:
     """``name[:tag][@sha256:digest]``, Docker's reference grammar (sha256 digests only)."""
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from messages.records import record
 
 if TYPE_CHECKING:
     from messages.wire import Request
@@ -32,7 +33,7 @@ READ_OPERATIONS = frozenset(
 DENIED = "denied by the agent's policy"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Policy:
     read_only: bool = False
     allow: frozenset[str] = frozenset()  # empty: everything not denied

@@ -51,6 +51,7 @@ from messages.docker import (
 from messages.health import RemoveHealthCheck, SetHealthCheck, SyncHealthChecks
 from messages.images import ListImages, PruneImages, RemoveImage
 from messages.networks import CreateNetwork, DeleteNetwork, ListNetworks, PruneNetworks
+from messages.records import record
 from messages.shell import CloseShell, ResizeShell, ShellInput, StartShell
 from messages.updates import SelfUpdate, UpdateContainer
 from messages.volumes import DeleteVolume, ListVolumes, PruneVolumes
@@ -60,7 +61,7 @@ log = logging.getLogger(__name__)
 # --- which commands change which containers (the one place) -------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Target:
     """A container an operation changes, resolved to its immutable full id."""
 
@@ -85,7 +86,7 @@ class Target:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Resolved:
     """The containers a command reaches (the one it names first), and what resolving read."""
 
@@ -108,7 +109,7 @@ class Refused(Exception):
 Resolver = Callable[[Any, Any, str | None], Resolved]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Changes:
     operation: str  # the policy's name for it (PROTOCOL's name)
     resolve: Resolver

@@ -14,9 +14,9 @@ gateway then decodes the list as before.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import msgspec
+
+from messages.records import record
 
 
 class _Read(msgspec.Struct):
@@ -35,7 +35,7 @@ _LIST = msgspec.json.Decoder(list[msgspec.Raw])
 _READ = msgspec.json.Decoder(_Read)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Listed:
     """One container of Docker's list: what the agent reads, and its bytes without the
     closing brace (``head``), so ``head + b',"Key":value' + b"}"`` adds keys to it."""

@@ -10,16 +10,15 @@ and resizes get no line. The lines are written by the actor (actors/rules/policy
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from messages.docker import Reply
+from messages.records import record
 from messages.wire import Request
 
 #: requests whose reply has not gone out yet, remembered for the audit log (oldest dropped)
 AUDIT_PENDING_LIMIT = 10_000
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AuditLine:
     """One line for the audit log (its time and who are added when it is written)."""
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass
 
+from messages.records import record
 from messages.roles import Role
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ PRUNE_EVENTS = 1024
 Receipt = tuple[Role, str]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Sent:
     seq: int  # the frame's number on its link
     text: str
@@ -43,7 +43,7 @@ class _Sent:
     receipt: Receipt | None  # a tracked event's owner and key, else None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Confirmed:
     """What a pong confirmed, for the owners to forget."""
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from messages.records import record
 from messages.stats import ContainerReading, CpuReading
 from messages.timefmt import utc_seconds
 
@@ -209,7 +209,7 @@ def is_virtual_interface(name: str) -> bool:
     return name == "lo" or name.startswith(VIRTUAL_PREFIXES)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HostCpu:
     """Aggregate ``cpu`` line of ``proc/stat``: total (8 fields) and idle + iowait, in ticks."""
 
@@ -310,7 +310,7 @@ def net_bytes_per_sec(
     return total
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HostRoots:
     proc: str
     sys: str
