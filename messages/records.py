@@ -13,7 +13,8 @@ from its fields in order (positionally unless ``kw_only``), with defaults and de
 then ``__post_init__`` if it has one; assigning or deleting an attribute raises
 ``FrozenInstanceError``; equal when of the same class with equal fields (``compare``), hashed by
 those fields (``hash``), shown as ``Name(field=value, ...)`` (``repr``), copied and pickled by
-its fields. A method the class body defines is kept, as dataclasses keep it.
+its fields. A method the class body defines is kept, as dataclasses keep it, except
+``__setattr__`` and ``__delattr__``: refused, as dataclasses refuse them on a frozen class.
 """
 
 from __future__ import annotations
@@ -108,6 +109,9 @@ _SHARED: dict[str, Callable[..., Any]] = {
 
 def _build(cls: type[T], kw_only: bool) -> type[T]:
     body = cls.__dict__
+    for name in ("__setattr__", "__delattr__"):
+        if name in body:  # as dataclasses refuse it for a frozen class: it would not be frozen
+            raise TypeError(f"Cannot overwrite attribute {name} in class {cls.__name__}")
     # like dataclasses: a class that defines __eq__ but not __hash__ has __hash__ None
     own_hash = "__hash__" in body and not (body["__hash__"] is None and "__eq__" in body)
     built = dataclasses.dataclass(

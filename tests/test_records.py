@@ -202,6 +202,20 @@ def test_methods_of_the_class_body_are_kept_and_post_init_runs() -> None:
     assert hash(dc("n")) == hash(rc("n")) == hash(("n",))  # hashed by its fields, as dataclasses
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", ["__setattr__", "__delattr__"])
+def test_a_class_that_would_not_be_frozen_is_refused(kind: str, method: str) -> None:
+    def make(decorate: Decorate) -> Any:
+        def mutate(self: object, *args: object) -> None:
+            pass
+
+        return decorate(type("Mutable", (), {"__annotations__": {"name": "str"}, method: mutate}))
+
+    for decorate in KINDS[kind]:
+        with pytest.raises(TypeError, match=f"Cannot overwrite attribute {method}"):
+            make(decorate)
+
+
 @record(kw_only=True)
 class Pickled:
     name: str
