@@ -26,6 +26,7 @@ import docker
 from actors.base import ActorContext, RepeatLimiter, SupervisedActor, TimerHandle
 from actors.runtime.backoff import Backoff
 from actors.runtime.docker_client import client_factory as docker_clients
+from actors.runtime.docker_http import LeanDocker, lean_address
 from actors.runtime.threads import Guarded, HelperThread, tell_or_close, tell_quietly
 from messages.docker import (
     ContainerEventObserved,
@@ -150,14 +151,14 @@ def _failure_class(reason: str) -> str:
     return "".join(c for c in reason if not c.isdigit())
 
 
-#: one subscription: docker-py's events stream and the client it came from
-_Subscription = tuple[Any, docker.APIClient]
+#: one subscription: the events stream (docker-py's or the lean one) and the client it came from
+_Subscription = tuple[Any, "docker.APIClient | LeanDocker"]
 
 
 def _unsubscribe(subscription: _Subscription) -> None:
     stream, client = subscription
     try:
-        stream.close()  # how a blocked iteration is stopped (docker-py's CancellableStream)
+        stream.close()  # how a blocked iteration is stopped (either stream's close)
     finally:
         client.close()
 
@@ -202,6 +203,14 @@ class EventStreamerActor(SupervisedActor):
         self._subscribers = event_subscribers
         self._client_factory = client_factory or docker_clients(
             docker_host, timeout=30, api_version=docker_api_version
+        )
+        # the lean stream where it applies (unix:// and plain tcp://): docker-py's decoding
+        # cost the reader about 2.3x the CPU per event; not with an injected client (fakes)
+        address = lean_address(docker_host) if client_factory is None else None
+        self._lean: Callable[[], LeanDocker] | None = (
+            None
+            if address is None
+            else lambda: LeanDocker(address, timeout=30, api_version=docker_api_version)
         )
         self._retry = Backoff(*retry_delay, jitter=False)  # reset by an event
         self._end_log = RepeatLimiter(first=60.0, maximum=3600.0)
@@ -314,15 +323,22 @@ class EventStreamerActor(SupervisedActor):
         cursor), every container event to the actor (seq 0: seen before), then why the stream
         ended."""
         ref, cursor, peers, to = self.actor_ref, self._cursor, self.ctx.peers, self._forward_to
+        lean = self._lean
 
         def deliver(numbered: ContainerEventObserved) -> None:
             peers.tell(to.role, numbered, optional=to.optional)
 
         reason = "stream ended"
         try:
-            client = self._client_factory()
+            client: docker.APIClient | LeanDocker
+            client = lean() if lean is not None else self._client_factory()
             try:
-                stream = client.events(since=since, filters={"type": ["container"]}, decode=True)
+                if isinstance(client, LeanDocker):
+                    stream: Any = client.events(since=since, filters={"type": ["container"]})
+                else:
+                    stream = client.events(
+                        since=since, filters={"type": ["container"]}, decode=True
+                    )
             except BaseException:
                 with contextlib.suppress(Exception):
                     client.close()

@@ -12,6 +12,8 @@ import json
 import os
 import socket
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -440,3 +442,136 @@ def test_the_agent_answers_inspect_and_list_from_the_lean_path_as_docker_py_woul
                 assert extra["Env"] == dict(e.split("=", 1) for e in info["Config"]["Env"])
                 assert extra["RepoDigests"] == []
         agent.hub.assert_clean()
+
+
+# --- the event stream ---------------------------------------------------------------------------
+
+
+def _chunked_events(pieces: list[bytes]) -> bytes:
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    return head + b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
+
+
+def test_events_cut_anywhere_by_chunks_come_out_whole_and_in_order(tmp_path: Path) -> None:
+    events = [{"Type": "container", "Action": f"a{i}", "pad": "x" * (i * 37)} for i in range(30)]
+    lines = [json.dumps(e).encode() + b"\n" for e in events]
+    lines.insert(3, b"\n")  # a blank line between events is no event
+    text = b"".join(lines)
+    pieces = [text[i : i + 101] for i in range(0, len(text), 101)]  # mid-object cuts
+
+    def script(conn: socket.socket, _n: int) -> None:
+        conn.sendall(_chunked_events(pieces))
+
+    with scripted(tmp_path, script) as (path, _):
+        lean = LeanDocker(("unix", path), timeout=5)
+        try:
+            assert list(lean.events(since=5, filters={"type": ["container"]})) == events
+        finally:
+            lean.close()
+
+
+def test_an_event_stream_to_the_end_of_the_connection_is_read_too(tmp_path: Path) -> None:
+    def script(conn: socket.socket, _n: int) -> None:
+        conn.sendall(b'HTTP/1.0 200 OK\r\n\r\n{"Action":"start"}\n{"Action":"die"}\n')
+        conn.shutdown(socket.SHUT_WR)
+
+    with scripted(tmp_path, script) as (path, _):
+        lean = LeanDocker(("unix", path), timeout=5)
+        try:
+            assert [e["Action"] for e in lean.events(since=0, filters={})] == ["start", "die"]
+        finally:
+            lean.close()
+
+
+def test_a_broken_event_line_is_a_connection_error_not_a_crash(tmp_path: Path) -> None:
+    def script(conn: socket.socket, _n: int) -> None:
+        conn.sendall(_chunked_events([b'{"Action":"start"}\n{"Action": tru\n']))
+
+    with scripted(tmp_path, script) as (path, _):
+        lean = LeanDocker(("unix", path), timeout=5)
+        stream = iter(lean.events(since=0, filters={}))
+        assert next(stream) == {"Action": "start"}
+        with pytest.raises(requests.exceptions.ConnectionError, match="Connection aborted"):
+            next(stream)
+        lean.close()
+
+
+def _watch(stream: Any, seen: list[dict[str, Any]], until: str) -> threading.Thread:
+    def read() -> None:
+        for event in stream:
+            seen.append(event)
+            if event.get("Action") == until:
+                return
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_the_event_stream_equals_docker_pys_on_the_real_daemon(
+    dockerd: PrivateDockerd, docker_client: docker.DockerClient, busybox_image: str
+) -> None:
+    """Both subscribed from the same second, through a container's whole life: the same
+    objects, in the same order."""
+    since = int(time.time()) - 1
+    token = uuid.uuid4().hex  # this test's container alone
+    label = {"org.dockmon.test.events": token}
+    filters = {"type": ["container"], "label": [f"org.dockmon.test.events={token}"]}
+    lean = _lean(dockerd)
+    ours: list[dict[str, Any]] = []
+    theirs: list[dict[str, Any]] = []
+    theirs_stream = docker_client.api.events(since=since, filters=filters, decode=True)
+    readers = [
+        _watch(lean.events(since=since, filters=filters), ours, "destroy"),
+        _watch(theirs_stream, theirs, "destroy"),
+    ]
+    try:
+        c = docker_client.containers.create(
+            busybox_image, ["true"], network_mode="none", labels=label
+        )
+        c.start()
+        c.wait(timeout=30)
+        c.remove()
+        for reader in readers:
+            reader.join(30)
+            assert not reader.is_alive(), "no destroy event within 30 s"
+        assert [e["Action"] for e in ours] == ["create", "start", "die", "destroy"]
+        assert ours == theirs
+    finally:
+        theirs_stream.close()
+        lean.close()
+
+
+def test_closing_the_event_stream_ends_a_read_blocked_between_events(
+    dockerd: PrivateDockerd,
+) -> None:
+    lean = _lean(dockerd)
+    stream = lean.events(since=int(time.time()), filters={"type": ["container"]})
+    ended = threading.Event()
+
+    def read() -> None:
+        with contextlib.suppress(requests.exceptions.ConnectionError):
+            for _ in stream:
+                pass
+        ended.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert not ended.wait(0.3)  # blocked: no event comes
+        stream.close()
+        assert ended.wait(5), "close() did not end the blocked read"
+    finally:
+        lean.close()
+
+
+def test_an_event_subscription_the_daemon_refuses_is_dockers_error_as_docker_py_raises_it(
+    dockerd: PrivateDockerd,
+) -> None:
+    """An API version the daemon no longer speaks (docker-py refuses to ask with one): the
+    daemon's 400 and message as the ``APIError`` docker-py raises for an error status."""
+    with pytest.raises(docker.errors.APIError) as ours:
+        _lean(dockerd, api_version="1.10").events(since=0, filters={"type": ["container"]})
+    assert type(ours.value) is docker.errors.APIError and str(ours.value).startswith("400 ")
+    assert "client version 1.10 is too old" in str(ours.value.explanation)

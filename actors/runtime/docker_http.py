@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -27,7 +28,7 @@ import docker.errors
 import requests.exceptions
 
 from actors.runtime.docker_client import api_path, socket_path
-from messages.common import loads
+from messages.common import dumps, loads
 
 #: a header line (or chunk-size line) longer than this is not Docker talking
 _MAX_LINE = 65536
@@ -111,17 +112,53 @@ class LeanDocker:
 
     def get(self, path: str, query: str = "") -> bytes:
         """The body of a 2xx answer to ``GET path?query``; docker-py's exceptions otherwise."""
-        target = api_path(path, self._api_version) + (f"?{query}" if query else "")
-        request = (
-            f"GET {target} HTTP/1.1\r\nHost: {self._host}\r\nUser-Agent: dockmon-agent\r\n"
-            "Accept: application/json\r\n\r\n"
-        ).encode("ascii")
-        try:
+        request = self._request(path, query)
+        with self._as_docker_py():
             try:
                 status, reason, body, keep = self._exchange(request)
             except _Stale:
                 self.close()
                 status, reason, body, keep = self._exchange(request)
+        if not keep:
+            self.close()
+        if status >= 400:
+            raise api_error(status, reason, body)
+        return body
+
+    def events(self, *, since: int, filters: Mapping[str, Sequence[str]]) -> EventStream:
+        """Docker's event stream from ``since`` (docker-py's ``events(since=, filters=,
+        decode=True)``) on a connection of its own: each event's object, as it comes."""
+        query = f"since={since}&filters={quote(dumps(filters))}"
+        request = self._request("/events", query)
+        with self._as_docker_py():
+            self.close()
+            self._connect()
+            assert self._sock is not None
+            self._sock.sendall(request)
+            line = self._reader.readline(_MAX_LINE)
+            if not line:
+                raise ConnectionResetError("the daemon closed the connection without an answer")
+            _, status, reason = _status_line(line)
+            headers = self._headers()
+            body = self._body(headers) if status >= 400 else b""
+            self._sock.settimeout(None)  # events come when they come
+        if status >= 400:  # raised outside: docker-py's APIError is an OSError too
+            self.close()
+            raise api_error(status, reason, body)
+        return EventStream(self, headers)
+
+    def _request(self, path: str, query: str) -> bytes:
+        target = api_path(path, self._api_version) + (f"?{query}" if query else "")
+        return (
+            f"GET {target} HTTP/1.1\r\nHost: {self._host}\r\nUser-Agent: dockmon-agent\r\n"
+            "Accept: application/json\r\n\r\n"
+        ).encode("ascii")
+
+    @contextlib.contextmanager
+    def _as_docker_py(self) -> Iterator[None]:
+        """Failures of the connection raised as docker-py raises them (the connection closed)."""
+        try:
+            yield
         except _Stale as exc:
             self.close()
             raise requests.exceptions.ConnectionError(
@@ -136,11 +173,22 @@ class LeanDocker:
         except ValueError as exc:  # not HTTP: the connection is out of step
             self.close()
             raise requests.exceptions.ConnectionError(f"Connection aborted: {exc}") from exc
-        if not keep:
-            self.close()
-        if status >= 400:
-            raise api_error(status, reason, body)
-        return body
+
+    def chunks(self, headers: Mapping[str, str]) -> Iterator[bytes]:
+        """A streamed body, piece by piece as the daemon sends it, until it ends."""
+        if "chunked" not in headers.get("transfer-encoding", "").lower():
+            while data := self._reader.read1(65536):
+                yield bytes(data)
+            return
+        while True:
+            size_line = self._reader.readline(_MAX_LINE)
+            if not size_line:
+                return  # the daemon went away between two events
+            size = int(size_line.split(b";", 1)[0].strip(), 16)
+            if size == 0:
+                return
+            yield self._exactly(size)
+            self._reader.readline(_MAX_LINE)  # the CRLF after each chunk
 
     def _connect(self) -> None:
         kind, where = self._address
@@ -234,6 +282,7 @@ class LeanDocker:
                 sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
+        self.abort()  # first: a thread blocked reading holds the reader's lock until it wakes
         sock, reader, self._sock, self._reader = self._sock, self._reader, None, None
         if reader is not None:
             with contextlib.suppress(OSError):
@@ -241,6 +290,29 @@ class LeanDocker:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+class EventStream:
+    """What :meth:`LeanDocker.events` answers: iterate it for the events' objects (one JSON
+    object a line, however the daemon's chunks cut them); :meth:`close` from another thread
+    ends a read blocked between events, as closing docker-py's stream does. Failures of the
+    connection are raised as docker-py raises them."""
+
+    def __init__(self, connection: LeanDocker, headers: Mapping[str, str]) -> None:
+        self._connection = connection
+        self._headers = headers
+
+    def __iter__(self) -> Iterator[Any]:
+        carry = b""
+        with self._connection._as_docker_py():
+            for chunk in self._connection.chunks(self._headers):
+                *lines, carry = (carry + chunk).split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield loads(line)
+
+    def close(self) -> None:
+        self._connection.abort()
 
 
 def _status_line(line: bytes) -> tuple[str, int, str]:
