@@ -205,7 +205,7 @@ class EventStreamerActor(SupervisedActor):
             docker_host, timeout=30, api_version=docker_api_version
         )
         # the lean stream where it applies (unix:// and plain tcp://): docker-py's decoding
-        # cost the reader about 2.3x the CPU per event; not with an injected client (fakes)
+        # cost the reader about 1.8x the CPU per event; not with an injected client (fakes)
         address = lean_address(docker_host) if client_factory is None else None
         self._lean: Callable[[], LeanDocker] | None = (
             None
