@@ -131,16 +131,10 @@ class LeanDocker:
         query = f"since={since}&filters={quote(dumps(filters))}"
         request = self._request("/events", query)
         with self._as_docker_py():
-            self.close()
-            self._connect()
-            assert self._sock is not None
-            self._sock.sendall(request)
-            line = self._reader.readline(_MAX_LINE)
-            if not line:
-                raise ConnectionResetError("the daemon closed the connection without an answer")
-            _, status, reason = _status_line(line)
-            headers = self._headers()
+            self.close()  # a connection of its own
+            _, status, reason, headers = self._head(request)
             body = self._body(headers) if status >= 400 else b""
+            assert self._sock is not None
             self._sock.settimeout(None)  # events come when they come
         if status >= 400:  # raised outside: docker-py's APIError is an OSError too
             self.close()
@@ -208,6 +202,18 @@ class LeanDocker:
         self.connections += 1
 
     def _exchange(self, request: bytes) -> tuple[int, str, bytes, bool]:
+        version, status, reason, headers = self._head(request)
+        body = self._body(headers)
+        keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        if "content-length" not in headers and "chunked" not in headers.get(
+            "transfer-encoding", ""
+        ):
+            keep = False  # the body ran to the end of the connection
+        return status, reason, body, keep
+
+    def _head(self, request: bytes) -> tuple[str, int, str, dict[str, str]]:
+        """Send ``request`` (connecting first if no connection is kept) and read the answer's
+        status line and headers; a kept connection the daemon had closed raises ``_Stale``."""
         reused = self._sock is not None
         if not reused:
             self._connect()
@@ -224,14 +230,7 @@ class LeanDocker:
                 raise _Stale("no answer on a kept-alive connection")
             raise ConnectionResetError("the daemon closed the connection without an answer")
         version, status, reason = _status_line(line)
-        headers = self._headers()
-        body = self._body(headers)
-        keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-        if "content-length" not in headers and "chunked" not in headers.get(
-            "transfer-encoding", ""
-        ):
-            keep = False  # the body ran to the end of the connection
-        return status, reason, body, keep
+        return version, status, reason, self._headers()
 
     def _headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
