@@ -16,7 +16,7 @@ import pytest
 
 from actors.runtime.docker_client import client_factory as docker_clients
 from actors.runtime.docker_http import LeanDocker, lean_address
-from actors.runtime.summaries import Listed, join_containers, split_containers
+from actors.runtime.summaries import CLOSE, join_containers, split_containers
 from messages.common import loads
 from messages.docker import CommandSucceeded, ListContainers
 from tests.support.daemon import PrivateDockerd
@@ -26,10 +26,21 @@ from tests.support.registry import LocalRegistry, iter_stream_errors
 ADDED = b',"RepoDigests":["r@sha256:1"],"StartedAt":"2026-01-01T00:00:00Z","Env":{"A":"\xc3\xbc"}'
 
 
-def spliced(raw: bytes) -> Any:
+def pieces(raw: bytes, added: bytes = b"") -> list[bytes | memoryview]:
     listed = split_containers(raw)
     assert listed is not None
-    return loads(join_containers([item.head + ADDED + b"}" for item in listed]))
+    return [piece for _, head in listed for piece in (head, added, CLOSE)]
+
+
+def spliced(raw: bytes) -> Any:
+    return loads(join_containers(pieces(raw, ADDED)))
+
+
+def read(raw: bytes) -> list[tuple[str, str, str, bytes]]:
+    """What the splice read of each container, and its bytes without the closing brace."""
+    listed = split_containers(raw)
+    assert listed is not None
+    return [(s.Id, s.State, s.ImageID, bytes(head)) for s, head in listed]
 
 
 def decoded(raw: bytes) -> Any:
@@ -43,15 +54,27 @@ def test_each_container_keeps_its_bytes_and_gets_the_added_keys_at_its_end() -> 
         b'"q":"},{\\"Id\\":\\"fake\\"}","u":"\\u003cb\\u003e \xe2\x98\x83"},"Ports":[]} ,\n'
         b'{"Id":"b2","Created":1.5e9,"Mounts":[{"Id":"m"}]}]\n'
     )
-    listed = split_containers(raw)
-    assert listed == [
-        Listed("a1", "running", "sha256:i1", raw[2 : raw.index(b"} ,")]),
-        Listed("b2", "", "", raw[raw.index(b'{"Id":"b2"') : raw.rindex(b"}]")]),
+    assert read(raw) == [
+        ("a1", "running", "sha256:i1", raw[2 : raw.index(b"} ,")]),
+        ("b2", "", "", raw[raw.index(b'{"Id":"b2"') : raw.rindex(b"}]")]),
     ]
     assert spliced(raw) == decoded(raw)
-    text = join_containers([item.head + b"}" for item in listed])
+    text = join_containers(pieces(raw))
     assert '"u":"\\u003cb\\u003e \u2603"' in text, "Docker's escapes are kept, not re-encoded"
     assert split_containers(b"[]") == [] and join_containers([]) == "[]"
+
+
+def test_each_head_is_a_view_of_dockers_body_not_a_copy() -> None:
+    raw = b'[{"Id":"a1"},{"Id":"b2","State":"exited"}]'
+    listed = split_containers(raw)
+    assert listed is not None
+    assert all(isinstance(head, memoryview) and head.obj is not None for _, head in listed)
+    assert [bytes(head) for _, head in listed] == [b'{"Id":"a1"', b'{"Id":"b2","State":"exited"']
+
+
+def test_pieces_that_do_not_end_each_container_are_refused() -> None:
+    with pytest.raises(ValueError, match="CLOSE"):
+        join_containers([b'{"Id":"a"}'])
 
 
 @pytest.mark.parametrize(
@@ -75,10 +98,10 @@ def test_a_list_the_splice_cannot_take_exactly_is_left_to_the_decoder(raw: bytes
 
 
 def test_bytes_that_are_not_utf8_are_refused_when_the_reply_is_joined() -> None:
-    listed = split_containers(b'[{"Id":"a","Labels":{"k":"\xff"}}]')
-    assert listed is not None, "msgspec skips the label's string unchecked: joining checks it"
-    with pytest.raises(ValueError):
-        join_containers([item.head + b"}" for item in listed])
+    raw = b'[{"Id":"a","Labels":{"k":"\xff"}}]'
+    assert split_containers(raw) is not None, "msgspec skips the label's string unchecked"
+    with pytest.raises(ValueError):  # joining checks it
+        join_containers(pieces(raw))
 
 
 def test_the_real_daemons_list_splices_to_what_decoding_gives(
@@ -93,13 +116,11 @@ def test_the_real_daemons_list_splices_to_what_decoding_gives(
         raw = lean.containers_raw(all=True)
     finally:
         lean.close()
-    listed = split_containers(raw)
-    assert listed is not None, "Docker's own list must take the splice (the fast path)"
+    assert split_containers(raw) is not None, "Docker's own list must take the splice"
+    ours = [(i, state, image) for i, state, image, _ in read(raw)]
     theirs = docker_client.api.containers(all=True)
-    assert [(i.id, i.state, i.image_id) for i in listed] == [
-        (s["Id"], s["State"], s["ImageID"]) for s in theirs
-    ]
-    assert {c.id for c in made} <= {i.id for i in listed}
+    assert ours == [(s["Id"], s["State"], s["ImageID"]) for s in theirs]
+    assert {c.id for c in made} <= {i for i, _, _ in ours}
     assert spliced(raw) == decoded(raw)
 
 
