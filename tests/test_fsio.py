@@ -32,6 +32,7 @@ from messages.common import Secret
 from tests.support.fakes import FakeClock, FakeScheduler, make_ctx
 from tests.support.hostenv import REPO_ROOT
 from tests.support.prerequisites import require
+from tests.support.sources import lines_matching
 
 
 def _fd_path(fd: int) -> str:
@@ -240,12 +241,5 @@ _HAND_ROLLED = re.compile(r"\bos\.(replace|rename|fsync)\(|\bmkstemp\(|\.replace
 
 
 def test_no_module_but_fsio_writes_files_durably_by_hand() -> None:
-    sources = [*REPO_ROOT.glob("actors/**/*.py"), *REPO_ROOT.glob("*.py")]
-    offenders = [
-        f"{path.relative_to(REPO_ROOT)}:{n}: {line.strip()}"
-        for path in sources
-        if path.name != "fsio.py"
-        for n, line in enumerate(path.read_text().splitlines(), 1)
-        if _HAND_ROLLED.search(line)
-    ]
+    offenders = lines_matching(_HAND_ROLLED, allowed=REPO_ROOT / "actors" / "runtime" / "fsio.py")
     assert not offenders, "use actors.runtime.fsio instead:\n" + "\n".join(offenders)
