@@ -34,6 +34,7 @@ class Summary(msgspec.Struct, gc=False):
 _LIST = msgspec.json.Decoder(list[msgspec.Raw])
 _READ = msgspec.json.Decoder(Summary)
 _UNSET = msgspec.UNSET
+_BRACE = ord("}")
 #: the last piece of each container given to :func:`join_containers`: its brace and a comma
 CLOSE = b"},"
 
@@ -49,10 +50,10 @@ def split_containers(raw: bytes) -> list[tuple[Summary, memoryview]] | None:
         for item in _LIST.decode(raw):
             summary = read(item)
             body = memoryview(item)
-            if body[-1] != 0x7D or not (
+            if body[-1] != _BRACE or not (
                 summary.RepoDigests is summary.StartedAt is summary.Env is _UNSET
             ):
-                return None  # 0x7D: "}"
+                return None
             append((summary, body[:-1]))
     except msgspec.MsgspecError:  # not JSON, not a list of objects, an Id not a string, ...
         return None
