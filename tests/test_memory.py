@@ -29,6 +29,23 @@ def test_without_malloc_trim_it_does_nothing(monkeypatch: pytest.MonkeyPatch) ->
     assert memory.release_memory() is False
 
 
+def _python(
+    script: str, *args: str, variables: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``script`` in a fresh interpreter, with none of glibc's MALLOC_ variables but
+    ``variables``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=REPO_ROOT,
+        env=env | (variables or {}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+
 ARENAS = """
 import sys, threading
 from actors.runtime import memory
@@ -52,16 +69,7 @@ def test_the_tuned_allocator_keeps_one_arena_for_all_threads(mode: str, many: bo
     """Each thread's own arena kept its own leftovers after a peak (bench/run.py, peak row)."""
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("arenas and mallopt are glibc's")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    done = subprocess.run(
-        [sys.executable, "-c", ARENAS, mode],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = _python(ARENAS, mode)
     assert "Arena 0:" in done.stderr
     assert ("Arena 1:" in done.stderr) is many, done.stderr
 
@@ -108,16 +116,6 @@ def test_a_big_replys_buffer_is_reused_not_mapped_page_by_page_again(
     The second case (the old 128 KiB threshold) shows the test can tell."""
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | variables
-    done = subprocess.run(
-        [sys.executable, "-c", FAULTS],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    faults = int(done.stdout)
+    faults = int(_python(FAULTS, variables=variables).stdout)
     pages = 50 * 800 * 1024 // 4096
     assert (faults > pages // 2) is faulted, f"{faults} page faults for 50 buffers of {pages // 50}"
