@@ -185,6 +185,14 @@ class _ListCache:
                     started = rfc3339_nano(event.time_nano)
                     self.containers[event.container_id] = _Seen.of("running", started, entry.env)
 
+    def known(
+        self, listed: list[tuple[str, str]]
+    ) -> list[tuple[_Seen | None, tuple[list[str], bytes] | None]]:
+        """What is cached for each (container, image) of a list, read under one acquisition
+        of the lock for the whole list."""
+        with self.lock:
+            return [(self.containers.get(cid), self.images.get(image)) for cid, image in listed]
+
     def forget_all_but(self, containers: set[str], images: set[str]) -> None:
         """Drop what belongs to containers and images no longer listed."""
         with self.lock:
@@ -494,9 +502,14 @@ class DockerGatewayActor(SupervisedActor):
             text = self._spliced_list(api) if isinstance(api, LeanDocker) else None
             if text is None:  # docker-py, or a list the splice does not take: decoded
                 summaries: list[dict[str, Any]] = api.containers(all=True)
-                for summary in summaries:
+                known = self._cache.known([(s["Id"], s.get("ImageID", "")) for s in summaries])
+                for summary, cached in zip(summaries, known, strict=True):
                     seen, (digests, _) = self._added(
-                        api, summary["Id"], summary.get("State", ""), summary.get("ImageID", "")
+                        api,
+                        summary["Id"],
+                        summary.get("State", ""),
+                        summary.get("ImageID", ""),
+                        *cached,
                     )
                     summary["RepoDigests"] = digests
                     if seen is not None and seen.started:
@@ -525,25 +538,28 @@ class DockerGatewayActor(SupervisedActor):
         listed = split_containers(api.containers_raw(all=True))
         if listed is None:
             return None
-        cache = self._cache
-        with cache.lock:  # once for the list, not once per container
-            known = [(cache.containers.get(s.Id), cache.images.get(s.ImageID)) for s, _ in listed]
+        known = self._cache.known([(s.Id, s.ImageID) for s, _ in listed])
         pieces: list[bytes | memoryview] = []
-        for (summary, head), (seen, digests) in zip(listed, known, strict=True):
-            if seen is None or seen.state != summary.State or digests is None:  # new, changed
-                seen, digests = self._added(api, summary.Id, summary.State, summary.ImageID)
-            pieces += (head, digests[1], seen.tail if seen else b"", CLOSE)
-        cache.forget_all_but({s.Id for s, _ in listed}, {s.ImageID for s, _ in listed})
+        for (summary, head), cached in zip(listed, known, strict=True):
+            seen, (_, digests_json) = self._added(
+                api, summary.Id, summary.State, summary.ImageID, *cached
+            )
+            pieces += (head, digests_json, seen.tail if seen else b"", CLOSE)
+        self._cache.forget_all_but({s.Id for s, _ in listed}, {s.ImageID for s, _ in listed})
         return join_containers(pieces)
 
     def _added(
-        self, api: docker.APIClient | LeanDocker, cid: str, state: str, image_id: str
+        self,
+        api: docker.APIClient | LeanDocker,
+        cid: str,
+        state: str,
+        image_id: str,
+        seen: _Seen | None,
+        digests: tuple[list[str], bytes] | None,
     ) -> tuple[_Seen | None, tuple[list[str], bytes]]:
-        """What list_containers adds to one container, from the cache or, for a container new
-        or changed state since, one inspect (and one per image not seen yet)."""
-        with self._cache.lock:
-            seen = self._cache.containers.get(cid)
-            digests = self._cache.images.get(image_id)
+        """What list_containers adds to one container: what the cache holds (``seen``,
+        ``digests``: :meth:`_ListCache.known`) or, for a container new or changed state since,
+        one inspect (and one per image not seen yet)."""
         if seen is None or seen.state != state:
             try:
                 info = api.inspect_container(cid)
