@@ -92,9 +92,9 @@ def test_a_variable_the_user_set_wins(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 FAULTS = """
-import resource
+import os, resource
 from actors.runtime import memory
-memory.tune_allocator(__import__("os").environ)
+memory.tune_allocator(os.environ)
 def reply():
     data = b"x" * (800 * 1024)  # a 1,000-container list's buffer, written in full
     del data
