@@ -427,6 +427,9 @@ class _Link:
                 self._sock.sendall(item)
 
 
+_CONTAINER_EVENT = b'"container_event"'
+
+
 class _HubConnection(ServerConnection):
     """ServerConnection over a `_Link`, bound to one hub through a per-hub subclass."""
 
@@ -447,7 +450,13 @@ class _HubConnection(ServerConnection):
         """Note the container events read and when their ping was answered (the WebSocket
         layer sends the pong before it passes the ping here), whether or not the handler
         processes them later."""
-        if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+        # only a frame that can be a container event is decoded here (the handler decodes each
+        # frame again): decoding every frame twice doubled the hub's cost for a large reply
+        if (
+            isinstance(event, Frame)
+            and event.opcode is Opcode.TEXT
+            and _CONTAINER_EVENT in event.data
+        ):
             with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):
                 msg = json.loads(bytes(event.data))
                 if msg.get("command") == "container_event":
