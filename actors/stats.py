@@ -1,7 +1,7 @@
 """StatsActor: container stats (PROTOCOL §5.2), host stats (§5.3) and the stats ingest (§1.5).
 
 * Container stats: one Docker stats stream per running container, all multiplexed on one
-  asyncio thread, started with the first stream and stopped a second after the last
+  selector thread, started with the first stream and stopped a second after the last
   (:mod:`actors.telemetry.streams`; bench/stats_design.py has the measurements that chose
   this over a thread per stream or one-shot polling). Each sample becomes a
   ``container_stats`` event (never buffered) and is also offered to the ingest socket.

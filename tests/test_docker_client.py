@@ -8,9 +8,10 @@ a client or dials the daemon itself.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
+import select
+import socket
 import stat
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from actors.runtime.docker_client import (
     api_path,
     api_version_problem,
     client_factory,
-    open_connection,
+    dial,
     socket_path,
 )
 from tests.support.daemon import PrivateDockerd
@@ -124,35 +125,32 @@ def test_a_tcp_client_keeps_the_proxy_settings_of_its_environment() -> None:
 
 
 @pytest.mark.parametrize("kind", ["unix", "tcp"])
-def test_open_connection_reaches_a_unix_or_tcp_daemon(tmp_path: Path, kind: str) -> None:
-    async def scenario() -> bytes:
-        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            request = await reader.readline()
-            writer.write(b"HTTP/1.1 200 OK\r\n\r\n" + request)
-            await writer.drain()
-            writer.close()
-
-        if kind == "unix":
-            path = str(tmp_path / "d.sock")
-            server = await asyncio.start_unix_server(answer, path)
-            host = f"unix://{path}"
-        else:
-            server = await asyncio.start_server(answer, "127.0.0.1", 0)
-            host = f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        async with server:
-            reader, writer = await open_connection(host, limit=1 << 16)
-            writer.write(b"GET /_ping HTTP/1.1\r\n")
-            await writer.drain()
-            data = await reader.read()
-            writer.close()
-            return data
-
-    assert asyncio.run(scenario()) == b"HTTP/1.1 200 OK\r\n\r\nGET /_ping HTTP/1.1\r\n"
+def test_dial_reaches_a_unix_or_tcp_daemon_without_blocking(tmp_path: Path, kind: str) -> None:
+    if kind == "unix":
+        path = str(tmp_path / "d.sock")
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(path)
+        host = f"unix://{path}"
+    else:
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        host = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    server.listen()
+    with server, dial(host) as sock:
+        assert not sock.getblocking()
+        _, writable, _ = select.select([], [sock], [], 5)
+        assert writable and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        sock.send(b"GET /_ping HTTP/1.1\r\n")
+        peer, _ = server.accept()
+        with peer:
+            assert peer.recv(100) == b"GET /_ping HTTP/1.1\r\n"
 
 
-def test_open_connection_refuses_other_schemes() -> None:
+def test_dial_says_why_it_cannot_connect(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="No such file or directory"):
+        dial(f"unix://{tmp_path}/missing.sock")
     with pytest.raises(ValueError, match="unsupported DOCKER_HOST scheme for stats: ssh"):
-        asyncio.run(open_connection("ssh://user@host", limit=1024))
+        dial("ssh://user@host")
 
 
 #: building a docker-py client, or dialing the daemon's socket, anywhere but the one module

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -463,14 +463,18 @@ def test_a_stats_stream_that_hangs_holds_up_nothing(
     hung = docker_client.containers.create(
         busybox_image, ["sleep", "3600"], network_mode="none", labels={"dockmon-test": "1"}
     )
-    original = stream_loop._request
+    original = stream_loop.connect_stream
+    silent: list[socket.socket] = []  # the daemon's ends: they read the request, never answer
 
-    async def request(docker_host: str, path: str) -> Any:
+    def connect(docker_host: str, path: str) -> tuple[socket.socket, bytes]:
         if str(hung.id) in path and "/stats" in path:
-            return 200, asyncio.StreamReader(), None, None  # headers, then silence forever
-        return await original(docker_host, path)
+            ours, theirs = socket.socketpair()
+            ours.setblocking(False)
+            silent.append(theirs)
+            return ours, stream_loop.request_bytes(path)
+        return original(docker_host, path)
 
-    monkeypatch.setattr(stream_loop, "_request", request)
+    monkeypatch.setattr(stream_loop, "connect_stream", connect)
     try:
         hung.start()
         other = docker_client.containers.run(
@@ -498,3 +502,5 @@ def test_a_stats_stream_that_hangs_holds_up_nothing(
     finally:
         with contextlib.suppress(docker.errors.DockerException):
             hung.remove(force=True)
+        for end in silent:
+            end.close()

@@ -7,6 +7,7 @@ import json
 import queue
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -370,9 +371,7 @@ def test_ingest_gets_the_permanent_token_and_stops_with_the_actor(rig: Rig) -> N
 
 
 def test_the_streams_hand_over_their_samples_in_one_batch_per_interval() -> None:
-    """The streams' batching on their own loop, run here step by step (no thread started)."""
-    import asyncio
-
+    """The streams' batching, run here step by step (no loop thread started)."""
     from actors.telemetry.stream_loop import StreamLoop
 
     batches: list[Any] = []
@@ -385,20 +384,22 @@ def test_the_streams_hand_over_their_samples_in_one_batch_per_interval() -> None
         on_sample=not_batched,
         on_ended=lambda *_: None,
         on_samples=batches.append,
-        batch_interval=0.0,
+        batch_interval=0.25,
     )
-    loop = streams._loop
     try:
+        start = time.monotonic()
         for n, cid in enumerate((C1, C2, C1)):
             streams._sampled(cid, n, {"n": n})
-        assert batches == []  # held until the interval's timer runs
-        loop.run_until_complete(asyncio.sleep(0.01))
+        streams._tick(start)
+        assert batches == []  # held until the interval is over
+        streams._tick(start + 1)
         # the newest of each stream (a backlog's older samples are stale), in first-sent order
         assert batches == [((C1, 2, {"n": 2}), (C2, 1, {"n": 1}))]
         streams._flush()  # nothing new: no empty batch
+        streams._tick(start + 2)
         assert len(batches) == 1
     finally:
-        loop.close()
+        streams.stop()
 
 
 @contextlib.contextmanager

@@ -233,17 +233,17 @@ _LOADED_ON_ASK = (
 )
 
 
-def test_asyncio_loads_with_the_first_stats_stream_not_before(
+def test_the_streams_loop_loads_with_the_first_stats_stream_and_asyncio_never(
     tmp_path: Path, dockerd: PrivateDockerd, make_container: Any, docker_client: docker.DockerClient
 ) -> None:
-    """An agent whose host runs no container lists them (lean path) without loading asyncio or
-    starting the streams' loop (1.6 MB of the idle footprint, issue 13); the first running
-    container starts both, and its stats flow; when it stops, the loop thread ends (no idle
-    thread outlives the streams); when it starts again, so does the loop. msgspec, which only
-    the container list uses, loads with the first list."""
+    """An agent whose host runs no container lists them (lean path) without loading the
+    streams' loop or starting its thread; the first running container starts both, and its
+    stats flow; when it stops, the loop thread ends (no idle thread outlives the streams); when
+    it starts again, so does the loop. asyncio (1.6 MB, issue 13) is never loaded. msgspec,
+    which only the container list uses, loads with the first list."""
     assert docker_client.containers.list() == [], "an earlier test left a container running"
     hub = FakeHub().start()
-    hub.add_registration_token("reg-asyncio-lazy")
+    hub.add_registration_token("reg-loop-lazy")
     lines: queue.Queue[str] = queue.Queue()
     proc = subprocess.Popen(
         [
@@ -256,7 +256,7 @@ def test_asyncio_loads_with_the_first_stats_stream_not_before(
         env={
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "DOCKMON_URL": hub.url,
-            "REGISTRATION_TOKEN": "reg-asyncio-lazy",
+            "REGISTRATION_TOKEN": "reg-loop-lazy",
             "DATA_PATH": str(tmp_path / "data"),
             "DOCKER_HOST": dockerd.base_url,
             "LOG_LEVEL": "info",
@@ -297,10 +297,10 @@ def test_asyncio_loads_with_the_first_stats_stream_not_before(
         assert "loaded: []" in loaded()
         c = make_container(GRACEFUL)
         hub.wait_until(lambda: len(stats_of(hub, c.id)) >= 2, 30, "stats of the first container")
-        assert "loaded: ['actors.telemetry.stream_loop', 'asyncio']" in loaded()
+        assert "loaded: ['actors.telemetry.stream_loop']" in loaded()
         assert "'StatsActor-streams'" in loaded()
         assert hub.command("list_containers").ok  # msgspec (3.7 MB) with the first list
-        assert "loaded: ['actors.telemetry.stream_loop', 'asyncio', 'msgspec']" in loaded()
+        assert "loaded: ['actors.telemetry.stream_loop', 'msgspec']" in loaded()
         c.stop(timeout=5)
         deadline = time.monotonic() + 15  # the last stream ends: its loop thread with it
         while "'StatsActor-streams'" in (line := loaded()):

@@ -4,8 +4,8 @@
   calls Docker (gateway, event streamer, shell, updater, deployer) and the doctor gets its
   client here, each on its own thread (docker-py promises no thread safety). On a unix socket
   it keeps one connection pool for the socket, not one per URL (:mod:`.docker_pools`).
-* :func:`open_connection` and :func:`api_path`: the stats streams' raw HTTP (one asyncio loop,
-  many streams) over the same ``DOCKER_HOST``.
+* :func:`dial` and :func:`api_path`: the stats streams' raw HTTP (one selector, many
+  non-blocking sockets) over the same ``DOCKER_HOST``.
 * :func:`socket_path`: the socket file of a ``unix://`` host, for the access diagnosis.
 
 ``DOCKER_API_VERSION`` (PROTOCOL §10) pins the API version every client speaks, as Docker's own
@@ -15,15 +15,16 @@ raw paths go unversioned (the daemon answers with its own API version).
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-if TYPE_CHECKING:  # docker-py and asyncio load when a client or a stream is made, not before:
-    import asyncio  # ``dockmon-agent healthcheck`` reads the configuration and needs neither
-
-    import docker
+if TYPE_CHECKING:  # docker-py loads when a client is made, not before: ``dockmon-agent
+    import docker  # healthcheck`` reads the configuration and needs none
 
 #: docker-py refuses anything older
 MINIMUM_API_VERSION = (1, 24)
@@ -75,18 +76,24 @@ def socket_path(docker_host: str) -> str | None:
     return parts.path or None if parts.scheme == "unix" else None
 
 
-async def open_connection(
-    docker_host: str, *, limit: int
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A raw connection to the daemon (``unix://`` or plain ``tcp://``) for one HTTP request."""
-    import asyncio
-
+def dial(docker_host: str) -> socket.socket:
+    """A non-blocking socket connecting to the daemon (``unix://`` or plain ``tcp://``) for one
+    HTTP request. The connection may still be under way: once the socket is writable,
+    ``SO_ERROR`` tells whether it was made. A host name is resolved here, blocking."""
     path = socket_path(docker_host)
-    if path is not None:
-        return await asyncio.open_unix_connection(path, limit=limit)
     parts = urlsplit(docker_host)
-    if parts.scheme in ("tcp", "http"):
-        return await asyncio.open_connection(
-            parts.hostname or "localhost", parts.port or 2375, limit=limit
-        )
-    raise ValueError(f"unsupported DOCKER_HOST scheme for stats: {parts.scheme}")
+    address: str | tuple[Any, ...]
+    if path is not None:
+        family, address = socket.AF_UNIX, path
+    elif parts.scheme in ("tcp", "http"):
+        host, port = parts.hostname or "localhost", parts.port or 2375
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    else:
+        raise ValueError(f"unsupported DOCKER_HOST scheme for stats: {parts.scheme}")
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    error = sock.connect_ex(address)
+    if error not in (0, errno.EINPROGRESS, errno.EAGAIN):
+        sock.close()
+        raise OSError(error, os.strerror(error))
+    return sock

@@ -1,43 +1,50 @@
-"""The stats streams' loop: one thread, one asyncio loop, one HTTP stats stream per container.
+"""The stats streams' loop: one thread, one selector, one HTTP stats stream per container.
 
 Each running container gets its own ``GET /containers/{id}/stats?stream=1`` HTTP connection, as
-in the Go agent, but all connections are multiplexed by one asyncio event loop in one thread
+in the Go agent, but all connections are multiplexed by one selector in one thread
 (``StatsActor-streams``) instead of one blocked thread per container. bench/stats_design.py
 measured the alternatives (thread per stream, one-shot polling) on dockerd 20.10.
-:class:`~actors.telemetry.streams.StatsStreams` starts it with the first stream, so an agent
-with no running container never loads asyncio.
+:class:`~actors.telemetry.streams.StatsStreams` starts it with the first stream.
 
-The tiny HTTP/1.1 client below speaks just enough for Docker's API over ``unix://`` or plain
-``tcp://`` (GET, chunked or sized bodies). The loop thread never touches actor state: it calls
-the ``on_sample`` / ``on_ended`` callbacks, which ``tell`` the actor. With ``on_samples``, the
-newest sample of every stream is collected and handed over together every ``batch_interval``
-seconds instead: one wake-up of the actor per interval, not one per sample (issue 13; Docker
-sends one sample a second per stream, so a fraction of that delays nothing). A stream that
-delivers several samples within one interval hands over its newest only: that is a backlog (the
-agent was stopped or starved while Docker kept sending), its older samples are stale, and
-holding them all (200 streams' worth of 20 seconds) left a fragmented heap behind. With
-``poll_pause``, the loop's selector waits that long after each wake-up before it gathers what is
+Each stream is a non-blocking socket (:func:`~actors.runtime.docker_client.dial`) and a small
+HTTP/1.1 response reader, :class:`Response` (status line, headers, chunked or sized bodies,
+newline-delimited JSON), which speaks just enough for Docker's API over ``unix://`` or plain
+``tcp://``. It replaced asyncio streams (issue 13): asyncio's import is 1.6 MB, and it kept a
+task, a transport, a protocol, a stream reader and their futures per container, small objects
+that outlived 200 closed streams in pymalloc arenas. The loop thread never touches actor state:
+it calls the ``on_sample`` / ``on_ended`` callbacks, which ``tell`` the actor. With
+``on_samples``, the newest sample of every stream is collected and handed over together every
+``batch_interval`` seconds instead: one wake-up of the actor per interval, not one per sample
+(issue 13; Docker sends one sample a second per stream, so a fraction of that delays nothing).
+A stream that delivers several samples within one interval hands over its newest only: that is
+a backlog (the agent was stopped or starved while Docker kept sending), its older samples are
+stale, and holding them all (200 streams' worth of 20 seconds) left a fragmented heap behind.
+With ``poll_pause``, the selector waits that long after each wake-up before it gathers what is
 ready, so one wake-up serves the samples of many streams instead of one each.
 """
 
 from __future__ import annotations
 
-import asyncio
+import collections
 import contextlib
 import logging
+import os
 import selectors
+import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from actors.runtime.docker_client import api_path, open_connection
+from actors.runtime.docker_client import api_path, dial
 from messages.common import loads
 
 log = logging.getLogger(__name__)
 
-MAX_LINE = 1 << 20  # one stats sample is a few KiB; refuse absurd lines
+MAX_LINE = 1 << 20  # one stats sample is a few KiB; refuse absurd lines (and headers)
+#: how much of an error response's body is read for its message
+ERROR_BODY = 4096
 
 
 class DockerHttpError(Exception):
@@ -46,87 +53,126 @@ class DockerHttpError(Exception):
         self.status = status
 
 
-async def _request(
-    docker_host: str, path: str
-) -> tuple[int, asyncio.StreamReader, asyncio.StreamWriter, int | None]:
-    """Send a GET; return (status, reader, writer, length) with the headers consumed.
+def request_bytes(path: str) -> bytes:
+    """The GET a stream sends; ``Connection: close``: the body ends with the connection."""
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: dockmon-agent\r\n"
+        "Accept: application/json\r\nConnection: close\r\n\r\n"
+    ).encode("ascii")
 
-    ``length`` is the body's Content-Length, or None for a chunked body (-1: until EOF).
-    """
-    reader, writer = await open_connection(docker_host, limit=MAX_LINE)
-    try:
-        writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: dockmon-agent\r\n"
-            "Accept: application/json\r\nConnection: close\r\n\r\n".encode("ascii")
-        )
-        await writer.drain()
-        status_line = await reader.readline()
+
+class Response:
+    """One HTTP/1.1 response, read as its bytes arrive: :meth:`feed` returns the JSON values of
+    the body's complete lines, :meth:`eof` what the last one held. A status other than 200
+    raises :class:`DockerHttpError` with Docker's message once its body (or 4 KiB) is in. No
+    I/O, no threads."""
+
+    def __init__(self) -> None:
+        self.status = 0  # 0 until the head is in
+        self.done = False  # the body's framing said it ended (sized, or the last chunk)
+        self._raw = bytearray()  # received, not yet de-framed
+        self._length: int | None = -1  # bytes left of a sized body; None chunked; -1 to EOF
+        self._chunk = 0  # bytes left of the current chunk's data
+        self._crlf = False  # the CRLF after a chunk's data is due
+        self._line = bytearray()  # the body's incomplete last line
+        self._error = bytearray()  # an error response's body, up to ERROR_BODY
+
+    def feed(self, data: bytes) -> list[Any]:
+        self._raw += data
+        if not self.status and not self._read_head():
+            return []
+        return self._body(self._deframe(), ended=self.done)
+
+    def eof(self) -> list[Any]:
+        """The daemon closed the connection: the values of the last line, if it holds one."""
+        if not self.status:
+            raise ConnectionError(f"bad HTTP status line {bytes(self._raw[:80])!r}")
+        self.done = True
+        return self._body(self._deframe(), ended=True)
+
+    def _read_head(self) -> bool:
+        raw = self._raw
+        end = raw.find(b"\r\n\r\n")
+        if end < 0:
+            if len(raw) > MAX_LINE:
+                raise ConnectionError("HTTP response head too long")
+            return False
+        status_line, *headers = bytes(raw[:end]).split(b"\r\n")
+        del raw[: end + 4]
         fields = status_line.split(None, 2)
-        if len(fields) < 2 or not fields[1].isdigit():
+        if len(fields) < 2 or not fields[1].isdigit() or not int(fields[1]):
             raise ConnectionError(f"bad HTTP status line {status_line[:80]!r}")
-        status = int(fields[1])
-        length: int | None = -1
-        while True:
-            line = await reader.readline()
-            if line in (b"\r\n", b"\n", b""):
-                break
-            name, _, value = line.decode("latin-1").partition(":")
+        for header in headers:
+            name, _, value = header.decode("latin-1").partition(":")
             name = name.strip().lower()
             if name == "transfer-encoding" and "chunked" in value.lower():
-                length = None
-            elif name == "content-length" and length == -1 and value.strip().isdigit():
-                length = int(value.strip())
-        return status, reader, writer, length
-    except BaseException:
-        writer.close()
-        raise
+                self._length = None
+            elif name == "content-length" and self._length == -1 and value.strip().isdigit():
+                self._length = int(value.strip())
+        self.status = int(fields[1])
+        self.done = self._length == 0
+        return True
 
-
-async def _body_chunks(reader: asyncio.StreamReader, length: int | None) -> Any:
-    """Yield the body's bytes as they arrive (de-chunked)."""
-    if length is not None:
-        left = length
-        while left != 0:
-            data = await reader.read(65536 if left < 0 else min(left, 65536))
-            if not data:
-                return
-            left = left - len(data) if left > 0 else left
-            yield data
-        return
-    while True:
-        size_line = await reader.readline()
-        if not size_line:
-            return
-        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-        if size == 0:
-            return
-        data = await reader.readexactly(size)
-        await reader.readexactly(2)  # CRLF after each chunk
-        yield data
-
-
-async def _json_lines(reader: asyncio.StreamReader, length: int | None) -> Any:
-    """Yield each newline-delimited JSON value of the body."""
-    buffer = b""
-    async for data in _body_chunks(reader, length):
-        buffer += data
-        if len(buffer) > MAX_LINE:
-            raise ConnectionError("stats line too long")
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            if line.strip():
-                yield loads(line)
-    if buffer.strip():
-        yield loads(buffer)
-
-
-async def _read_error(reader: asyncio.StreamReader, length: int | None) -> str:
-    body = b""
-    with contextlib.suppress(Exception):
-        async for data in _body_chunks(reader, length):
-            body += data
-            if len(body) > 4096:
+    def _deframe(self) -> bytes:
+        """The body's bytes received so far, without the chunked framing; sets ``done``."""
+        raw = self._raw
+        if self._length is not None:  # sized, or until EOF
+            size = len(raw) if self._length < 0 else min(len(raw), self._length)
+            data = bytes(raw[:size])
+            del raw[:size]
+            if self._length > 0:
+                self._length -= size
+                self.done = self._length == 0
+            return data
+        out = bytearray()
+        while not self.done:
+            if self._chunk:
+                take = min(len(raw), self._chunk)
+                out += raw[:take]
+                del raw[:take]
+                self._chunk -= take
+                if self._chunk:
+                    break
+                self._crlf = True
+            if self._crlf:
+                if len(raw) < 2:
+                    break
+                del raw[:2]
+                self._crlf = False
+            end = raw.find(b"\n")
+            if end < 0:
+                if len(raw) > 1024:
+                    raise ConnectionError("bad chunk size line")
                 break
+            size = int(bytes(raw[:end]).split(b";", 1)[0].strip() or b"0", 16)
+            del raw[: end + 1]
+            if size == 0:
+                self.done = True
+            self._chunk = size
+        return bytes(out)
+
+    def _body(self, data: bytes, *, ended: bool) -> list[Any]:
+        if self.status != 200:
+            self._error += data[: ERROR_BODY + 1 - len(self._error)]
+            if ended or len(self._error) > ERROR_BODY:
+                raise DockerHttpError(self.status, _error_message(bytes(self._error)))
+            return []
+        line = self._line
+        line += data
+        values: list[Any] = []
+        if b"\n" in data:
+            *complete, rest = bytes(line).split(b"\n")
+            line[:] = rest
+            values = [loads(text) for text in complete if text.strip()]
+        if len(line) > MAX_LINE:
+            raise ConnectionError("stats line too long")
+        if ended and line.strip():
+            values.append(loads(bytes(line)))
+            line.clear()
+        return values
+
+
+def _error_message(body: bytes) -> str:
     try:
         return str(loads(body).get("message", body[:200]))
     except (ValueError, AttributeError):
@@ -144,8 +190,8 @@ class PacedSelector(selectors.DefaultSelector):
 
     def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
         ready: list[tuple[Any, int]] = super().select(timeout)
-        if ready and timeout != 0:
-            time.sleep(self._pause)  # the loop's own thread; timers only run a little later
+        if ready and timeout != 0 and self._pause > 0:
+            time.sleep(self._pause)  # the loop's own thread; the batch goes a little later
             ready = super().select(0)
         return ready
 
@@ -157,8 +203,27 @@ SamplesCallback = Callable[[tuple[tuple[str, int, dict[str, Any]], ...]], None]
 EndedCallback = Callable[[str, int, str, bool], None]  # (container_id, token, reason, gone)
 
 
+class _Stream:
+    """One container's stream: its socket, what of the request is unsent, its response."""
+
+    __slots__ = ("connected", "container_id", "request", "response", "sock", "token")
+
+    def __init__(self, container_id: str, token: int, sock: socket.socket, request: bytes) -> None:
+        self.container_id = container_id
+        self.token = token
+        self.sock = sock
+        self.request = request
+        self.connected = False
+        self.response = Response()
+
+
+#: a stream's socket: how it connects and the request it sends (a seam for fault tests)
+def connect_stream(docker_host: str, path: str) -> tuple[socket.socket, bytes]:
+    return dial(docker_host), request_bytes(path)
+
+
 class StreamLoop:
-    """One thread, one asyncio loop, one HTTP stats stream per opened container."""
+    """One thread, one selector, one HTTP stats stream per opened container."""
 
     def __init__(
         self,
@@ -176,19 +241,24 @@ class StreamLoop:
         self._api_version = api_version
         self._on_sample = on_sample
         self._on_samples = on_samples
-        self._batch_interval = batch_interval
-        # the newest sample of each stream, by container id: loop thread only
-        self._batch: dict[str, tuple[str, int, dict[str, Any]]] = {}
-        self._flush_timer: asyncio.TimerHandle | None = None
         self._on_ended = on_ended
-        self._loop = (
-            asyncio.SelectorEventLoop(PacedSelector(poll_pause))
-            if poll_pause > 0
-            else asyncio.new_event_loop()
+        self._batch_interval = batch_interval
+        # the newest sample of each stream, by container id, and when it goes: loop thread only
+        self._batch: dict[str, tuple[str, int, dict[str, Any]]] = {}
+        self._flush_at: float | None = None
+        self._selector = PacedSelector(poll_pause)
+        self._streams: dict[str, _Stream] = {}  # loop thread only
+        # what the actor asks for, run by the loop thread: the wake socket interrupts its wait
+        self._calls: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = (
+            collections.deque()
         )
-        self._tasks: dict[str, asyncio.Task[None]] = {}  # loop thread only
+        self._wake_in, self._wake_out = socket.socketpair()
+        for end in (self._wake_in, self._wake_out):
+            end.setblocking(False)
+        self._selector.register(self._wake_in, selectors.EVENT_READ, None)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._stopped = False
+        self._running = True  # loop thread only: False once asked to shut down
 
     # --- called from the actor thread -------------------------------------------------------
 
@@ -205,8 +275,11 @@ class StreamLoop:
         if self._stopped:
             return
         self._stopped = True
-        with contextlib.suppress(RuntimeError):  # loop already closed
-            self._loop.call_soon_threadsafe(self._shutdown)
+        if self._thread.ident is None:  # never started: nothing runs the loop
+            self._release()
+            return
+        self._calls.append((self._shutdown, ()))
+        self._wake()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -215,81 +288,133 @@ class StreamLoop:
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
         if self._stopped:
             return
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(fn, *args)
+        self._calls.append((fn, args))
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed
+            self._wake_out.send(b"\0")
 
     # --- loop thread ----------------------------------------------------------------------------
 
     def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
         try:
-            self._loop.run_forever()
+            while self._running:
+                now = time.monotonic()
+                wait = None if self._flush_at is None else max(0.0, self._flush_at - now)
+                for key, events in self._selector.select(wait):
+                    if key.data is None:
+                        with contextlib.suppress(OSError):
+                            self._wake_in.recv(4096)
+                    else:
+                        self._ready(key.data, events)
+                while self._calls:
+                    fn, args = self._calls.popleft()
+                    fn(*args)
+                self._tick(time.monotonic())
+        except Exception:  # a bug: logged, and the streams end with the thread
+            log.exception("the stats streams' loop failed")
         finally:
-            with contextlib.suppress(Exception):
-                self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-            self._loop.close()
+            self._release()
+
+    def _release(self) -> None:
+        for stream in list(self._streams.values()):
+            self._drop(stream)
+        self._selector.close()
+        self._wake_in.close()
+        self._wake_out.close()
+
+    def _tick(self, now: float) -> None:
+        if self._flush_at is not None and now >= self._flush_at:
+            self._flush()
 
     def _sampled(self, container_id: str, token: int, sample: dict[str, Any]) -> None:
         if self._on_samples is None:
             self._on_sample(container_id, token, sample)
             return
         self._batch[container_id] = (container_id, token, sample)  # replaces a staler one
-        if self._flush_timer is None:
-            self._flush_timer = self._loop.call_later(self._batch_interval, self._flush)
+        if self._flush_at is None:
+            self._flush_at = time.monotonic() + self._batch_interval
 
     def _flush(self) -> None:
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
+        self._flush_at = None
         batch, self._batch = self._batch, {}
         if batch and self._on_samples is not None:
             self._on_samples(tuple(batch.values()))
 
     def _shutdown(self) -> None:
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-        tasks = list(self._tasks.values())
-        self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-
-        async def finish() -> None:
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self._loop.stop()
-
-        self._loop.create_task(finish())
+        self._flush_at = None
+        self._running = False
 
     def _open_stream(self, container_id: str, token: int) -> None:
-        old = self._tasks.pop(container_id, None)
-        if old is not None:
-            old.cancel()
-        self._tasks[container_id] = self._loop.create_task(self._stream(container_id, token))
+        self._close_stream(container_id)
+        path = api_path(f"/containers/{quote(container_id)}/stats?stream=1", self._api_version)
+        try:
+            sock, request = connect_stream(self._docker_host, path)
+        except Exception as exc:
+            self._ended(container_id, token, f"{type(exc).__name__}: {exc}", gone=False)
+            return
+        stream = _Stream(container_id, token, sock, request)
+        self._streams[container_id] = stream
+        self._selector.register(sock, selectors.EVENT_WRITE, stream)
 
     def _close_stream(self, container_id: str) -> None:
-        task = self._tasks.pop(container_id, None)
-        if task is not None:
-            task.cancel()
+        """Closed by the actor: it already knows, so no ``on_ended``."""
+        stream = self._streams.get(container_id)
+        if stream is not None:
+            self._drop(stream)
 
-    async def _stream(self, container_id: str, token: int) -> None:
-        reason, gone = "stream ended", False
-        writer: asyncio.StreamWriter | None = None
+    def _drop(self, stream: _Stream) -> None:
+        if self._streams.get(stream.container_id) is stream:
+            del self._streams[stream.container_id]
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(stream.sock)
+        stream.sock.close()
+
+    def _ready(self, stream: _Stream, events: int) -> None:
         try:
-            path = api_path(f"/containers/{quote(container_id)}/stats?stream=1", self._api_version)
-            status, reader, writer, length = await _request(self._docker_host, path)
-            if status != 200:
-                gone = status == 404
-                raise DockerHttpError(status, await _read_error(reader, length))
-            async for sample in _json_lines(reader, length):
-                if isinstance(sample, dict):
-                    self._sampled(container_id, token, sample)
-        except asyncio.CancelledError:
-            return  # closed by the actor: it already knows
+            if events & selectors.EVENT_WRITE:
+                self._send(stream)
+            elif events & selectors.EVENT_READ:
+                self._receive(stream)
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-        finally:
-            if writer is not None:
-                writer.close()
-            if self._tasks.get(container_id) is asyncio.current_task():
-                del self._tasks[container_id]
+            gone = isinstance(exc, DockerHttpError) and exc.status == 404
+            self._finish(stream, f"{type(exc).__name__}: {exc}", gone=gone)
+
+    def _send(self, stream: _Stream) -> None:
+        sock = stream.sock
+        if not stream.connected:
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                raise OSError(error, os.strerror(error))
+            stream.connected = True
+        try:
+            sent = sock.send(stream.request)
+        except (BlockingIOError, InterruptedError):
+            return
+        stream.request = stream.request[sent:]
+        if not stream.request:
+            self._selector.modify(sock, selectors.EVENT_READ, stream)
+
+    def _receive(self, stream: _Stream) -> None:
+        try:
+            data = stream.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        response = stream.response
+        values = response.feed(data) if data else response.eof()
+        for sample in values:
+            if isinstance(sample, dict):
+                self._sampled(stream.container_id, stream.token, sample)
+        if response.done:
+            self._finish(stream, "stream ended")
+
+    def _finish(self, stream: _Stream, reason: str, *, gone: bool = False) -> None:
+        if self._streams.get(stream.container_id) is not stream:
+            return  # closed or replaced meanwhile
+        self._drop(stream)
+        self._ended(stream.container_id, stream.token, reason, gone=gone)
+
+    def _ended(self, container_id: str, token: int, reason: str, *, gone: bool) -> None:
         self._flush()  # its samples before its end
         self._on_ended(container_id, token, reason, gone)

@@ -1,14 +1,13 @@
 """Docker stats streams for many containers, and the listing of the running ones, for the
 StatsActor.
 
-The streams run on one asyncio loop in one thread (:mod:`actors.telemetry.stream_loop`),
-started with the first stream and stopped with the last (``park``): an agent whose host runs
-no container never loads asyncio (1.6 MB of the idle footprint, issue 13), and no loop thread
-idles. The listing of the running containers is one GET on a worker thread through the lean
-read path (:class:`~actors.runtime.docker_http.LeanDocker`), which needs no loop. Every answer
-goes to a callback (``on_listed``, and the loop's ``on_sample`` / ``on_samples`` /
-``on_ended``), which ``tell``\\ s the actor; nothing here
-touches actor state.
+The streams run on one selector in one thread (:mod:`actors.telemetry.stream_loop`), started
+with the first stream and stopped with the last (``park``): an agent whose host runs no
+container never loads the loop's code, and no loop thread idles. The listing of the running
+containers is one GET on a worker thread through the lean read path
+(:class:`~actors.runtime.docker_http.LeanDocker`), which needs no loop. Every answer goes to a
+callback (``on_listed``, and the loop's ``on_sample`` / ``on_samples`` / ``on_ended``), which
+``tell``\\ s the actor; nothing here touches actor state.
 """
 
 from __future__ import annotations
@@ -78,7 +77,7 @@ class StatsStreams:
         if self.stopped:
             return
         if self._loop is None:
-            from actors.telemetry.stream_loop import StreamLoop  # asyncio: only once needed
+            from actors.telemetry.stream_loop import StreamLoop  # only once needed
 
             self._loop = StreamLoop(self._docker_host, **self._loop_args)
             self._loop.start()
