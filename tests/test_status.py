@@ -182,7 +182,7 @@ def test_a_failing_status_write_is_counted_and_logged_once(
 
 _HEAVY = (
     "docker", "requests", "pykka", "websocket", "asyncio", "yaml", "colorlog", "supervisor",
-    "argparse",
+    "argparse", "socket", "selectors",
 )  # fmt: skip
 
 

@@ -15,16 +15,15 @@ raw paths go unversioned (the daemon answers with its own API version).
 
 from __future__ import annotations
 
-import errno
-import os
 import re
-import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-if TYPE_CHECKING:  # docker-py loads when a client is made, not before: ``dockmon-agent
-    import docker  # healthcheck`` reads the configuration and needs none
+if TYPE_CHECKING:  # docker-py and socket load when a client or a stream is made, not before:
+    import socket  # ``dockmon-agent healthcheck`` reads the configuration and needs neither
+
+    import docker
 
 #: docker-py refuses anything older
 MINIMUM_API_VERSION = (1, 24)
@@ -80,6 +79,10 @@ def dial(docker_host: str) -> socket.socket:
     """A non-blocking socket connecting to the daemon (``unix://`` or plain ``tcp://``) for one
     HTTP request. The connection may still be under way: once the socket is writable,
     ``SO_ERROR`` tells whether it was made. A host name is resolved here, blocking."""
+    import errno
+    import os
+    import socket
+
     path = socket_path(docker_host)
     parts = urlsplit(docker_host)
     address: str | tuple[Any, ...]
