@@ -94,21 +94,32 @@ def test_an_exception_in_on_start_is_retried(
 
 
 def test_the_reader_thread_dies(rig: FaultRig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader crashes on the read right after a command: the command is answered (before
+    the crash or again on the next link), the agent reconnects and goes on. The crash follows
+    a frame the test chose, not whichever frame comes first (a pong to the workload's events
+    once came first, and the command behind it went unread)."""
     rig.workload()
     original = websocket.WebSocket.recv_data_frame
-    armed = threading.Event()
-    armed.set()
+    arm, crash = threading.Event(), threading.Event()
 
     def boom(self: websocket.WebSocket, control_frame: bool = False) -> Any:
-        if armed.is_set():
-            armed.clear()
+        if crash.is_set():
+            crash.clear()
             raise RuntimeError("injected reader crash")
-        return original(self, control_frame)
+        opcode, frame = original(self, control_frame)
+        if arm.is_set() and opcode == websocket.ABNF.OPCODE_TEXT:
+            arm.clear()
+            crash.set()
+        return opcode, frame
 
-    count = rig.agent.hub.connection_count
+    hub = rig.agent.hub
+    count = hub.connection_count
     monkeypatch.setattr(websocket.WebSocket, "recv_data_frame", boom)
-    rig.agent.hub.command("list_containers")  # wakes the reader, which now crashes
-    wait_for(lambda: rig.agent.hub.connection_count > count, 10, "a new connection")
+    # a read that began before the patch returns this one (or a pong): the next goes through boom
+    assert hub.command("list_containers").ok
+    arm.set()
+    assert hub.command("list_containers").ok  # read through boom; the read after it crashes
+    wait_for(lambda: hub.connection_count > count, 10, "a new connection")
     rig.recovered()
     rig.workload()
 

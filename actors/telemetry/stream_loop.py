@@ -217,8 +217,9 @@ class _Stream:
         self.response = Response()
 
 
-#: a stream's socket: how it connects and the request it sends (a seam for fault tests)
 def connect_stream(docker_host: str, path: str) -> tuple[socket.socket, bytes]:
+    """A stream's socket, still connecting, and the request it sends (a seam for fault
+    tests: tests/test_faults.py gives one container a daemon that never answers)."""
     return dial(docker_host), request_bytes(path)
 
 
