@@ -75,6 +75,22 @@ def socket_path(docker_host: str) -> str | None:
     return parts.path or None if parts.scheme == "unix" else None
 
 
+#: where a raw connection goes: ("unix", socket path) | ("tcp", (host, port))
+Address = tuple[str, Any]
+
+
+def daemon_address(docker_host: str) -> Address | None:
+    """Where a raw connection to ``docker_host`` goes: its socket file (``unix://``) or host and
+    port (plain ``tcp://`` or ``http://``); None for any other scheme (TLS, ssh)."""
+    path = socket_path(docker_host)
+    if path is not None:
+        return ("unix", path)
+    parts = urlsplit(docker_host)
+    if parts.scheme in ("tcp", "http"):
+        return ("tcp", (parts.hostname or "localhost", parts.port or 2375))
+    return None
+
+
 def dial(docker_host: str) -> socket.socket:
     """A non-blocking socket connecting to the daemon (``unix://`` or plain ``tcp://``) for one
     HTTP request. The connection may still be under way: once the socket is writable,
@@ -83,16 +99,15 @@ def dial(docker_host: str) -> socket.socket:
     import os
     import socket
 
-    path = socket_path(docker_host)
-    parts = urlsplit(docker_host)
-    address: str | tuple[Any, ...]
-    if path is not None:
-        family, address = socket.AF_UNIX, path
-    elif parts.scheme in ("tcp", "http"):
-        host, port = parts.hostname or "localhost", parts.port or 2375
+    found = daemon_address(docker_host)
+    if found is None:
+        scheme = urlsplit(docker_host).scheme
+        raise ValueError(f"unsupported DOCKER_HOST scheme for stats: {scheme}")
+    kind, address = found
+    family = socket.AF_UNIX
+    if kind == "tcp":
+        host, port = address
         family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    else:
-        raise ValueError(f"unsupported DOCKER_HOST scheme for stats: {parts.scheme}")
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setblocking(False)
     error = sock.connect_ex(address)

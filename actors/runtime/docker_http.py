@@ -27,7 +27,7 @@ from urllib.parse import quote, urlsplit
 import docker.errors
 import requests.exceptions
 
-from actors.runtime.docker_client import api_path, socket_path
+from actors.runtime.docker_client import Address, api_path, daemon_address
 from messages.common import dumps, loads
 
 #: a header line (or chunk-size line) longer than this is not Docker talking
@@ -40,18 +40,14 @@ _IMAGE_NOT_FOUND = (
     "was found but does not match the specified platform",
 )
 
-Address = tuple[str, Any]  # ("unix", path) | ("tcp", (host, port))
-
 
 def lean_address(docker_host: str) -> Address | None:
-    """Where the lean path connects for ``docker_host``, or None (docker-py keeps that host)."""
-    path = socket_path(docker_host)
-    if path is not None:
-        return ("unix", path)
-    parts = urlsplit(docker_host)
-    if parts.scheme in ("tcp", "http") and not parts.path.strip("/"):
-        return ("tcp", (parts.hostname or "localhost", parts.port or 2375))
-    return None
+    """Where the lean path connects for ``docker_host``, or None (docker-py keeps that host,
+    and a ``tcp://`` one with a path prefix)."""
+    address = daemon_address(docker_host)
+    if address is not None and address[0] == "tcp" and urlsplit(docker_host).path.strip("/"):
+        return None
+    return address
 
 
 class _Stale(Exception):

@@ -366,8 +366,8 @@ class StreamLoop:
             self._drop(stream)
 
     def _drop(self, stream: _Stream) -> None:
-        if self._streams.get(stream.container_id) is stream:
-            del self._streams[stream.container_id]
+        """Close a stream that is the container's current one (callers make sure)."""
+        del self._streams[stream.container_id]
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(stream.sock)
         stream.sock.close()
